@@ -1,0 +1,104 @@
+"""One projected-step core shared by PGD-style attacks and the training methods.
+
+The state is a perturbation delta kept inside the eps-ball AND such that x + delta is in [0,1]
+(never clamp inside the graph: clamp's zero gradient would freeze pixels outside the box).
+"""
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ["project", "random_init", "input_grad", "sign_step", "perturb", "PassCounter"]
+
+
+class PassCounter:
+    """Counts network passes spent: input-gradient passes, weight passes, forward-only passes."""
+
+    def __init__(self):
+        self.input_grad = 0
+        self.weight = 0
+        self.forward = 0
+
+    def total(self) -> int:
+        return self.input_grad + self.weight + self.forward
+
+    def as_dict(self):
+        return {"input_grad_passes": self.input_grad, "weight_passes": self.weight, "forward_passes": self.forward}
+
+
+def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project delta on the L-inf eps-ball, then so that x + delta lies in [0,1]."""
+    delta = delta.clamp(-eps, eps)
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def random_init(x: torch.Tensor, eps: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    noise = torch.rand(x.shape, generator=generator, device="cpu", dtype=torch.float32).to(x.device, x.dtype)
+    return project(x, (2 * noise - 1) * eps, eps)
+
+
+def input_grad(
+        model: nn.Module,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        counter: Optional[PassCounter] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward + backward w.r.t. the input only. Returns (grad, per-example loss, logits), all detached."""
+    with torch.enable_grad():
+        d = delta.detach().requires_grad_(True)
+        logits = model(x + d)
+        loss = loss_fn(logits, y)
+        (g,) = torch.autograd.grad(loss.sum(), d)
+    if counter is not None:
+        counter.input_grad += 1
+    return g.detach(), loss.detach(), logits.detach()
+
+
+def sign_step(
+        x: torch.Tensor, delta: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+        eps: float, alpha: float, momentum: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """v = mu v + g / mean|g| (per example); delta = Proj(delta + alpha sign(v)). mu=0 is PGD, mu=1 MI-FGSM."""
+    norm = g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
+    v = momentum * v + g / norm
+    return project(x, delta + alpha * v.sign(), eps), v
+
+
+def perturb(
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: Callable,
+        eps: float,
+        alpha: float,
+        steps: int,
+        delta: Optional[torch.Tensor] = None,
+        momentum: float = 0.0,
+        counter: Optional[PassCounter] = None,
+        track_best: bool = False,
+) -> torch.Tensor:
+    """Projected sign-gradient ascent of `loss_fn` for `steps` steps from `delta` (zeros if None).
+
+    With `track_best`, returns per example the iterate that was misclassified / had the highest loss
+    (as PGD evaluations do), otherwise the last iterate.
+    """
+    delta = torch.zeros_like(x) if delta is None else project(x, delta, eps)
+    v = torch.zeros_like(x)
+    best, best_loss = delta.clone(), torch.full((x.shape[0],), -float("inf"), device=x.device)
+    for _ in range(steps):
+        g, loss, _ = input_grad(model, x, delta, y, loss_fn, counter)
+        if track_best:  # loss is that of the current delta (before the step)
+            better = loss > best_loss
+            best[better], best_loss[better] = delta[better], loss[better]
+        delta, v = sign_step(x, delta, v, g, eps, alpha, momentum)
+    if track_best:
+        with torch.no_grad():
+            loss = loss_fn(model(x + delta), y)
+        if counter is not None:
+            counter.forward += 1
+        better = loss > best_loss
+        best[better] = delta[better]
+        return best
+    return delta

@@ -1,0 +1,132 @@
+"""Safetensors weights and resumable training state, every write atomic (tmp in same dir, fsync, rename)."""
+import json
+import os
+import shutil
+import tempfile
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = ["save_weights", "load_weights", "atomic_write_text", "CheckpointError", "find_latest_state",
+           "save_state_dir", "STATE_MARKER"]
+
+STATE_MARKER = "state.json"  # written last inside a state dir: its presence means the dir is complete
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (missing, corrupt, pickle, wrong architecture)."""
+
+
+def _fsync_dir(path: str):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str, text: str):
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(d)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_weights(model: nn.Module, path: str, metadata: Optional[Dict[str, str]] = None):
+    """Write `model.state_dict()` as safetensors atomically."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(sd, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(d)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_weights(model: nn.Module, path: str) -> nn.Module:
+    """Load safetensors weights strictly; any problem is a `CheckpointError` with a one-line reason."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.endswith(".safetensors"):
+        raise CheckpointError(f"{path}: only .safetensors checkpoints are accepted (pickle files can run code)")
+    try:
+        sd = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    bad = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
+    if missing or unexpected or bad:
+        detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "") \
+            + (f" shape mismatch {sorted(bad)[:3]}" if bad else "")
+        raise CheckpointError(f"{path} does not fit model {type(model).__name__}: {detail.strip()}")
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def find_latest_state(run_dir: str) -> Optional[str]:
+    """Newest complete `checkpoint-*` dir (one with its marker); incomplete ones are ignored."""
+    if not os.path.isdir(run_dir):
+        return None
+    cands = []
+    for name in os.listdir(run_dir):
+        p = os.path.join(run_dir, name)
+        if name.startswith("checkpoint-") and os.path.isfile(os.path.join(p, STATE_MARKER)):
+            try:
+                with open(os.path.join(p, STATE_MARKER)) as f:
+                    cands.append((json.load(f)["num_updates"], p))
+            except (ValueError, KeyError, OSError):
+                continue
+    return max(cands)[1] if cands else None
+
+
+def save_state_dir(run_dir: str, name: str, write_fn, meta: Dict, keep: int):
+    """Write a state dir atomically: fill a tmp dir with `write_fn(tmp)`, add the marker, rename, then prune.
+
+    The previous complete checkpoints are pruned only after the new one is in place.
+    """
+    final = os.path.join(run_dir, name)
+    tmp = tempfile.mkdtemp(dir=run_dir, prefix=".tmp-" + name)
+    try:
+        write_fn(tmp)
+        atomic_write_text(os.path.join(tmp, STATE_MARKER), json.dumps(meta, indent=1))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    states = sorted((p for p in os.listdir(run_dir) if p.startswith("checkpoint-")),
+                    key=lambda p: os.path.getmtime(os.path.join(run_dir, p)))
+    for old in states[:-keep] if keep > 0 else []:
+        shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
+
+
+def tensor_state(state: Dict[str, torch.Tensor], path: str):
+    save_file({k: v.contiguous() for k, v in state.items()}, path)

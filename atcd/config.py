@@ -1,0 +1,269 @@
+"""Config flows once: yaml (-c) sets defaults, the CLI overrides, the result is a frozen dataclass.
+
+A yaml key that is not a known option is an error (timm's `set_defaults(**yaml)` accepts typos silently).
+"""
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import List, Optional, Sequence
+
+import yaml
+
+__all__ = ["TrainConfig", "EvalConfig", "parse_fraction", "parse_train_args", "parse_eval_args", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: reported as one line, exit code 2."""
+
+
+def parse_fraction(s) -> float:
+    """'8/255' -> 0.0313..., '0.3' -> 0.3."""
+    try:
+        return float(Fraction(str(s).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {s!r}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # model
+    model: str = "smallcnn_mnist"
+    pretrained: bool = False
+    num_classes: Optional[int] = None
+    in_chans: Optional[int] = None
+    # data
+    dataset: str = "mnist-mini"
+    data_dir: Optional[str] = None
+    batch_size: int = 128
+    workers: int = 0
+    # optimisation (timm names)
+    epochs: int = 10
+    epochs_as_budget: bool = False
+    opt: str = "sgd"
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    sched: str = "cosine"
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    clip_grad: Optional[float] = None
+    mixed_precision: str = "no"
+    seed: int = 42
+    # method
+    method: str = "atcd"
+    eps: float = 0.3
+    attack_step: float = 0.1
+    attack_bn: str = "eval"
+    atcd_T: int = 4
+    atcd_K: int = 2
+    cd_lambda: float = 2.0
+    cd_rho: float = 1.0
+    momentum_decay: float = 0.0
+    mh: bool = True
+    mh_temperature: float = 1.0
+    mh_kinetic: float = 1.0
+    atcd_q0: str = "start"
+    atcd_restart: bool = False
+    # eval during training (monitoring only; selection belongs on a train-carved split)
+    eval_samples: int = 500
+    eval_attack_steps: int = 10
+    # output
+    output: str = "output/train"
+    experiment: Optional[str] = None
+    resume: Optional[str] = None
+    checkpoint_keep: int = 2
+    no_progress: bool = False
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.eps >= 0, f"--eps must be >= 0 (got {self.eps})"),
+            (self.eps <= 1, f"--eps is in [0,1] pixel units (got {self.eps}); use e.g. 8/255"),
+            (self.atcd_T >= 1, f"--atcd-T must be >= 1 (got {self.atcd_T})"),
+            (self.atcd_K >= 1, f"--atcd-K must be >= 1 (got {self.atcd_K})"),
+            (self.cd_lambda > 0, f"--cd-lambda must be > 0 (got {self.cd_lambda})"),
+            (self.attack_step > 0 or self.eps == 0, f"--attack-step must be > 0 (got {self.attack_step})"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})"),
+            (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})"),
+            (self.lr > 0, f"--lr must be > 0 (got {self.lr})"),
+            (self.mh_temperature > 0, f"--mh-temperature must be > 0 (got {self.mh_temperature})"),
+            (self.attack_bn in ("eval", "train"), f"--attack-bn must be eval or train (got {self.attack_bn})"),
+            (self.atcd_q0 in ("start", "prev"), f"--atcd-q0 must be start or prev (got {self.atcd_q0})"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = "smallcnn_mnist"
+    checkpoint: Optional[str] = None
+    pretrained: bool = False
+    num_classes: Optional[int] = None
+    in_chans: Optional[int] = None
+    dataset: str = "mnist-mini"
+    data_dir: Optional[str] = None
+    split: str = "test"
+    batch_size: int = 200
+    workers: int = 0
+    num_samples: Optional[int] = None
+    eps: float = 0.3
+    attacks: tuple = ("clean", "pgd")
+    attack_loss: str = "ce"
+    attack_steps: int = 40
+    attack_step: Optional[float] = None
+    attack_restarts: int = 1
+    seed: int = 0
+    results_file: Optional[str] = None
+    no_progress: bool = False
+
+    def validate(self) -> "EvalConfig":
+        if self.eps < 0:
+            raise ConfigError(f"--eps must be >= 0 (got {self.eps})")
+        if self.attack_steps < 1:
+            raise ConfigError(f"--attack-steps must be >= 1 (got {self.attack_steps})")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ConfigError(f"--num-samples must be >= 1 (got {self.num_samples})")
+        return self
+
+    @property
+    def step_size(self) -> float:
+        return self.attack_step if self.attack_step is not None else 2.5 * self.eps / self.attack_steps
+
+
+def _bool_flag(p, name, default, help):
+    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
+                   default=default, help=help)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from .methods import list_methods
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description="Adversarial training (ATCD and baselines) of any timm model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-c", "--config", default="", help="yaml file of defaults (keys = option names)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=d.model, help="timm model name (e.g. resnet50, smallcnn_mnist)")
+    _bool_flag(g, "pretrained", d.pretrained, "start from timm's pretrained weights")
+    g.add_argument("--num-classes", type=int, default=d.num_classes)
+    g.add_argument("--in-chans", type=int, default=d.in_chans)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, help="built-in name (mnist-mini) or 'folder' with --data-dir")
+    g.add_argument("--data-dir", default=d.data_dir, help="root with train/ and val/ class sub-folders")
+    g.add_argument("-b", "--batch-size", type=int, default=d.batch_size, help="per-process batch size")
+    g.add_argument("-j", "--workers", type=int, default=d.workers)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    _bool_flag(g, "epochs-as-budget", d.epochs_as_budget,
+               "paper convention: run epochs/(T*K) passes over the data (Free-m: epochs/m). Off by default: "
+               "--epochs counts passes over the data")
+    g.add_argument("--opt", default=d.opt, help="timm optimizer name")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--momentum", type=float, default=d.momentum, help="optimizer momentum")
+    g.add_argument("--sched", default=d.sched, help="timm scheduler name (stepped per update)")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    g.add_argument("--min-lr", type=float, default=d.min_lr)
+    g.add_argument("--clip-grad", type=float, default=d.clip_grad)
+    g.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "bf16", "fp16"])
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("method")
+    g.add_argument("--method", default=d.method, help=f"training method: {', '.join(list_methods())}")
+    g.add_argument("--eps", type=parse_fraction, default=d.eps, help="L-inf radius in [0,1] pixels (8/255 ok)")
+    g.add_argument("--attack-step", type=parse_fraction, default=d.attack_step, help="step size alpha")
+    g.add_argument("--attack-bn", default=d.attack_bn, choices=["eval", "train"], help="BN mode in attack steps")
+    g.add_argument("--atcd-T", dest="atcd_T", type=int, default=d.atcd_T, help="T: replays per minibatch")
+    g.add_argument("--atcd-K", dest="atcd_K", type=int, default=d.atcd_K, help="K: transitions per trajectory")
+    g.add_argument("--cd-lambda", type=float, default=d.cd_lambda, help="lambda in J_cd")
+    g.add_argument("--cd-rho", type=float, default=d.cd_rho, help="rho in J_cd (0 = plain CE ascent)")
+    g.add_argument("--momentum-decay", type=float, default=d.momentum_decay, help="mu: 0 PGD-like, 1 MI-FGSM-like")
+    _bool_flag(g, "mh", d.mh, "Metropolis-Hastings accept/reject per example (--no-mh: ablation)")
+    g.add_argument("--mh-temperature", type=float, default=d.mh_temperature, help="tau")
+    g.add_argument("--mh-kinetic", type=float, default=d.mh_kinetic, help="kappa_H, weight of K(v)=mean|v|")
+    g.add_argument("--atcd-q0", default=d.atcd_q0, choices=["start", "prev"],
+                   help="Q0 = output at the trajectory start (spec) or at the previous transition")
+    _bool_flag(g, "atcd-restart", d.atcd_restart, "ablation: fresh noise per replay instead of warm start")
+    g = p.add_argument_group("evaluation during training")
+    g.add_argument("--eval-samples", type=int, default=d.eval_samples)
+    g.add_argument("--eval-attack-steps", type=int, default=d.eval_attack_steps)
+    g = p.add_argument_group("output")
+    g.add_argument("--output", default=d.output)
+    g.add_argument("--experiment", default=d.experiment)
+    g.add_argument("--resume", default=d.resume, help="checkpoint dir, or 'auto' for the newest complete one")
+    g.add_argument("--checkpoint-keep", type=int, default=d.checkpoint_keep)
+    g.add_argument("--no-progress", action="store_true", default=d.no_progress)
+    return p
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    from .attacks import list_attacks
+    d = EvalConfig()
+    p = argparse.ArgumentParser(description="Clean and adversarial accuracy of a checkpoint or hub model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-c", "--config", default="", help="yaml file of defaults")
+    p.add_argument("--model", default=d.model, help="timm name, hf-hub:org/name or local-dir:PATH")
+    p.add_argument("--checkpoint", default=d.checkpoint, help="weights (.safetensors) or a training run dir")
+    _bool_flag(p, "pretrained", d.pretrained, "load the model's own pretrained weights")
+    p.add_argument("--num-classes", type=int, default=d.num_classes)
+    p.add_argument("--in-chans", type=int, default=d.in_chans)
+    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--data-dir", default=d.data_dir)
+    p.add_argument("--split", default=d.split)
+    p.add_argument("-b", "--batch-size", type=int, default=d.batch_size)
+    p.add_argument("-j", "--workers", type=int, default=d.workers)
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="evaluate a fixed class-mixed subset")
+    p.add_argument("--eps", type=parse_fraction, default=d.eps, help="L-inf radius in [0,1] pixels (8/255 ok)")
+    p.add_argument("--attacks", type=lambda s: tuple(a.strip() for a in s.split(",") if a.strip()),
+                   default=",".join(d.attacks), help=f"comma list of: {', '.join(list_attacks())}")
+    p.add_argument("--attack-loss", default=d.attack_loss, choices=["ce", "margin"])
+    p.add_argument("--attack-steps", type=int, default=d.attack_steps)
+    p.add_argument("--attack-step", type=parse_fraction, default=d.attack_step, help="default 2.5*eps/steps")
+    p.add_argument("--attack-restarts", type=int, default=d.attack_restarts)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--results-file", default=d.results_file)
+    p.add_argument("--no-progress", action="store_true", default=d.no_progress)
+    return p
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], cls):
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            with open(pre.config) as f:
+                y = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {pre.config!r}: {e.strerror}") from None
+        if not isinstance(y, dict):
+            raise ConfigError(f"config {pre.config!r} must be a mapping of option: value")
+        known = {a.dest for a in parser._actions}
+        y = {k.replace("-", "_"): v for k, v in y.items()}
+        unknown = sorted(set(y) - known)
+        if unknown:
+            raise ConfigError(f"config {pre.config!r}: unknown option(s) {unknown}")
+        for a in parser._actions:  # yaml values go through the same type conversion as the CLI
+            if a.dest in y and a.type is not None and isinstance(y[a.dest], str):
+                y[a.dest] = a.type(y[a.dest])
+        parser.set_defaults(**y)
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    if isinstance(args.get("attacks"), str):
+        args["attacks"] = tuple(a.strip() for a in args["attacks"].split(",") if a.strip())
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in args.items() if k in names}).validate()
+
+
+def parse_train_args(argv: Optional[List[str]] = None) -> TrainConfig:
+    return _parse(train_parser(), argv, TrainConfig)
+
+
+def parse_eval_args(argv: Optional[List[str]] = None) -> EvalConfig:
+    return _parse(eval_parser(), argv, EvalConfig)
+
+
+def die(msg: str, code: int = 2):
+    """One clear line on stderr and a non-zero exit: the contract for bad input."""
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(code)

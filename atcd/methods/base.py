@@ -1,0 +1,80 @@
+"""A training method turns one minibatch into one or more optimizer steps, counting the passes it spends."""
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..attacks.core import PassCounter
+
+__all__ = ["TrainMethod", "StepContext", "StepResult", "attack_mode"]
+
+
+@dataclass
+class StepContext:
+    """What a method needs to make weight updates; built once by the engine."""
+    model: nn.Module                       # the (possibly DDP-wrapped) model the optimizer owns
+    attack_model: nn.Module                # same weights, unwrapped: attack passes never touch DDP's reducer
+    optimizer: torch.optim.Optimizer
+    backward: Callable[[torch.Tensor], None]  # accelerator.backward
+    after_update: Callable[[], None]          # scheduler step_update etc., called once per optimizer step
+    clip_grad: Callable[[], None] = lambda: None
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+@dataclass
+class StepResult:
+    losses: List[float] = field(default_factory=list)   # one per weight update
+    correct: int = 0                                     # adversarial-example accuracy during training
+    count: int = 0
+    extras: Dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, bn_mode: str):
+    """BN in eval mode during attack steps (no running-stat updates from adversarial search) unless 'train'."""
+    was_training = model.training
+    model.train(bn_mode == "train")
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class TrainMethod:
+    """Base class. Subclasses implement `step(ctx, x, y) -> StepResult`."""
+    name = "base"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.passes = PassCounter()
+
+    def updates_per_batch(self) -> int:
+        return 1
+
+    def weight_update(self, ctx: StepContext, x_in: torch.Tensor, y: torch.Tensor, res: StepResult):
+        """One optimizer step on CE(model(x_in), y) with the model in train mode."""
+        ctx.model.train()
+        with ctx.autocast():
+            logits = ctx.model(x_in)
+            loss = F.cross_entropy(logits.float(), y)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.backward(loss)
+        ctx.clip_grad()
+        ctx.optimizer.step()
+        ctx.after_update()
+        self.passes.weight += 1
+        res.losses.append(loss.detach())
+        res.correct += int((logits.detach().argmax(1) == y).sum())
+        res.count += y.numel()
+
+    def state_dict(self) -> Dict:
+        return {}
+
+    def load_state_dict(self, state: Dict):
+        pass
+
+    def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        raise NotImplementedError

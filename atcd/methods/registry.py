@@ -1,0 +1,24 @@
+"""Training-method registry: `@register_method('name')` on a `TrainMethod` subclass."""
+from typing import Dict, Type
+
+__all__ = ["register_method", "create_method", "list_methods"]
+
+_METHODS: Dict[str, Type] = {}
+
+
+def register_method(name: str):
+    def deco(cls):
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+    return deco
+
+
+def create_method(name: str, cfg, **kwargs):
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {list_methods()}")
+    return _METHODS[name](cfg, **kwargs)
+
+
+def list_methods():
+    return sorted(_METHODS)

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Adversarial training of any timm model with ATCD or a baseline, through Accelerate.
+
+    python train_atcd.py --model smallcnn_mnist --dataset mnist-mini --method atcd --eps 0.3
+    accelerate launch --config_file hfconfigs/cpu_1proc.yaml train_atcd.py -c recipes/mnist_atcd.yaml
+"""
+import json
+import logging
+import sys
+
+from atcd.checkpoint import CheckpointError
+from atcd.config import ConfigError, die, parse_train_args
+from atcd.data.factory import DataError
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = parse_train_args(argv)
+        from atcd.trainer import run
+        result = run(cfg)
+    except (ConfigError, DataError, CheckpointError) as e:
+        die(str(e))
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            die(str(e))
+        raise
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
