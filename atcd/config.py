@@ -94,7 +94,22 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        from .methods import list_methods
+        if self.method not in list_methods():
+            raise ConfigError(f"unknown method {self.method!r}; available: {list_methods()}")
+        check_model_name(self.model)
         return self
+
+
+def check_model_name(name: str):
+    """Fail early and in one line on a model timm does not know (hub/local-dir names are resolved later)."""
+    import timm
+    from . import models  # noqa: F401  (registers the paper's models)
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        return
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        raise ConfigError(f"unknown model {name!r} (timm has no such architecture; similar: {close})")
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,7 @@ class EvalConfig:
             raise ConfigError(f"--attack-steps must be >= 1 (got {self.attack_steps})")
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1 (got {self.num_samples})")
+        check_model_name(self.model)
         return self
 
     @property

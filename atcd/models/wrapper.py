@@ -20,9 +20,9 @@ class NormalizedModel(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
 
     @classmethod
-    def from_timm(cls, model: nn.Module) -> "NormalizedModel":
+    def from_timm(cls, model: nn.Module, in_chans: Optional[int] = None) -> "NormalizedModel":
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        in_chans = cfg.get("input_size", (3,))[0]
+        in_chans = in_chans or cfg.get("input_size", (3,))[0]
         mean = cfg.get("mean", (0.0,) * in_chans)
         std = cfg.get("std", (1.0,) * in_chans)
         if len(mean) != in_chans:  # e.g. an ImageNet cfg on a 1-channel model: broadcast its average
@@ -46,7 +46,7 @@ def build_model(
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    return NormalizedModel.from_timm(model)
+    return NormalizedModel.from_timm(model, in_chans)
 
 
 def unwrap_timm(model: nn.Module) -> nn.Module:

@@ -1,0 +1,144 @@
+"""ATCD update: J_cd gradient, projection, M-H, pass counts, BN hygiene — on real MNIST digits."""
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import atcd  # noqa: F401
+from atcd.attacks.core import project, random_init
+from atcd.attacks.losses import jcd_loss
+from atcd.config import TrainConfig
+from atcd.methods import StepContext, create_method
+from atcd.models import NormalizedModel, build_model
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return NormalizedModel.from_timm(timm.create_model("smallcnn_mnist"))
+
+
+@pytest.mark.parametrize("lam,rho", [(2.0, 1.0), (4.0, 1.0), (2.0, 0.0), (1.0, 1.0)])
+def test_jcd_logit_gradient_is_eq14(lam, rho):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 10, (16,), generator=g)
+    p_ref = F.softmax(torch.randn(16, 10, generator=g, dtype=torch.float64), 1)
+    (grad,) = torch.autograd.grad(jcd_loss(z, y, p_ref, lam, rho).sum(), z)
+    p, yo = F.softmax(z, 1).detach(), F.one_hot(y, 10).double()
+    torch.testing.assert_close(grad, lam * (p - yo) - rho * (p_ref - yo))
+    if rho == 0:  # plain CE ascent direction (scaled by lam)
+        (gce,) = torch.autograd.grad(F.cross_entropy(z, y, reduction="sum"), z)
+        torch.testing.assert_close(grad, lam * gce)
+
+
+class Recorder(nn.Module):
+    """Real forward of the wrapped model; remembers every input and the train flag it was called in."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append((x.detach().clone(), self.training))
+        return self.inner(x)
+
+
+def _run_step(cfg, x, y, model=None):
+    model = model or _model()
+    rec = Recorder(model)
+    opt = torch.optim.SGD(rec.parameters(), lr=0.01)
+    ctx = StepContext(model=rec, attack_model=rec, optimizer=opt, backward=lambda loss: loss.backward(),
+                      after_update=lambda: None)
+    method = create_method("atcd", cfg)
+    res = method.step(ctx, x, y)
+    return method, res, rec
+
+
+def test_trajectory_stays_in_eps_ball_and_pixel_box(mnist_test_batch):
+    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    cfg = TrainConfig(eps=0.3, attack_step=0.2, atcd_T=3, atcd_K=3, momentum_decay=0.5)
+    _, _, rec = _run_step(cfg, x, y)
+    assert len(rec.calls) > 0
+    for xin, _ in rec.calls:
+        assert (xin - x).abs().max() <= 0.3 + 1e-6
+        assert xin.min() >= 0 and xin.max() <= 1
+
+
+def test_project_and_random_init(mnist_test_batch):
+    x = mnist_test_batch[0]
+    d = project(x, torch.randn_like(x), 0.1)
+    assert d.abs().max() <= 0.1 + 1e-7 and (x + d).min() >= 0 and (x + d).max() <= 1
+    d0 = random_init(x, 0.3, torch.Generator().manual_seed(1))
+    # MNIST background is 0: half of the random start lands outside the box and must be projected, not frozen
+    assert (x + d0).min() >= 0 and d0.abs().max() <= 0.3
+
+
+@pytest.mark.parametrize("T,K,mh", [(1, 1, True), (4, 2, True), (3, 5, False)])
+def test_pass_counts(mnist_test_batch, T, K, mh):
+    x, y = mnist_test_batch[0][:16], mnist_test_batch[1][:16]
+    method, res, rec = _run_step(TrainConfig(atcd_T=T, atcd_K=K, mh=mh), x, y)
+    assert method.passes.input_grad == T * K
+    assert method.passes.weight == T
+    assert method.passes.forward == (T if mh else 0)
+    assert len(res.losses) == T
+    assert len(rec.calls) == T * K + T + (T if mh else 0)
+
+
+def test_mh_forced_rejection_keeps_start_state(mnist_test_batch):
+    x, y = mnist_test_batch[0][:16], mnist_test_batch[1][:16]
+    # a huge kinetic weight makes H(end) >> H(start) (v_start = 0): every proposal is rejected
+    cfg = TrainConfig(atcd_T=3, atcd_K=2, mh_kinetic=1e9, seed=7)
+    method, _, rec = _run_step(cfg, x, y)
+    d0 = random_init(x, cfg.eps, torch.Generator().manual_seed(7))
+    weight_inputs = [xin for xin, training in rec.calls if training]
+    assert len(weight_inputs) == 3
+    for xin in weight_inputs:
+        torch.testing.assert_close(xin, x + d0)
+    assert method.acceptance_rate() == 0.0
+
+
+def test_mh_accepts_loss_raising_trajectories(mnist_test_batch):
+    x, y = mnist_test_batch[0][:64], mnist_test_batch[1][:64]
+    method, _, _ = _run_step(TrainConfig(atcd_T=2, atcd_K=2, mh_kinetic=0.0), x, y)
+    assert 0.0 < method.acceptance_rate() <= 1.0
+
+
+def test_bn_untouched_by_attack_steps(mnist_test_batch):
+    x, y = mnist_test_batch[0][:16], mnist_test_batch[1][:16]
+    torch.manual_seed(0)
+    model = build_model("resnet10t", num_classes=10, in_chans=1)
+    bn_modes = []
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.register_forward_hook(lambda mod, i, o: bn_modes.append(mod.training))
+            break
+    T, K = 2, 3
+    before = model.model.bn1.num_batches_tracked.item() if hasattr(model.model, "bn1") else None
+    _run_step(TrainConfig(atcd_T=T, atcd_K=K), x, y, model=model)
+    assert bn_modes.count(True) == T            # only the weight passes run BN in train mode
+    assert bn_modes.count(False) == T * K + T   # trajectory steps + M-H forwards in eval mode
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert bn.num_batches_tracked.item() == (before or 0) + T
+
+
+def test_attack_bn_train_flag_is_honoured(mnist_test_batch):
+    x, y = mnist_test_batch[0][:8], mnist_test_batch[1][:8]
+    _, _, rec = _run_step(TrainConfig(atcd_T=1, atcd_K=2, attack_bn="train", mh=False), x, y)
+    assert all(training for _, training in rec.calls)
+
+
+def test_q0_prev_differs_from_start(mnist_test_batch):
+    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    outs = {}
+    for q0 in ("start", "prev"):
+        model = _model()
+        with torch.no_grad():  # sharpen the untrained net's softmax so p moves along the trajectory
+            model.model.head.weight.mul_(200.0)
+        cfg = TrainConfig(atcd_T=1, atcd_K=3, atcd_q0=q0, mh=False, attack_step=0.05, cd_lambda=2.0, cd_rho=1.9)
+        _, _, rec = _run_step(cfg, x, y, model=model)
+        outs[q0] = rec.calls[-1][0]
+    assert not torch.equal(outs["start"], outs["prev"])

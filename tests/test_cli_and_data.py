@@ -1,0 +1,122 @@
+"""CLI contract, config merge, image-folder path on real data, safetensors, epoch-boundary resume."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from atcd.attacks import AttackConfig, get_attack
+from atcd.config import ConfigError, parse_train_args
+from conftest import run_script
+
+
+def test_yaml_defaults_cli_overrides_and_unknown_key_is_error(tmp_path):
+    good = tmp_path / "a.yaml"
+    good.write_text("eps: 8/255\nlr: 0.5\natcd_T: 3\n")
+    cfg = parse_train_args(["-c", str(good), "--lr", "0.1"])
+    assert abs(cfg.eps - 8 / 255) < 1e-12 and cfg.lr == 0.1 and cfg.atcd_T == 3
+    bad = tmp_path / "b.yaml"
+    bad.write_text("epsilon: 0.3\n")
+    with pytest.raises(ConfigError, match="epsilon"):
+        parse_train_args(["-c", str(bad)])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--eps", "-0.1"], "--eps"),
+    (["--atcd-K", "0"], "--atcd-K"),
+    (["--atcd-T", "0"], "--atcd-T"),
+    (["--method", "nope", "--epochs", "1"], "unknown method"),
+    (["--model", "not_a_model_xyz"], "not_a_model_xyz"),
+    (["--dataset", "folder"], "--data-dir"),
+])
+def test_train_bad_input_one_line_nonzero(tmp_path, args, needle):
+    r = run_script("train_atcd.py", *args, "--output", str(tmp_path), "--no-progress")
+    assert r.returncode != 0
+    err = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and needle in err[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
+def test_validate_refuses_pickle_checkpoint(tmp_path):
+    canary = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(canary), "w"))
+
+    pth = tmp_path / "model.pth"
+    torch.save({"x": Evil()}, pth)
+    r = run_script("validate.py", "--checkpoint", str(pth), "--num-samples", "10", "--no-progress")
+    assert r.returncode != 0 and "safetensors" in r.stderr and "Traceback" not in r.stderr
+    assert not canary.exists()
+
+
+def test_attack_sanity_eps0_and_ball(mnist_test_batch):
+    import timm
+    from atcd.models import NormalizedModel
+    torch.manual_seed(0)
+    model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")).eval()
+    x, y = mnist_test_batch
+    for eps in (0.0, 0.1, 0.3):
+        xa = get_attack("pgd")(model, x, y, AttackConfig(eps=eps, step_size=max(eps, 1e-3) / 4, steps=5))
+        assert (xa - x).abs().max() <= eps + 1e-6 and xa.min() >= 0 and xa.max() <= 1
+        if eps == 0:
+            assert torch.equal(model(xa).argmax(1), model(x).argmax(1))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mnistfolder")
+    r = run_script("scripts/export_dataset.py", "mnist-mini", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_folder_export_is_lossless(folder):
+    from atcd.data import MnistMini, create_atcd_dataset
+    ds = create_atcd_dataset("folder", "val", data_dir=str(folder), input_size=(1, 28, 28))
+    mem = MnistMini("test")
+    assert len(ds) == len(mem) == 1000
+    # same multiset of (image, label): compare sorted pixel sums per class
+    for c in (0, 7):
+        a = sorted(float(ds[i][0].sum()) for i in range(len(ds)) if ds[i][1] == c)
+        b = sorted(float(mem.images[i].sum()) for i in range(len(mem)) if int(mem.targets[i]) == c)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def _train(tmp_path, name, *extra):
+    r = run_script("train_atcd.py", "--method", "standard", "--opt", "adam", "--lr", "1e-3", "--batch-size", "256",
+                   "--eval-samples", "100", "--eval-attack-steps", "2", "--output", str(tmp_path),
+                   "--experiment", name, "--no-progress", *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1][len("RESULT "):])
+
+
+def test_train_from_image_folder(tmp_path, folder):
+    res = _train(tmp_path, "fold", "--dataset", "folder", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "32")
+    assert res["eval_top1"] > 80.0  # one epoch of standard training on real digits
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    _train(tmp_path, "full", "--epochs", "2")
+    # the interrupted run: the same 2-epoch job, cut back to its state after epoch 0 (as if killed then)
+    _train(tmp_path, "part", "--epochs", "2")
+    run_dir = tmp_path / "part"
+    shutil.rmtree(run_dir / "checkpoint-0001")
+    os.remove(run_dir / "model.safetensors")
+    with open(run_dir / "summary.csv") as f:
+        lines = f.readlines()
+    (run_dir / "summary.csv").write_text("".join(lines[:2]))
+    _train(tmp_path, "part", "--epochs", "2", "--resume", "auto")
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(run_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with open(run_dir / "summary.csv") as f:
+        rows = f.read().splitlines()
+    with open(tmp_path / "full" / "summary.csv") as f:
+        full = f.read().splitlines()
+    assert [r.split(",")[1] for r in rows] == [r.split(",")[1] for r in full]  # same train loss per epoch
