@@ -20,6 +20,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (missing, corrupt, pickle, wrong architecture)."""
 
 
+def _umask_mode(is_dir: bool = False) -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if is_dir else 0o666) & ~mask
+
+
 def _fsync_dir(path: str):
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -39,6 +45,7 @@ def atomic_write_text(path: str, text: str):
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; final files get the user's usual permissions
         os.replace(tmp, path)
         _fsync_dir(d)
     except BaseException:
@@ -58,6 +65,7 @@ def save_weights(model: nn.Module, path: str, metadata: Optional[Dict[str, str]]
         save_file(sd, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
         _fsync_dir(d)
     except BaseException:
@@ -115,6 +123,7 @@ def save_state_dir(run_dir: str, name: str, write_fn, meta: Dict, keep: int):
     try:
         write_fn(tmp)
         atomic_write_text(os.path.join(tmp, STATE_MARKER), json.dumps(meta, indent=1))
+        os.chmod(tmp, _umask_mode(is_dir=True))
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -51,12 +51,17 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
     was_training = model.training
     model.eval()
     per_attack = {a: [] for a in attacks}
+    info = {a: {} for a in attacks}
     try:
         for name in attacks:
             fn = get_attack(name)
             it = tqdm(loader, desc=name, disable=not progress, leave=False)
             for x, y in it:
                 x_adv = fn(model, x, y, cfg)
+                if isinstance(x_adv, tuple):  # (x_adv, info): e.g. AutoAttack's own check flags
+                    x_adv, extra = x_adv
+                    for k, v in extra.items():
+                        info[name].setdefault(k, []).extend(v)
                 with torch.no_grad():
                     ok = model(x_adv).argmax(1) == y
                 if accelerator is not None:
@@ -67,7 +72,7 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
     results = {}
     for name, oks in per_attack.items():
         ok = torch.cat(oks)
-        results[name] = {"top1": 100.0 * ok.float().mean().item(), "n": int(ok.numel()), "_ok": ok}
+        results[name] = {"top1": 100.0 * ok.float().mean().item(), "n": int(ok.numel()), "_ok": ok, **info[name]}
     if len(attacks) > 1:
         worst = torch.stack([r["_ok"] for r in results.values()]).all(0)
         results["worst_case"] = {"top1": 100.0 * worst.float().mean().item(), "n": int(worst.numel()), "_ok": worst}

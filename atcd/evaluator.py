@@ -41,6 +41,8 @@ def run(cfg: EvalConfig) -> Dict:
     if unknown:
         raise ConfigError(f"unknown attack(s) {unknown}; available: {list_attacks()}")
     accelerator = Accelerator()
+    if not cfg.no_progress and accelerator.is_main_process:  # AutoAttack reports its progress at DEBUG level
+        logging.getLogger("auto-attack").setLevel(logging.DEBUG)
     model = load_model_for_eval(cfg)
     pcfg = unwrap_timm(model).pretrained_cfg
     input_size = tuple(pcfg.get("input_size", (3, 224, 224)))

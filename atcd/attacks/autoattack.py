@@ -1,29 +1,49 @@
 """AutoAttack through the packaged official implementation (`pyautoattack`); never re-implemented."""
-import io
-import contextlib
+import logging
+import warnings
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 
 from .registry import register_attack
 
-__all__ = ["autoattack"]
+__all__ = ["run_autoattack", "autoattack"]
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages: List[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = "standard",
-                   seed: int = 0, batch_size: int = 250, attacks=None, log: io.StringIO = None) -> torch.Tensor:
+                   seed: int = 0, batch_size: int = 250, attacks=None) -> Tuple[torch.Tensor, Dict]:
+    """Run AutoAttack; returns (x_adv, {"flags": [...]}) where flags are the package's own sanity-check warnings
+    (zero gradients, softmax output, randomness, Square beating white-box), so they reach the results JSON."""
     from pyautoattack import AutoAttack
     kwargs = dict(eps=eps, version=version, device=x.device, seed=seed, norm="Linf")
     if attacks:
-        kwargs["attacks"] = list(attacks)
-        kwargs["version"] = "custom"
+        kwargs.update(attacks=list(attacks), version="custom")
     adversary = AutoAttack(model, **kwargs)
-    buf = log if log is not None else io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        out = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    return out[0] if isinstance(out, tuple) else out
+    handler = _Collect()
+    aa_logger = logging.getLogger("auto-attack")
+    aa_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    finally:
+        aa_logger.removeHandler(handler)
+    flags = sorted(set(handler.messages) | {str(w.message) for w in caught if issubclass(w.category, Warning)
+                                            and "autoattack" in (w.filename or "").lower()})
+    return (out[0] if isinstance(out, tuple) else out), {"flags": flags}
 
 
 @register_attack("autoattack")
 def autoattack(model, x, y, cfg):
+    """AutoAttack 'standard' (APGD-CE, APGD-T, FAB-T, Square) at L-inf eps."""
     return run_autoattack(model, x, y, cfg.eps, seed=cfg.seed)
