@@ -3,15 +3,21 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Dict, Optional
 
 import torch
-import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-__all__ = ["save_weights", "load_weights", "atomic_write_text", "CheckpointError", "find_latest_state",
-           "save_state_dir", "STATE_MARKER"]
+__all__ = [
+    "STATE_MARKER",
+    "CheckpointError",
+    "atomic_write_text",
+    "find_latest_state",
+    "load_weights",
+    "save_state_dir",
+    "save_weights",
+]
 
 STATE_MARKER = "state.json"  # written last inside a state dir: its presence means the dir is complete
 
@@ -54,7 +60,7 @@ def atomic_write_text(path: str, text: str):
         raise
 
 
-def save_weights(model: nn.Module, path: str, metadata: Optional[Dict[str, str]] = None):
+def save_weights(model: nn.Module, path: str, metadata: dict[str, str] | None = None):
     """Write `model.state_dict()` as safetensors atomically."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -97,7 +103,7 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
     return model
 
 
-def find_latest_state(run_dir: str) -> Optional[str]:
+def find_latest_state(run_dir: str) -> str | None:
     """Newest complete `checkpoint-*` dir (one with its marker); incomplete ones are ignored."""
     if not os.path.isdir(run_dir):
         return None
@@ -113,7 +119,7 @@ def find_latest_state(run_dir: str) -> Optional[str]:
     return max(cands)[1] if cands else None
 
 
-def save_state_dir(run_dir: str, name: str, write_fn, meta: Dict, keep: int):
+def save_state_dir(run_dir: str, name: str, write_fn, meta: dict, keep: int):
     """Write a state dir atomically: fill a tmp dir with `write_fn(tmp)`, add the marker, rename, then prune.
 
     The previous complete checkpoints are pruned only after the new one is in place.
@@ -137,5 +143,5 @@ def save_state_dir(run_dir: str, name: str, write_fn, meta: Dict, keep: int):
         shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
 
 
-def tensor_state(state: Dict[str, torch.Tensor], path: str):
+def tensor_state(state: dict[str, torch.Tensor], path: str):
     save_file({k: v.contiguous() for k, v in state.items()}, path)

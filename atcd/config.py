@@ -5,13 +5,13 @@ A yaml key that is not a known option is an error (timm's `set_defaults(**yaml)`
 import argparse
 import dataclasses
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import List, Optional, Sequence
 
 import yaml
 
-__all__ = ["TrainConfig", "EvalConfig", "parse_fraction", "parse_train_args", "parse_eval_args", "ConfigError"]
+__all__ = ["ConfigError", "EvalConfig", "TrainConfig", "parse_eval_args", "parse_fraction", "parse_train_args"]
 
 
 class ConfigError(ValueError):
@@ -31,11 +31,11 @@ class TrainConfig:
     # model
     model: str = "smallcnn_mnist"
     pretrained: bool = False
-    num_classes: Optional[int] = None
-    in_chans: Optional[int] = None
+    num_classes: int | None = None
+    in_chans: int | None = None
     # data
     dataset: str = "mnist-mini"
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     batch_size: int = 128
     workers: int = 0
     # optimisation (timm names)
@@ -48,7 +48,7 @@ class TrainConfig:
     sched: str = "cosine"
     warmup_epochs: int = 0
     min_lr: float = 0.0
-    clip_grad: Optional[float] = None
+    clip_grad: float | None = None
     mixed_precision: str = "no"
     seed: int = 42
     # method
@@ -71,8 +71,8 @@ class TrainConfig:
     eval_attack_steps: int = 10
     # output
     output: str = "output/train"
-    experiment: Optional[str] = None
-    resume: Optional[str] = None
+    experiment: str | None = None
+    resume: str | None = None
     checkpoint_keep: int = 2
     no_progress: bool = False
 
@@ -104,6 +104,7 @@ class TrainConfig:
 def check_model_name(name: str):
     """Fail early and in one line on a model timm does not know (hub/local-dir names are resolved later)."""
     import timm
+
     from . import models  # noqa: F401  (registers the paper's models)
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         return
@@ -115,24 +116,24 @@ def check_model_name(name: str):
 @dataclass(frozen=True)
 class EvalConfig:
     model: str = "smallcnn_mnist"
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
     pretrained: bool = False
-    num_classes: Optional[int] = None
-    in_chans: Optional[int] = None
+    num_classes: int | None = None
+    in_chans: int | None = None
     dataset: str = "mnist-mini"
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     split: str = "test"
     batch_size: int = 200
     workers: int = 0
-    num_samples: Optional[int] = None
+    num_samples: int | None = None
     eps: float = 0.3
     attacks: tuple = ("clean", "pgd")
     attack_loss: str = "ce"
     attack_steps: int = 40
-    attack_step: Optional[float] = None
+    attack_step: float | None = None
     attack_restarts: int = 1
     seed: int = 0
-    results_file: Optional[str] = None
+    results_file: str | None = None
     no_progress: bool = False
 
     def validate(self) -> "EvalConfig":
@@ -244,7 +245,7 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], cls):
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, cls):
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         try:
@@ -271,11 +272,11 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], cls):
     return cls(**{k: v for k, v in args.items() if k in names}).validate()
 
 
-def parse_train_args(argv: Optional[List[str]] = None) -> TrainConfig:
+def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
     return _parse(train_parser(), argv, TrainConfig)
 
 
-def parse_eval_args(argv: Optional[List[str]] = None) -> EvalConfig:
+def parse_eval_args(argv: list[str] | None = None) -> EvalConfig:
     return _parse(eval_parser(), argv, EvalConfig)
 
 

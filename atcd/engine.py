@@ -1,6 +1,6 @@
 """train_one_epoch / evaluate, run with an Accelerator; pass counting comes from the method."""
 import time
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
@@ -8,11 +8,11 @@ from tqdm import tqdm
 from .attacks import AttackConfig, get_attack
 from .methods import StepContext, TrainMethod
 
-__all__ = ["train_one_epoch", "evaluate_attacks"]
+__all__ = ["evaluate_attacks", "train_one_epoch"]
 
 
 def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, epoch: int,
-                    progress: bool = True) -> Dict[str, float]:
+                    progress: bool = True) -> dict[str, float]:
     t0 = time.time()
     p0 = dict(method.passes.as_dict())
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -43,7 +43,7 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
 
 
 def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, accelerator=None,
-                     progress: bool = False) -> Dict[str, Dict]:
+                     progress: bool = False) -> dict[str, dict]:
     """Top-1 accuracy per attack (plus `worst_case` over attacks per example); model is put in eval mode.
 
     Per-example correctness is gathered across processes so every sample is counted exactly once.
@@ -79,10 +79,10 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
     return results
 
 
-def strip_private(results: Dict[str, Dict]) -> Dict[str, Dict]:
+def strip_private(results: dict[str, dict]) -> dict[str, dict]:
     return {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, bs: int, device: Optional[torch.device] = None):
+def batches(x: torch.Tensor, y: torch.Tensor, bs: int, device: torch.device | None = None):
     for i in range(0, len(y), bs):
         yield x[i:i + bs].to(device or x.device), y[i:i + bs].to(device or y.device)

@@ -3,9 +3,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict
 
-import torch
 from accelerate import Accelerator
 
 from .attacks import AttackConfig, list_attacks
@@ -15,7 +13,7 @@ from .data import create_atcd_dataset, create_atcd_loader
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, unwrap_timm
 
-__all__ = ["run", "load_model_for_eval", "format_table"]
+__all__ = ["format_table", "load_model_for_eval", "run"]
 
 _logger = logging.getLogger(__name__)
 
@@ -28,7 +26,7 @@ def load_model_for_eval(cfg: EvalConfig) -> NormalizedModel:
     return model.eval()
 
 
-def format_table(results: Dict[str, Dict], eps: float) -> str:
+def format_table(results: dict[str, dict], eps: float) -> str:
     lines = [f"{'attack':<14}{'top1 (%)':>10}{'n':>7}", "-" * 31]
     for name, r in results.items():
         lines.append(f"{name:<14}{r['top1']:>10.2f}{r['n']:>7}")
@@ -36,7 +34,7 @@ def format_table(results: Dict[str, Dict], eps: float) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: EvalConfig) -> Dict:
+def run(cfg: EvalConfig) -> dict:
     unknown = [a for a in cfg.attacks if a not in list_attacks()]
     if unknown:
         raise ConfigError(f"unknown attack(s) {unknown}; available: {list_attacks()}")

@@ -4,15 +4,11 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import asdict
-from typing import Dict
 
-import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -21,11 +17,11 @@ from .attacks import AttackConfig
 from .checkpoint import atomic_write_text, find_latest_state, save_state_dir, save_weights
 from .config import TrainConfig
 from .data import create_atcd_dataset, create_atcd_loader
-from .engine import evaluate_attacks, strip_private, train_one_epoch
+from .engine import evaluate_attacks, train_one_epoch
 from .methods import StepContext, create_method
 from .models import build_model, unwrap_timm
 
-__all__ = ["run", "run_dir_for", "num_epochs"]
+__all__ = ["num_epochs", "run", "run_dir_for"]
 
 _logger = logging.getLogger(__name__)
 
@@ -66,7 +62,7 @@ class _Scheduled:
             self.scheduler.step_update(num_updates=self.num_updates)
 
 
-def _write_summary(path: str, row: Dict):
+def _write_summary(path: str, row: dict):
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(row))
@@ -75,7 +71,7 @@ def _write_summary(path: str, row: Dict):
         w.writerow(row)
 
 
-def run(cfg: TrainConfig) -> Dict:
+def run(cfg: TrainConfig) -> dict:
     # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same data
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, dataloader_config=DataLoaderConfiguration(
         use_seedable_sampler=True, data_seed=cfg.seed))

@@ -12,7 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from atcd.data.mnist_mini import CLASS_NAMES, load_mnist_mini  # noqa: E402
+from atcd.data.mnist_mini import CLASS_NAMES, load_mnist_mini
 
 
 def export_mnist_mini(out_dir: str, progress: bool = True) -> dict:

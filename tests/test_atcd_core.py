@@ -1,11 +1,10 @@
 """ATCD update: J_cd gradient, projection, M-H, pass counts, BN hygiene — on real MNIST digits."""
-from types import SimpleNamespace
 
 import pytest
 import timm
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import atcd  # noqa: F401
 from atcd.attacks.core import project, random_init

@@ -1,7 +1,7 @@
 """AutoAttack goes through the official package and its own sanity flags reach our results."""
 import timm
 import torch
-import torch.nn as nn
+from torch import nn
 
 from atcd.attacks.autoattack import run_autoattack
 from atcd.models import NormalizedModel

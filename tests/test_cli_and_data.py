@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from safetensors.torch import load_file
 
 from atcd.attacks import AttackConfig, get_attack
 from atcd.config import ConfigError, parse_train_args
-from conftest import run_script
 
 
 def test_yaml_defaults_cli_overrides_and_unknown_key_is_error(tmp_path):
@@ -56,6 +56,7 @@ def test_validate_refuses_pickle_checkpoint(tmp_path):
 
 def test_attack_sanity_eps0_and_ball(mnist_test_batch):
     import timm
+
     from atcd.models import NormalizedModel
     torch.manual_seed(0)
     model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")).eval()

@@ -1,27 +1,26 @@
 """AutoAttack through the packaged official implementation (`pyautoattack`); never re-implemented."""
 import logging
 import warnings
-from typing import Dict, List, Tuple
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .registry import register_attack
 
-__all__ = ["run_autoattack", "autoattack"]
+__all__ = ["autoattack", "run_autoattack"]
 
 
 class _Collect(logging.Handler):
     def __init__(self):
         super().__init__(level=logging.WARNING)
-        self.messages: List[str] = []
+        self.messages: list[str] = []
 
     def emit(self, record):
         self.messages.append(record.getMessage())
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = "standard",
-                   seed: int = 0, batch_size: int = 250, attacks=None) -> Tuple[torch.Tensor, Dict]:
+                   seed: int = 0, batch_size: int = 250, attacks=None) -> tuple[torch.Tensor, dict]:
     """Run AutoAttack; returns (x_adv, {"flags": [...]}) where flags are the package's own sanity-check warnings
     (zero gradients, softmax output, randomness, Square beating white-box), so they reach the results JSON."""
     from pyautoattack import AutoAttack

@@ -3,12 +3,12 @@
 The state is a perturbation delta kept inside the eps-ball AND such that x + delta is in [0,1]
 (never clamp inside the graph: clamp's zero gradient would freeze pixels outside the box).
 """
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-__all__ = ["project", "random_init", "input_grad", "sign_step", "perturb", "PassCounter"]
+__all__ = ["PassCounter", "input_grad", "perturb", "project", "random_init", "sign_step"]
 
 
 class PassCounter:
@@ -32,7 +32,7 @@ def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
     return (x + delta).clamp(0.0, 1.0) - x
 
 
-def random_init(x: torch.Tensor, eps: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def random_init(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
     noise = torch.rand(x.shape, generator=generator, device="cpu", dtype=torch.float32).to(x.device, x.dtype)
     return project(x, (2 * noise - 1) * eps, eps)
 
@@ -43,8 +43,8 @@ def input_grad(
         delta: torch.Tensor,
         y: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        counter: Optional[PassCounter] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        counter: PassCounter | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward + backward w.r.t. the input only. Returns (grad, per-example loss, logits), all detached."""
     with torch.enable_grad():
         d = delta.detach().requires_grad_(True)
@@ -59,7 +59,7 @@ def input_grad(
 def sign_step(
         x: torch.Tensor, delta: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
         eps: float, alpha: float, momentum: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """v = mu v + g / mean|g| (per example); delta = Proj(delta + alpha sign(v)). mu=0 is PGD, mu=1 MI-FGSM."""
     norm = g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
     v = momentum * v + g / norm
@@ -74,9 +74,9 @@ def perturb(
         eps: float,
         alpha: float,
         steps: int,
-        delta: Optional[torch.Tensor] = None,
+        delta: torch.Tensor | None = None,
         momentum: float = 0.0,
-        counter: Optional[PassCounter] = None,
+        counter: PassCounter | None = None,
         track_best: bool = False,
 ) -> torch.Tensor:
     """Projected sign-gradient ascent of `loss_fn` for `steps` steps from `delta` (zeros if None).

@@ -1,10 +1,10 @@
 """Attack losses, per example (shape [B]); every attack ascends one of these."""
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ce_loss", "margin_loss", "soft_cross_entropy", "jcd_target", "jcd_loss", "get_loss", "LOSSES"]
+__all__ = ["LOSSES", "ce_loss", "get_loss", "jcd_loss", "jcd_target", "margin_loss", "soft_cross_entropy"]
 
 
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ def jcd_loss(logits: torch.Tensor, y: torch.Tensor, p_ref: torch.Tensor, lam: fl
     return lam * soft_cross_entropy(logits, t)
 
 
-LOSSES: Dict[str, Callable] = {"ce": ce_loss, "margin": margin_loss, "cw": margin_loss}
+LOSSES: dict[str, Callable] = {"ce": ce_loss, "margin": margin_loss, "cw": margin_loss}
 
 
 def get_loss(name: str) -> Callable:

@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .core import perturb, random_init
 from .losses import get_loss, margin_loss

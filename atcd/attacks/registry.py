@@ -1,9 +1,9 @@
 """Attack registry: `@register_attack('name')` on a function (model, x, y, cfg) -> x_adv."""
-from typing import Callable, Dict
+from collections.abc import Callable
 
-__all__ = ["register_attack", "get_attack", "list_attacks"]
+__all__ = ["get_attack", "list_attacks", "register_attack"]
 
-_ATTACKS: Dict[str, Callable] = {}
+_ATTACKS: dict[str, Callable] = {}
 
 
 def register_attack(name: str):

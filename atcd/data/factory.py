@@ -1,6 +1,6 @@
 """`create_atcd_dataset` / `create_atcd_loader`: one entry point for built-in sets and image folders."""
 import os
-from typing import Callable, Dict, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -8,14 +8,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .mnist_mini import MnistMini
 from .transforms import create_pixel_transform
 
-__all__ = ["create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets", "DataError"]
+__all__ = ["DataError", "create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets"]
 
 
 class DataError(ValueError):
     """Bad dataset specification (unknown name, missing folder, no classes)."""
 
 
-_BUILTIN: Dict[str, Callable[[str], Dataset]] = {"mnist-mini": MnistMini}
+_BUILTIN: dict[str, Callable[[str], Dataset]] = {"mnist-mini": MnistMini}
 
 
 def list_builtin_datasets():
@@ -25,8 +25,8 @@ def list_builtin_datasets():
 def create_atcd_dataset(
         name: str,
         split: str,
-        data_dir: Optional[str] = None,
-        input_size: Tuple[int, int, int] = (1, 28, 28),
+        data_dir: str | None = None,
+        input_size: tuple[int, int, int] = (1, 28, 28),
         is_training: bool = False,
         interpolation: str = "bilinear",
         crop_pct: float = 1.0,
@@ -69,8 +69,8 @@ def create_atcd_loader(
         is_training: bool,
         seed: int = 0,
         num_workers: int = 0,
-        num_samples: Optional[int] = None,
-        drop_last: Optional[bool] = None,
+        num_samples: int | None = None,
+        drop_last: bool | None = None,
 ) -> DataLoader:
     """Plain map-style loader; shuffling from a seeded generator so the order is reproducible."""
     if num_samples is not None and num_samples < len(dataset):

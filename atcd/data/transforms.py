@@ -1,14 +1,13 @@
 """Transforms that end in float [0,1] tensors (timm's `normalize=False` path yields uint8 0-255)."""
-from typing import Tuple
 
-from torchvision import transforms as T
 from timm.data.transforms import str_to_interp_mode
+from torchvision import transforms as T
 
 __all__ = ["create_pixel_transform"]
 
 
 def create_pixel_transform(
-        input_size: Tuple[int, int, int],
+        input_size: tuple[int, int, int],
         is_training: bool,
         interpolation: str = "bilinear",
         crop_pct: float = 1.0,

@@ -1,15 +1,15 @@
 """A training method turns one minibatch into one or more optimizer steps, counting the passes it spends."""
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..attacks.core import PassCounter
 
-__all__ = ["TrainMethod", "StepContext", "StepResult", "attack_mode"]
+__all__ = ["StepContext", "StepResult", "TrainMethod", "attack_mode"]
 
 
 @dataclass
@@ -26,10 +26,10 @@ class StepContext:
 
 @dataclass
 class StepResult:
-    losses: List[float] = field(default_factory=list)   # one per weight update
+    losses: list[float] = field(default_factory=list)   # one per weight update
     correct: int = 0                                     # adversarial-example accuracy during training
     count: int = 0
-    extras: Dict[str, float] = field(default_factory=dict)
+    extras: dict[str, float] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -70,10 +70,10 @@ class TrainMethod:
         res.correct += int((logits.detach().argmax(1) == y).sum())
         res.count += y.numel()
 
-    def state_dict(self) -> Dict:
+    def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: Dict):
+    def load_state_dict(self, state: dict):
         pass
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:

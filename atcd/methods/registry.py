@@ -1,9 +1,8 @@
 """Training-method registry: `@register_method('name')` on a `TrainMethod` subclass."""
-from typing import Dict, Type
 
-__all__ = ["register_method", "create_method", "list_methods"]
+__all__ = ["create_method", "list_methods", "register_method"]
 
-_METHODS: Dict[str, Type] = {}
+_METHODS: dict[str, type] = {}
 
 
 def register_method(name: str):

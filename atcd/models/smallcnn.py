@@ -1,7 +1,7 @@
 """The paper's MNIST small CNN: 4 conv (32, 32, 64, 64) + FC (200, 200, C), as in Madry/TRADES."""
 import torch
-import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
 
 __all__ = ["SmallCNN"]
 

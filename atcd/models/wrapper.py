@@ -1,9 +1,9 @@
 """Normalisation lives inside the model: attacks and data work in [0,1] pixel space."""
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import timm
 import torch
-import torch.nn as nn
+from torch import nn
 
 __all__ = ["NormalizedModel", "build_model", "unwrap_timm"]
 
@@ -20,7 +20,7 @@ class NormalizedModel(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
 
     @classmethod
-    def from_timm(cls, model: nn.Module, in_chans: Optional[int] = None) -> "NormalizedModel":
+    def from_timm(cls, model: nn.Module, in_chans: int | None = None) -> "NormalizedModel":
         cfg = getattr(model, "pretrained_cfg", None) or {}
         in_chans = in_chans or cfg.get("input_size", (3,))[0]
         mean = cfg.get("mean", (0.0,) * in_chans)
@@ -35,9 +35,9 @@ class NormalizedModel(nn.Module):
 
 def build_model(
         name: str,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
         pretrained: bool = False,
-        in_chans: Optional[int] = None,
+        in_chans: int | None = None,
         **kwargs,
 ) -> NormalizedModel:
     """Create any timm model by name (incl. `hf-hub:` / `local-dir:`) wrapped for [0,1] input."""
