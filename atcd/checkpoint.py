@@ -142,6 +142,3 @@ def save_state_dir(run_dir: str, name: str, write_fn, meta: dict, keep: int):
     for old in states[:-keep] if keep > 0 else []:
         shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
 
-
-def tensor_state(state: dict[str, torch.Tensor], path: str):
-    save_file({k: v.contiguous() for k, v in state.items()}, path)

@@ -82,7 +82,3 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
 def strip_private(results: dict[str, dict]) -> dict[str, dict]:
     return {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}
 
-
-def batches(x: torch.Tensor, y: torch.Tensor, bs: int, device: torch.device | None = None):
-    for i in range(0, len(y), bs):
-        yield x[i:i + bs].to(device or x.device), y[i:i + bs].to(device or y.device)

@@ -46,13 +46,13 @@ class Recorder(nn.Module):
         return self.inner(x)
 
 
-def _run_step(cfg, x, y, model=None):
+def _run_step(cfg, x, y, model=None, method=None):
     model = model or _model()
     rec = Recorder(model)
     opt = torch.optim.SGD(rec.parameters(), lr=0.01)
     ctx = StepContext(model=rec, attack_model=rec, optimizer=opt, backward=lambda loss: loss.backward(),
                       after_update=lambda: None)
-    method = create_method("atcd", cfg)
+    method = method or create_method("atcd", cfg)
     res = method.step(ctx, x, y)
     return method, res, rec
 
@@ -141,3 +141,21 @@ def test_q0_prev_differs_from_start(mnist_test_batch):
         _, _, rec = _run_step(cfg, x, y, model=model)
         outs[q0] = rec.calls[-1][0]
     assert not torch.equal(outs["start"], outs["prev"])
+
+
+def test_atcd_state_round_trip_replays_same_draws(mnist_test_batch):
+    from safetensors.torch import load_file, save_file
+    x, y = mnist_test_batch[0][:8], mnist_test_batch[1][:8]
+    cfg = TrainConfig(atcd_T=2, atcd_K=1, seed=3)
+    m1 = create_method("atcd", cfg)
+    m1.gen.manual_seed(123)
+    import os
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        save_file(m1.state_dict(), os.path.join(d, "m.safetensors"))
+        m2 = create_method("atcd", cfg)
+        m2.load_state_dict(load_file(os.path.join(d, "m.safetensors")))
+    _, _, r1 = _run_step(cfg, x, y, method=m1)
+    _, _, r2 = _run_step(cfg, x, y, method=m2)
+    for (a, _), (b, _) in zip(r1.calls, r2.calls):
+        assert torch.equal(a, b)

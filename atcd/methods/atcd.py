@@ -84,5 +84,13 @@ class ATCD(TrainMethod):
             self.weight_update(ctx, x + delta, y, res)
         return res
 
+    def state_dict(self) -> dict:
+        """RNG of random starts and M-H draws, so a resumed run draws what the uninterrupted one would."""
+        return {"generator": self.gen.get_state(), "mh_counts": torch.tensor([self.accepted, self.proposed])}
+
+    def load_state_dict(self, state: dict):
+        self.gen.set_state(state["generator"])
+        self.accepted, self.proposed = (int(v) for v in state["mh_counts"])
+
     def acceptance_rate(self) -> float:
         return self.accepted / self.proposed if self.proposed else float("nan")
