@@ -51,6 +51,7 @@ class TrainConfig:
     clip_grad: float | None = None
     mixed_precision: str = "no"
     seed: int = 42
+    train_samples_per_epoch: int | None = None
     # method
     method: str = "atcd"
     eps: float = 0.3
@@ -66,6 +67,18 @@ class TrainConfig:
     mh_kinetic: float = 1.0
     atcd_q0: str = "start"
     atcd_restart: bool = False
+    # baselines
+    attack_steps: int = 10
+    trades_beta: float = 6.0
+    free_m: int = 8
+    fast_alpha: float | None = None
+    yopo_m: int = 5
+    yopo_n: int = 3
+    # model selection on a holdout carved from the training split (never the test split)
+    holdout: int | None = None
+    early_stop: str = "none"
+    co_guard: bool = False
+    co_drop: float = 20.0
     # eval during training (monitoring only; selection belongs on a train-carved split)
     eval_samples: int = 500
     eval_attack_steps: int = 10
@@ -90,6 +103,18 @@ class TrainConfig:
             (self.mh_temperature > 0, f"--mh-temperature must be > 0 (got {self.mh_temperature})"),
             (self.attack_bn in ("eval", "train"), f"--attack-bn must be eval or train (got {self.attack_bn})"),
             (self.atcd_q0 in ("start", "prev"), f"--atcd-q0 must be start or prev (got {self.atcd_q0})"),
+            (self.attack_steps >= 1, f"--attack-steps must be >= 1 (got {self.attack_steps})"),
+            (self.trades_beta >= 0, f"--trades-beta must be >= 0 (got {self.trades_beta})"),
+            (self.free_m >= 1, f"--free-m must be >= 1 (got {self.free_m})"),
+            (self.fast_alpha is None or self.fast_alpha > 0, f"--fast-alpha must be > 0 (got {self.fast_alpha})"),
+            (self.yopo_m >= 1 and self.yopo_n >= 1, f"--yopo-m/--yopo-n must be >= 1 (got {self.yopo_m}, "
+                                                    f"{self.yopo_n})"),
+            (self.early_stop in ("none", "robust"), f"--early-stop must be none or robust (got {self.early_stop})"),
+            (self.holdout is None or self.holdout >= 0, f"--holdout must be >= 0 (got {self.holdout})"),
+            (not (self.early_stop != "none" or self.co_guard) or self.holdout_size > 0,
+             "--early-stop/--co-guard select on a holdout carved from the training split: give --holdout N > 0"),
+            (self.train_samples_per_epoch is None or self.train_samples_per_epoch >= self.batch_size,
+             f"--train-samples-per-epoch must be >= the batch size (got {self.train_samples_per_epoch})"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -99,6 +124,13 @@ class TrainConfig:
             raise ConfigError(f"unknown method {self.method!r}; available: {list_methods()}")
         check_model_name(self.model)
         return self
+
+    @property
+    def holdout_size(self) -> int:
+        """Training images held out for model selection: --holdout, else 500 when a selection rule needs them."""
+        if self.holdout is not None:
+            return self.holdout
+        return 500 if (self.early_stop != "none" or self.co_guard) else 0
 
 
 def check_model_name(name: str):
@@ -132,6 +164,11 @@ class EvalConfig:
     attack_steps: int = 40
     attack_step: float | None = None
     attack_restarts: int = 1
+    attack_step_schedule: str = "constant"
+    aa_version: str = "standard"
+    aa_attacks: tuple = ()
+    hmc_momentum: float = 1.0
+    hmc_temperature: float = 1.0
     seed: int = 0
     results_file: str | None = None
     no_progress: bool = False
@@ -141,6 +178,17 @@ class EvalConfig:
             raise ConfigError(f"--eps must be >= 0 (got {self.eps})")
         if self.attack_steps < 1:
             raise ConfigError(f"--attack-steps must be >= 1 (got {self.attack_steps})")
+        if self.attack_restarts < 1:
+            raise ConfigError(f"--attack-restarts must be >= 1 (got {self.attack_restarts})")
+        if self.aa_version not in AA_VERSIONS:
+            raise ConfigError(f"--aa-version must be one of {AA_VERSIONS} (got {self.aa_version!r})")
+        if self.aa_version == "custom" and not self.aa_attacks:
+            raise ConfigError("--aa-version custom needs --aa-attacks, e.g. apgd-ce,apgd-t")
+        bad = [a for a in self.aa_attacks if a not in AA_ATTACKS]
+        if bad:
+            raise ConfigError(f"unknown --aa-attacks {bad}; the package offers {AA_ATTACKS}")
+        if self.hmc_temperature <= 0:
+            raise ConfigError(f"--hmc-temperature must be > 0 (got {self.hmc_temperature})")
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1 (got {self.num_samples})")
         check_model_name(self.model)
@@ -149,6 +197,14 @@ class EvalConfig:
     @property
     def step_size(self) -> float:
         return self.attack_step if self.attack_step is not None else 2.5 * self.eps / self.attack_steps
+
+
+AA_VERSIONS = ("standard", "plus", "rand", "custom")
+AA_ATTACKS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
+
+
+def _comma_list(s: str) -> tuple:
+    return tuple(a.strip() for a in s.split(",") if a.strip())
 
 
 def _bool_flag(p, name, default, help):
@@ -187,6 +243,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, default=d.clip_grad)
     g.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "bf16", "fp16"])
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--train-samples-per-epoch", type=int, default=d.train_samples_per_epoch,
+                   help="samples drawn per (nominal) epoch; default: the whole training split")
     g = p.add_argument_group("method")
     g.add_argument("--method", default=d.method, help=f"training method: {', '.join(list_methods())}")
     g.add_argument("--eps", type=parse_fraction, default=d.eps, help="L-inf radius in [0,1] pixels (8/255 ok)")
@@ -203,6 +261,20 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--atcd-q0", default=d.atcd_q0, choices=["start", "prev"],
                    help="Q0 = output at the trajectory start (spec) or at the previous transition")
     _bool_flag(g, "atcd-restart", d.atcd_restart, "ablation: fresh noise per replay instead of warm start")
+    g.add_argument("--attack-steps", type=int, default=d.attack_steps, help="r: PGD-AT / TRADES attack steps")
+    g.add_argument("--trades-beta", type=float, default=d.trades_beta, help="TRADES beta (robust KL weight)")
+    g.add_argument("--free-m", type=int, default=d.free_m, help="Free-AT m: replays per minibatch")
+    g.add_argument("--fast-alpha", type=parse_fraction, default=d.fast_alpha, help="Fast-AT FGSM step (1.25*eps)")
+    g.add_argument("--yopo-m", type=int, default=d.yopo_m, help="YOPO m: full passes per minibatch")
+    g.add_argument("--yopo-n", type=int, default=d.yopo_n, help="YOPO n: first-layer steps per full pass")
+    g = p.add_argument_group("model selection (on a holdout carved from the training split)")
+    g.add_argument("--holdout", type=int, default=d.holdout,
+                   help="training images held out for selection (default 500 if a rule below is on, else 0)")
+    g.add_argument("--early-stop", default=d.early_stop, choices=["none", "robust"],
+                   help="robust: keep the best holdout-PGD checkpoint as model_best.safetensors (Rice et al. 2020)")
+    _bool_flag(g, "co-guard", d.co_guard, "catastrophic-overfitting guard: when holdout PGD accuracy falls more "
+               "than --co-drop points below its best, restore the best weights and stop")
+    g.add_argument("--co-drop", type=float, default=d.co_drop, help="points of holdout PGD accuracy")
     g = p.add_argument_group("evaluation during training")
     g.add_argument("--eval-samples", type=int, default=d.eval_samples)
     g.add_argument("--eval-attack-steps", type=int, default=d.eval_attack_steps)
@@ -233,12 +305,20 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--workers", type=int, default=d.workers)
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="evaluate a fixed class-mixed subset")
     p.add_argument("--eps", type=parse_fraction, default=d.eps, help="L-inf radius in [0,1] pixels (8/255 ok)")
-    p.add_argument("--attacks", type=lambda s: tuple(a.strip() for a in s.split(",") if a.strip()),
-                   default=",".join(d.attacks), help=f"comma list of: {', '.join(list_attacks())}")
+    p.add_argument("--attacks", type=_comma_list, default=",".join(d.attacks),
+                   help=f"comma list of: {', '.join(list_attacks())}")
     p.add_argument("--attack-loss", default=d.attack_loss, choices=["ce", "margin"])
     p.add_argument("--attack-steps", type=int, default=d.attack_steps)
     p.add_argument("--attack-step", type=parse_fraction, default=d.attack_step, help="default 2.5*eps/steps")
     p.add_argument("--attack-restarts", type=int, default=d.attack_restarts)
+    p.add_argument("--attack-step-schedule", default=d.attack_step_schedule, choices=["constant", "cosine", "step"],
+                   help="PGD step size over iterations (step: halved at 50%% and 75%%)")
+    p.add_argument("--aa-version", default=d.aa_version, choices=AA_VERSIONS,
+                   help="AutoAttack version (rand for randomised models)")
+    p.add_argument("--aa-attacks", type=_comma_list, default=",".join(d.aa_attacks),
+                   help=f"with --aa-version custom: comma list of {', '.join(AA_ATTACKS)}")
+    p.add_argument("--hmc-momentum", type=float, default=d.hmc_momentum, help="HMC attack momentum mu")
+    p.add_argument("--hmc-temperature", type=float, default=d.hmc_temperature, help="HMC attack M-H temperature")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--results-file", default=d.results_file)
     p.add_argument("--no-progress", action="store_true", default=d.no_progress)
@@ -266,8 +346,9 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, cls):
         parser.set_defaults(**y)
     args = vars(parser.parse_args(argv))
     args.pop("config")
-    if isinstance(args.get("attacks"), str):
-        args["attacks"] = tuple(a.strip() for a in args["attacks"].split(",") if a.strip())
+    for key in ("attacks", "aa_attacks"):
+        if isinstance(args.get(key), str):
+            args[key] = _comma_list(args[key])
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in args.items() if k in names}).validate()
 

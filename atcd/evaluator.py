@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import asdict
 
 from accelerate import Accelerator
 
@@ -13,7 +14,7 @@ from .data import create_atcd_dataset, create_atcd_loader
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, unwrap_timm
 
-__all__ = ["format_table", "load_model_for_eval", "run"]
+__all__ = ["attack_config", "format_table", "load_model_for_eval", "run"]
 
 _logger = logging.getLogger(__name__)
 
@@ -24,6 +25,13 @@ def load_model_for_eval(cfg: EvalConfig) -> NormalizedModel:
     if cfg.checkpoint:
         load_weights(unwrap_timm(model), cfg.checkpoint)
     return model.eval()
+
+
+def attack_config(cfg: EvalConfig) -> AttackConfig:
+    return AttackConfig(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps, restarts=cfg.attack_restarts,
+                        loss=cfg.attack_loss, seed=cfg.seed, step_schedule=cfg.attack_step_schedule,
+                        aa_version=cfg.aa_version, aa_attacks=tuple(cfg.aa_attacks), hmc_momentum=cfg.hmc_momentum,
+                        hmc_temperature=cfg.hmc_temperature)
 
 
 def format_table(results: dict[str, dict], eps: float) -> str:
@@ -49,15 +57,13 @@ def run(cfg: EvalConfig) -> dict:
     loader = create_atcd_loader(ds, cfg.batch_size, False, num_workers=cfg.workers, num_samples=cfg.num_samples)
     model, loader = accelerator.prepare(model, loader)
     model = accelerator.unwrap_model(model).eval()
-    acfg = AttackConfig(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps,
-                        restarts=cfg.attack_restarts, loss=cfg.attack_loss, seed=cfg.seed)
+    acfg = attack_config(cfg)
     t0 = time.time()
     res = evaluate_attacks(model, loader, list(cfg.attacks), acfg, accelerator, progress=not cfg.no_progress)
     out = {
         "model": cfg.model, "checkpoint": cfg.checkpoint, "dataset": cfg.dataset or cfg.data_dir,
         "split": cfg.split, "num_samples": res[cfg.attacks[0]]["n"], "eps": cfg.eps, "norm": "Linf",
-        "attack_config": {"loss": cfg.attack_loss, "steps": cfg.attack_steps, "step_size": cfg.step_size,
-                          "restarts": cfg.attack_restarts, "seed": cfg.seed, "autoattack_version": "standard"},
+        "attack_config": asdict(acfg),
         "results": strip_private(res), "seconds": round(time.time() - t0, 1),
     }
     if accelerator.is_main_process:

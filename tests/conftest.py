@@ -23,3 +23,27 @@ def mnist_test_batch():
     ds = MnistMini("test")
     idx = torch.arange(0, 1000, 10)  # 100 images, 10 per class
     return ds.images[idx], ds.targets[idx]
+
+
+@pytest.fixture(scope="session")
+def standard_model():
+    """The small CNN trained normally on mnist-mini (2 epochs, in-process): accurate, not robust."""
+    import timm
+
+    from atcd.data import MnistMini
+    from atcd.models import NormalizedModel
+    torch.manual_seed(0)
+    model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist"))
+    ds = MnistMini("train")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(2):
+        perm = torch.randperm(len(ds.targets), generator=g)
+        for i in range(0, len(perm) - 63, 64):
+            idx = perm[i:i + 64]
+            loss = torch.nn.functional.cross_entropy(model(ds.images[idx]), ds.targets[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()

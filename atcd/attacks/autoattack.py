@@ -9,6 +9,8 @@ from .registry import register_attack
 
 __all__ = ["autoattack", "run_autoattack"]
 
+AA_INDIVIDUAL = ("apgd-ce", "apgd-t", "fab-t", "square")
+
 
 class _Collect(logging.Handler):
     def __init__(self):
@@ -21,13 +23,22 @@ class _Collect(logging.Handler):
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = "standard",
                    seed: int = 0, batch_size: int = 250, attacks=None) -> tuple[torch.Tensor, dict]:
-    """Run AutoAttack; returns (x_adv, {"flags": [...]}) where flags are the package's own sanity-check warnings
-    (zero gradients, softmax output, randomness, Square beating white-box), so they reach the results JSON."""
+    """Run AutoAttack (L-inf); returns (x_adv, {"flags": [...]}).
+
+    `version`: standard | plus | rand, the package's own presets; `custom` runs only `attacks` (e.g.
+    ['apgd-ce', 'square']) with the standard version's per-attack settings (1 APGD restart, 9 target classes,
+    5000 Square queries), so a single attack scores what it would inside the standard evaluation.
+    flags are the package's own sanity-check warnings (zero gradients, softmax output, randomness, Square
+    beating white-box), so they reach the results JSON.
+    """
     from pyautoattack import AutoAttack
-    kwargs = dict(eps=eps, version=version, device=x.device, seed=seed, norm="Linf")
-    if attacks:
-        kwargs.update(attacks=list(attacks), version="custom")
-    adversary = AutoAttack(model, **kwargs)
+    if version == "custom":
+        if not attacks:
+            raise ValueError("AutoAttack version 'custom' needs a list of attacks")
+        adversary = AutoAttack(model, eps=eps, version="standard", device=x.device, seed=seed, norm="Linf")
+        adversary.attacks_to_run, adversary.version = list(attacks), "custom"
+    else:
+        adversary = AutoAttack(model, eps=eps, version=version, device=x.device, seed=seed, norm="Linf")
     handler = _Collect()
     aa_logger = logging.getLogger("auto-attack")
     aa_logger.addHandler(handler)
@@ -44,5 +55,16 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
 
 @register_attack("autoattack")
 def autoattack(model, x, y, cfg):
-    """AutoAttack 'standard' (APGD-CE, APGD-T, FAB-T, Square) at L-inf eps."""
-    return run_autoattack(model, x, y, cfg.eps, seed=cfg.seed)
+    """AutoAttack at L-inf eps, version `cfg.aa_version` (standard: APGD-CE, APGD-T, FAB-T, Square)."""
+    return run_autoattack(model, x, y, cfg.eps, version=cfg.aa_version, seed=cfg.seed, attacks=cfg.aa_attacks)
+
+
+def _single(name: str):
+    def attack(model, x, y, cfg):
+        return run_autoattack(model, x, y, cfg.eps, version="custom", seed=cfg.seed, attacks=[name])
+    attack.__doc__ = f"{name} alone, from the official AutoAttack package, with its standard-version settings."
+    return attack
+
+
+for _name in AA_INDIVIDUAL:
+    register_attack(_name)(_single(_name))

@@ -3,27 +3,35 @@
 The state is a perturbation delta kept inside the eps-ball AND such that x + delta is in [0,1]
 (never clamp inside the graph: clamp's zero gradient would freeze pixels outside the box).
 """
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["PassCounter", "input_grad", "perturb", "project", "random_init", "sign_step"]
+__all__ = ["PassCounter", "input_grad", "perturb", "project", "random_init", "sign_step", "step_size_at"]
 
 
 class PassCounter:
-    """Counts network passes spent: input-gradient passes, weight passes, forward-only passes."""
+    """Counts network passes spent.
+
+    input_grad: forward + backward to the input only; weight: forward + backward producing weight gradients;
+    forward: forward only (no backward); stem: forward + backward through the first layer only (YOPO).
+    """
 
     def __init__(self):
         self.input_grad = 0
         self.weight = 0
         self.forward = 0
+        self.stem = 0
 
     def total(self) -> int:
+        """Full-network passes (a stem pass is a fraction of one and is reported apart)."""
         return self.input_grad + self.weight + self.forward
 
     def as_dict(self):
-        return {"input_grad_passes": self.input_grad, "weight_passes": self.weight, "forward_passes": self.forward}
+        return {"input_grad_passes": self.input_grad, "weight_passes": self.weight, "forward_passes": self.forward,
+                "stem_passes": self.stem}
 
 
 def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -66,6 +74,17 @@ def sign_step(
     return project(x, delta + alpha * v.sign(), eps), v
 
 
+def step_size_at(alpha: float, k: int, steps: int, schedule: str = "constant") -> float:
+    """Step size of iteration k (0-based): constant, cosine decay to 0, or halved at 50% and 75% ('step')."""
+    if schedule == "constant":
+        return alpha
+    if schedule == "cosine":
+        return alpha * 0.5 * (1 + math.cos(math.pi * k / steps))
+    if schedule == "step":
+        return alpha * (0.5 ** ((k >= steps // 2) + (k >= (3 * steps) // 4)))
+    raise ValueError(f"unknown step schedule {schedule!r}: constant, cosine or step")
+
+
 def perturb(
         model: nn.Module,
         x: torch.Tensor,
@@ -78,27 +97,34 @@ def perturb(
         momentum: float = 0.0,
         counter: PassCounter | None = None,
         track_best: bool = False,
+        schedule: str = "constant",
 ) -> torch.Tensor:
     """Projected sign-gradient ascent of `loss_fn` for `steps` steps from `delta` (zeros if None).
 
-    With `track_best`, returns per example the iterate that was misclassified / had the highest loss
-    (as PGD evaluations do), otherwise the last iterate.
+    With `track_best`, returns per example the first misclassified iterate, else the highest-loss one (as PGD
+    evaluations do), otherwise the last iterate. `schedule` sets the step size per iteration (`step_size_at`).
     """
     delta = torch.zeros_like(x) if delta is None else project(x, delta, eps)
     v = torch.zeros_like(x)
     best, best_loss = delta.clone(), torch.full((x.shape[0],), -float("inf"), device=x.device)
-    for _ in range(steps):
-        g, loss, _ = input_grad(model, x, delta, y, loss_fn, counter)
-        if track_best:  # loss is that of the current delta (before the step)
-            better = loss > best_loss
-            best[better], best_loss[better] = delta[better], loss[better]
-        delta, v = sign_step(x, delta, v, g, eps, alpha, momentum)
+    fooled_any = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def keep(d, loss, logits):
+        fooled = logits.argmax(1) != y
+        better = ~fooled_any & (fooled | (loss > best_loss))
+        best[better], best_loss[better] = d[better], loss[better]
+        fooled_any.logical_or_(fooled)
+
+    for k in range(steps):
+        g, loss, logits = input_grad(model, x, delta, y, loss_fn, counter)
+        if track_best:  # loss and logits are those of the current delta (before the step)
+            keep(delta, loss, logits)
+        delta, v = sign_step(x, delta, v, g, eps, step_size_at(alpha, k, steps, schedule), momentum)
     if track_best:
         with torch.no_grad():
-            loss = loss_fn(model(x + delta), y)
+            logits = model(x + delta)
         if counter is not None:
             counter.forward += 1
-        better = loss > best_loss
-        best[better] = delta[better]
+        keep(delta, loss_fn(logits, y), logits)
         return best
     return delta

@@ -13,12 +13,18 @@ __all__ = ["AttackConfig", "pgd_attack"]
 
 @dataclass(frozen=True)
 class AttackConfig:
+    """Settings shared by every attack; each attack reads the fields it needs."""
     eps: float = 0.3
     step_size: float = 0.01
     steps: int = 40
     restarts: int = 1
     loss: str = "ce"
     seed: int = 0
+    step_schedule: str = "constant"
+    aa_version: str = "standard"
+    aa_attacks: tuple = ()
+    hmc_momentum: float = 1.0
+    hmc_temperature: float = 1.0
 
 
 def _restarted(model, x, y, cfg: AttackConfig, loss_fn, momentum: float, random_start: bool):
@@ -31,7 +37,8 @@ def _restarted(model, x, y, cfg: AttackConfig, loss_fn, momentum: float, random_
             break
         xs, ys = x[idx], y[idx]
         d0 = random_init(xs, cfg.eps, gen) if random_start else None
-        d = perturb(model, xs, ys, loss_fn, cfg.eps, cfg.step_size, cfg.steps, d0, momentum, track_best=True)
+        d = perturb(model, xs, ys, loss_fn, cfg.eps, cfg.step_size, cfg.steps, d0, momentum, track_best=True,
+                    schedule=cfg.step_schedule)
         with torch.no_grad():
             fooled = model(xs + d).argmax(1) != ys
         x_adv[idx] = xs + d  # keep the latest (best-loss) iterate; fooled ones leave the pool
@@ -46,12 +53,13 @@ def clean(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig)
 
 @register_attack("pgd")
 def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
-    """PGD (Madry et al.) with random start and `cfg.restarts` restarts; loss `ce` or `margin`."""
+    """PGD (Madry et al.) with random start, `cfg.restarts` restarts, loss `ce` or `margin`, step schedule."""
     return _restarted(model, x, y, cfg, get_loss(cfg.loss), 0.0, True)
 
 
 @register_attack("fgsm")
 def fgsm(model, x, y, cfg: AttackConfig):
+    """FGSM (Goodfellow et al.): one signed step of size eps from x."""
     return x + perturb(model, x, y, get_loss(cfg.loss), cfg.eps, cfg.eps, 1)
 
 

@@ -3,12 +3,12 @@ import os
 from collections.abc import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from .mnist_mini import MnistMini
 from .transforms import create_pixel_transform
 
-__all__ = ["DataError", "create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets"]
+__all__ = ["DataError", "create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets", "split_holdout"]
 
 
 class DataError(ValueError):
@@ -71,16 +71,39 @@ def create_atcd_loader(
         num_workers: int = 0,
         num_samples: int | None = None,
         drop_last: bool | None = None,
+        samples_per_epoch: int | None = None,
 ) -> DataLoader:
-    """Plain map-style loader; shuffling from a seeded generator so the order is reproducible."""
+    """Plain map-style loader; shuffling from a seeded generator so the order is reproducible.
+
+    `num_samples` fixes a class-mixed subset (evaluation); `samples_per_epoch` makes a training epoch a fresh random
+    draw of that many samples (without replacement when it fits) instead of a pass over the whole set.
+    """
     if num_samples is not None and num_samples < len(dataset):
         # a fixed, class-mixed subset: evenly strided indices are deterministic and cover every class
         step = len(dataset) / num_samples
         dataset = Subset(dataset, [int(i * step) for i in range(num_samples)])
     gen = torch.Generator()
     gen.manual_seed(seed)
+    sampler = None
+    if is_training and samples_per_epoch is not None:
+        sampler = RandomSampler(dataset, replacement=samples_per_epoch > len(dataset), num_samples=samples_per_epoch,
+                                generator=gen)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=is_training, generator=gen if is_training else None,
+        dataset, batch_size=batch_size, shuffle=is_training and sampler is None, sampler=sampler,
+        generator=gen if is_training and sampler is None else None,
         num_workers=num_workers, drop_last=is_training if drop_last is None else drop_last,
         persistent_workers=False,
     )
+
+
+def split_holdout(dataset: Dataset, n: int, seed: int = 0) -> tuple[Dataset, Dataset | None]:
+    """Carve `n` samples (a seeded random choice) out of a training set for model selection: (rest, holdout).
+
+    Selection (early stopping, overfitting guards) then never looks at the test split.
+    """
+    if n <= 0:
+        return dataset, None
+    if n >= len(dataset):
+        raise DataError(f"--holdout {n} leaves no training data (the training split has {len(dataset)} samples)")
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    return Subset(dataset, sorted(perm[n:])), Subset(dataset, sorted(perm[:n]))

@@ -39,6 +39,10 @@ class ATCD(TrainMethod):
     def updates_per_batch(self) -> int:
         return self.cfg.atcd_T
 
+    @classmethod
+    def budget_divisor(cls, cfg) -> int:
+        return cfg.atcd_T * cfg.atcd_K
+
     def step(self, ctx, x, y):
         c = self.cfg
         res = StepResult()

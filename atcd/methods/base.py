@@ -52,7 +52,26 @@ class TrainMethod:
         self.passes = PassCounter()
 
     def updates_per_batch(self) -> int:
+        """Optimizer steps per minibatch (the scheduler steps per update)."""
         return 1
+
+    @classmethod
+    def budget_divisor(cls, cfg) -> int:
+        """With --epochs-as-budget, passes over the data = epochs / this (paper convention: Free-m: m, ATCD: T*K)."""
+        return 1
+
+    @staticmethod
+    def apply_update(ctx: StepContext):
+        """Clip, optimizer step, scheduler tick: once per update, after the gradients are in place."""
+        ctx.clip_grad()
+        ctx.optimizer.step()
+        ctx.after_update()
+
+    @staticmethod
+    def record(res: StepResult, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
+        res.losses.append(loss.detach())
+        res.correct += int((logits.detach().argmax(1) == y).sum())
+        res.count += y.numel()
 
     def weight_update(self, ctx: StepContext, x_in: torch.Tensor, y: torch.Tensor, res: StepResult):
         """One optimizer step on CE(model(x_in), y) with the model in train mode."""
@@ -62,13 +81,9 @@ class TrainMethod:
             loss = F.cross_entropy(logits.float(), y)
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.backward(loss)
-        ctx.clip_grad()
-        ctx.optimizer.step()
-        ctx.after_update()
+        self.apply_update(ctx)
         self.passes.weight += 1
-        res.losses.append(loss.detach())
-        res.correct += int((logits.detach().argmax(1) == y).sum())
-        res.count += y.numel()
+        self.record(res, loss, logits, y)
 
     def state_dict(self) -> dict:
         return {}

@@ -1,0 +1,38 @@
+"""Fast-AT (Wong et al. 2020): one FGSM step of size alpha (default 1.25 eps) from a uniform random start.
+
+Cost per minibatch: 1 input-gradient pass + 1 weight pass. Catastrophic overfitting is watched by the trainer's
+`--co-guard` (holdout PGD accuracy collapsing -> restore the best weights and stop), as in the paper's early stop.
+"""
+import torch
+
+from ..attacks.core import input_grad, project, random_init
+from ..attacks.losses import ce_loss
+from .base import StepResult, TrainMethod, attack_mode
+from .registry import register_method
+
+__all__ = ["FastAT"]
+
+
+@register_method("fast")
+class FastAT(TrainMethod):
+
+    def __init__(self, cfg, generator: torch.Generator = None):
+        super().__init__(cfg)
+        self.gen = generator or torch.Generator().manual_seed(cfg.seed)
+        self.alpha = cfg.fast_alpha if cfg.fast_alpha is not None else 1.25 * cfg.eps
+
+    def step(self, ctx, x, y):
+        c = self.cfg
+        res = StepResult()
+        delta = random_init(x, c.eps, self.gen)
+        with attack_mode(ctx.attack_model, c.attack_bn), ctx.autocast():
+            g, _, _ = input_grad(ctx.attack_model, x, delta, y, ce_loss, self.passes)
+        delta = project(x, delta + self.alpha * g.float().sign(), c.eps)
+        self.weight_update(ctx, x + delta, y, res)
+        return res
+
+    def state_dict(self) -> dict:
+        return {"generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict):
+        self.gen.set_state(state["generator"])

@@ -1,0 +1,59 @@
+"""Free-AT (Shafahi et al. 2019): each minibatch is replayed m times; one forward/backward per replay gives the
+weight gradient (one optimizer step) and the input gradient (one FGSM step of size eps on the perturbation).
+
+The perturbation is carried across minibatches as in the original (projected onto the new images' eps-ball and
+pixel box). It is per-rank state, saved with the resumable checkpoint. The attack gradient comes from the
+weight pass, so it is taken with BatchNorm in train mode (the method's definition; --attack-bn does not apply).
+Cost per minibatch: m weight passes.
+"""
+import torch
+import torch.nn.functional as F
+
+from ..attacks.core import project
+from .base import StepResult, TrainMethod
+from .registry import register_method
+
+__all__ = ["FreeAT"]
+
+
+@register_method("free")
+class FreeAT(TrainMethod):
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.delta: torch.Tensor | None = None
+
+    def updates_per_batch(self) -> int:
+        return self.cfg.free_m
+
+    @classmethod
+    def budget_divisor(cls, cfg) -> int:
+        return cfg.free_m
+
+    def step(self, ctx, x, y):
+        c = self.cfg
+        res = StepResult()
+        if self.delta is None or self.delta.shape != x.shape:
+            self.delta = torch.zeros_like(x)  # the original starts from zero noise
+        delta = project(x, self.delta.to(x.device, x.dtype), c.eps)
+        ctx.model.train()
+        for _ in range(c.free_m):
+            d = delta.detach().requires_grad_(True)
+            with ctx.autocast():
+                logits = ctx.model(x + d)
+                loss = F.cross_entropy(logits.float(), y)
+            ctx.optimizer.zero_grad(set_to_none=True)
+            ctx.backward(loss)
+            g = d.grad.detach()
+            self.apply_update(ctx)
+            self.passes.weight += 1
+            self.record(res, loss, logits, y)
+            delta = project(x, delta + c.eps * g.float().sign(), c.eps)
+        self.delta = delta.detach()
+        return res
+
+    def state_dict(self) -> dict:
+        return {} if self.delta is None else {"delta": self.delta.cpu().contiguous()}
+
+    def load_state_dict(self, state: dict):
+        self.delta = state.get("delta")

@@ -1,0 +1,35 @@
+"""PGD-AT (Madry et al. 2018): r-step PGD on CE from a uniform random start, then one weight update.
+
+Cost per minibatch: r input-gradient passes + 1 weight pass.
+"""
+import torch
+
+from ..attacks.core import perturb, random_init
+from ..attacks.losses import ce_loss
+from .base import StepResult, TrainMethod, attack_mode
+from .registry import register_method
+
+__all__ = ["PGDAT"]
+
+
+@register_method("pgd")
+class PGDAT(TrainMethod):
+
+    def __init__(self, cfg, generator: torch.Generator = None):
+        super().__init__(cfg)
+        self.gen = generator or torch.Generator().manual_seed(cfg.seed)
+
+    def step(self, ctx, x, y):
+        c = self.cfg
+        res = StepResult()
+        with attack_mode(ctx.attack_model, c.attack_bn), ctx.autocast():
+            delta = perturb(ctx.attack_model, x, y, ce_loss, c.eps, c.attack_step, c.attack_steps,
+                            random_init(x, c.eps, self.gen), counter=self.passes)
+        self.weight_update(ctx, x + delta, y, res)
+        return res
+
+    def state_dict(self) -> dict:
+        return {"generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict):
+        self.gen.set_state(state["generator"])

@@ -1,0 +1,120 @@
+"""YOPO-m-n (Zhang et al. 2019, "You Only Propagate Once"): the adversary is updated through the first layer only.
+
+Per minibatch: m full forward/backward passes at x + eta; each accumulates the weight gradient (averaged over
+the m passes, one optimizer step per minibatch) and yields p = dLoss/d(first-layer output). Between full passes,
+n cheap steps ascend the Hamiltonian p . f_0(x + eta) through the first layer only and move eta (projected sign
+steps of size --attack-step). The first layer is the timm model's stem (`pretrained_cfg['first_conv']`, else the
+first convolution), found generically.
+Cost per minibatch: m weight passes + m*n first-layer passes (counted as `stem_passes`).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks.core import project, random_init
+from ..models import unwrap_timm
+from .base import StepResult, TrainMethod, attack_mode
+from .registry import register_method
+
+__all__ = ["YOPO", "find_stem"]
+
+
+def find_stem(model: nn.Module) -> nn.Module:
+    """The first layer of a timm model: the module named by its `pretrained_cfg['first_conv']`, else the first conv."""
+    model = unwrap_timm(model)
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    if name:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            pass
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise ValueError(f"YOPO: no first layer found in {type(model).__name__} (no first_conv and no Conv2d)")
+
+
+class _Tap(torch.autograd.Function):
+    """Identity that hands the incoming gradient (dLoss/d stem output) to a holder; copies so an in-place op
+    after the stem (ReLU(inplace=True)) cannot rewrite the tapped tensor's history."""
+
+    @staticmethod
+    def forward(ctx, t, holder):
+        ctx.holder = holder
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.holder["p"] = g.detach()
+        return g, None
+
+
+class _StopForward(Exception):
+    pass
+
+
+@register_method("yopo")
+class YOPO(TrainMethod):
+
+    def __init__(self, cfg, generator: torch.Generator = None):
+        super().__init__(cfg)
+        self.gen = generator or torch.Generator().manual_seed(cfg.seed)
+
+    def _stem_grad(self, amodel: nn.Module, stem: nn.Module, x, eta, p) -> torch.Tensor:
+        """d/d eta of sum(p * stem(x + eta)): forward stops right after the stem (first-layer pass only)."""
+        out = {}
+
+        def stop(_m, _inp, o):
+            out["o"] = o
+            raise _StopForward
+
+        h = stem.register_forward_hook(stop)
+        try:
+            with torch.enable_grad():
+                e = eta.detach().requires_grad_(True)
+                try:
+                    amodel(x + e)
+                except _StopForward:
+                    pass
+                (g,) = torch.autograd.grad((out["o"].float() * p).sum(), e)
+        finally:
+            h.remove()
+        self.passes.stem += 1
+        return g
+
+    def step(self, ctx, x, y):
+        c = self.cfg
+        res = StepResult()
+        stem = find_stem(ctx.attack_model)
+        eta = random_init(x, c.eps, self.gen)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss_sum, logits = 0.0, None
+        for _ in range(c.yopo_m):
+            holder = {}
+            h = stem.register_forward_hook(lambda _m, _i, o, _h=holder: _Tap.apply(o, _h))
+            try:
+                ctx.model.train()
+                with ctx.autocast():
+                    logits = ctx.model(x + eta)
+                    loss = F.cross_entropy(logits.float(), y) / c.yopo_m
+                ctx.backward(loss)  # accumulates the weight gradient and fills holder["p"]
+            finally:
+                h.remove()
+            self.passes.weight += 1
+            loss_sum = loss_sum + loss.detach()
+            p = holder["p"].float()
+            with attack_mode(ctx.attack_model, c.attack_bn):
+                for _ in range(c.yopo_n):
+                    g = self._stem_grad(ctx.attack_model, stem, x, eta, p)
+                    eta = project(x, eta + c.attack_step * g.sign(), c.eps)
+        self.apply_update(ctx)
+        self.record(res, loss_sum, logits, y)
+        return res
+
+    def state_dict(self) -> dict:
+        return {"generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict):
+        self.gen.set_state(state["generator"])
