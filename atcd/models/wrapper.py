@@ -40,7 +40,15 @@ def build_model(
         in_chans: int | None = None,
         **kwargs,
 ) -> NormalizedModel:
-    """Create any timm model by name (incl. `hf-hub:` / `local-dir:`) wrapped for [0,1] input."""
+    """Create any timm model by name (incl. `hf-hub:` / `local-dir:`) wrapped for [0,1] input.
+
+    An `hf-hub:` / `local-dir:` name designates published weights: they are loaded whatever `pretrained` says,
+    strictly (a `num_classes` / `in_chans` that does not fit them is an error), and failures raise
+    `atcd.hub.HubError` (a `CheckpointError`) with a one-line reason.
+    """
+    if timm.models.parse_model_name(name)[0] is not None:
+        from ..hub import create_hub_model  # imported here: atcd.hub builds models with this module
+        return NormalizedModel.from_timm(create_hub_model(name, num_classes, in_chans, **kwargs), in_chans)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
