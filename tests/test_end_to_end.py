@@ -26,3 +26,24 @@ def test_atcd_demo_is_robust_and_standard_is_not(tmp_path):
     assert std["autoattack"]["top1"] <= 5.0, std
     for r in (atcd, std):  # AutoAttack is the strongest attack run and never beats clean accuracy
         assert r["autoattack"]["top1"] <= r["pgd"]["top1"] + 2.0 <= r["clean"]["top1"] + 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pgd", "trades", "free", "fast", "yopo"])
+def test_every_baseline_trains_from_its_recipe_and_validates(method, tmp_path):
+    """A short run of each baseline from its recipe (one epoch of 1,024 images), then validate.py with the white-box
+    attacks: it learns (clean accuracy well above chance) and every attack stays at or below clean accuracy."""
+    r = run_script("train_atcd.py", "-c", f"recipes/mnist_{method}.yaml", "--epochs", "1",
+                   "--train-samples-per-epoch", "1024", "--eval-samples", "100", "--output", str(tmp_path),
+                   "--experiment", method, "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "res.json"
+    r = run_script("validate.py", "--checkpoint", str(tmp_path / method / "model.safetensors"), "--eps", "0.3",
+                   "--attacks", "clean,pgd,cw,mifgsm,hmc", "--attack-steps", "10", "--num-samples", "100",
+                   "--no-progress", "--results-file", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())["results"]
+    assert res["clean"]["top1"] > 30.0, res
+    for a in ("pgd", "cw", "mifgsm", "hmc"):
+        assert res[a]["top1"] <= res["clean"]["top1"], (a, res)
+    assert res["worst_case"]["top1"] <= min(res[a]["top1"] for a in ("pgd", "cw", "mifgsm", "hmc"))

@@ -1,0 +1,31 @@
+"""The paper's diagnostics on tiny real inputs: trajectory shift between k and k is exactly 0 (cosine 1), and
+differs from 0 between k and k' > k."""
+
+from atcd.diagnostics import TrajectoryConfig, trajectory_shift
+
+
+def test_trajectory_shift_k_vs_k_is_zero_and_k_vs_k2_is_not(standard_model, mnist_test_batch):
+    x, y = mnist_test_batch
+    batches = [(x[:50], y[:50]), (x[50:], y[50:])]
+    cfg = TrajectoryConfig(eps=0.3, step_size=0.1)
+    same = trajectory_shift(standard_model, batches, 2, 2, cfg)
+    assert len(same) == 7  # 4 conv + 3 linear weight tensors of the small CNN
+    for r in same:
+        assert r["l2"] == 0.0 and abs(r["cosine"] - 1.0) < 1e-9, r
+    diff = trajectory_shift(standard_model, batches, 2, 10, cfg)
+    assert all(r["l2"] > 0 for r in diff) and all(-1 <= r["cosine"] < 1 for r in diff)
+    assert not standard_model.training
+
+
+def test_trajectory_shift_script_writes_csv_and_plot(tmp_path, standard_model):
+    from conftest import run_script
+    from safetensors.torch import save_file
+    ck = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in standard_model.model.state_dict().items()}, str(ck))
+    r = run_script("scripts/trajectory_shift.py", "--checkpoints", str(ck), "--num-samples", "64", "--k", "1",
+                   "--k2", "3", "--out", str(tmp_path / "ts"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "ts" / "trajectory_shift.png").stat().st_size > 0
+    rows = (tmp_path / "ts" / "trajectory_shift.csv").read_text().splitlines()
+    assert rows[0].startswith("checkpoint,layer,l2,cosine") and len(rows) == 8
+    assert all(-1.0 <= float(r.split(",")[3]) <= 1.0 for r in rows[1:])
