@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Robustness per unit of compute: train several methods on one dataset/model, measure their cost and robustness.
+
+    python scripts/benchmark.py --methods standard,fast,free,pgd,trades,atcd --seeds 0,1,2 --out output/bench
+
+Two parts, both measured on this machine in this run:
+1. Cost (in-process): seconds per minibatch of every method, timed back to back on the same minibatches, next to
+   its counted passes per minibatch. The seconds of one pass of each kind (weight pass = a standard training
+   step, input-gradient pass, forward-only pass, YOPO first-layer pass) are measured in the same run;
+   `predicted` = sum over kinds of (counted passes x seconds per pass) and `ratio` = measured / predicted: close
+   to 1 when the pass counts explain the whole cost. `x standard` is the time relative to a standard step.
+2. Robustness (subprocesses, as a user runs them): for each method and seed, `train_atcd.py -c
+   recipes/mnist_<method>.yaml` then `validate.py` with `--attacks`; total training time from summary.csv.
+   Mean +- std over seeds.
+Writes benchmark.csv (one row per method and seed), benchmark.md (tables) and benchmark.png (robust accuracy vs
+training time, one point per method and seed); ends with a RESULT line.
+"""
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int = 0) -> list[dict]:
+    """Seconds per minibatch and passes per minibatch of each method (recipe settings, smallcnn on mnist-mini)."""
+    import torch
+
+    from atcd.config import parse_train_args
+    from atcd.data import MnistMini
+    from atcd.methods import StepContext, create_method
+    from atcd.models import build_model
+
+    ds = MnistMini("train")
+    g = torch.Generator().manual_seed(seed)
+    idx = [torch.randperm(len(ds.targets), generator=g)[:batch_size] for _ in range(batches + 2)]
+    data = [(ds.images[i], ds.targets[i]) for i in idx]
+    rows = []
+    for name in methods:
+        cfg = parse_train_args(["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml")])
+        cfg = replace(cfg, seed=seed)
+        torch.manual_seed(seed)
+        model = build_model(cfg.model)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        ctx = StepContext(model=model, attack_model=model, optimizer=opt, backward=lambda loss: loss.backward(),
+                          after_update=lambda: None)
+        method = create_method(name, cfg)
+        for x, y in data[:2]:  # warm-up (allocator, first-call overheads)
+            method.step(ctx, x, y)
+        p0 = method.passes.as_dict()
+        t0 = time.perf_counter()
+        for x, y in data[2:]:
+            method.step(ctx, x, y)
+        sec = (time.perf_counter() - t0) / batches
+        passes = {k: (v - p0[k]) / batches for k, v in method.passes.as_dict().items()}
+        full = passes["input_grad_passes"] + passes["weight_passes"] + passes["forward_passes"]
+        rows.append({"method": name, "sec_per_batch": sec, "full_passes": full, **passes})
+    unit = unit_costs(data[2:], seed)
+    for r in rows:
+        r["relative_time"] = r["sec_per_batch"] / unit["weight"]
+        r["predicted_sec"] = sum(r[f"{k}_passes"] * unit[k] for k in unit)
+        r["ratio"] = r["sec_per_batch"] / r["predicted_sec"]
+    return rows
+
+
+def unit_costs(data: list, seed: int = 0) -> dict[str, float]:
+    """Seconds of one pass of each kind on these minibatches: weight (a standard training step), input_grad,
+    forward (no grad), stem (YOPO's first-layer pass)."""
+    import torch
+    import torch.nn.functional as F
+
+    from atcd.attacks.core import input_grad
+    from atcd.attacks.losses import ce_loss
+    from atcd.config import TrainConfig
+    from atcd.methods.yopo import YOPO, find_stem
+    from atcd.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("smallcnn_mnist")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    stem, yopo = find_stem(model), YOPO(TrainConfig())
+
+    def weight(x, y):
+        model.train()
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    def ig(x, y):
+        model.eval()
+        input_grad(model, x, torch.zeros_like(x), y, ce_loss)
+
+    def fwd(x, y):
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    def stem_pass(x, y):
+        model.eval()
+        p = torch.ones(1)
+        yopo._stem_grad(model, stem, x, torch.zeros_like(x), p)
+
+    out = {}
+    for name, fn in (("weight", weight), ("input_grad", ig), ("forward", fwd), ("stem", stem_pass)):
+        fn(*data[0])
+        t0 = time.perf_counter()
+        for x, y in data:
+            fn(x, y)
+        out[name] = (time.perf_counter() - t0) / len(data)
+    return out
+
+
+def _run(args: list[str], log: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    with open(log, "w") as f:
+        f.write(r.stdout + "\n--- stderr ---\n" + r.stderr)
+    if r.returncode != 0:
+        tail = r.stderr.strip().splitlines()[-1:] or ["?"]
+        raise SystemExit(f"error: {' '.join(args[:3])} failed ({tail[0]}); see {log}")
+    return r
+
+
+def train_and_validate(method: str, seed: int, a) -> dict:
+    exp = f"{method}-s{seed}"
+    run_dir = os.path.join(a.out, "runs", exp)
+    train = ["train_atcd.py", "-c", f"recipes/mnist_{method}.yaml", "--seed", str(seed), "--output",
+             os.path.join(a.out, "runs"), "--experiment", exp, "--no-progress"] + a.train_args.split()
+    t0 = time.time()
+    _run(train, os.path.join(a.out, f"{exp}.train.log"))
+    wall = time.time() - t0
+    with open(os.path.join(run_dir, "summary.csv")) as f:
+        summary = list(csv.DictReader(f))
+    res_file = os.path.join(run_dir, "results.json")
+    _run(["validate.py", "--checkpoint", os.path.join(run_dir, "model.safetensors"), "--eps", str(a.eps),
+          "--attacks", a.attacks, "--attack-loss", a.attack_loss, "--attack-steps", str(a.attack_steps),
+          "--num-samples", str(a.num_samples), "--no-progress", "--results-file", res_file],
+         os.path.join(a.out, f"{exp}.val.log"))
+    with open(res_file) as f:
+        res = json.load(f)["results"]
+    return {"method": method, "seed": seed, "train_seconds": sum(float(r["seconds"]) for r in summary),
+            "train_wall_seconds": wall, **{f"{k}_top1": v["top1"] for k, v in res.items()}}
+
+
+def _ms(vals: list[float]) -> str:
+    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+
+
+def write_report(costs: list[dict], runs: list[dict], a):
+    lines = [f"# Benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, torch threads "
+             f"{os.environ.get('OMP_NUM_THREADS', 'default')})", "",
+             "## Cost per minibatch (measured in one process, same minibatches)", "",
+             "| method | passes/minibatch (in-grad + weight + fwd; stem) | s/minibatch | × standard | "
+             "predicted from passes (s) | measured/predicted |", "|---|---|---|---|---|---|"]
+    for r in costs:
+        lines.append(f"| {r['method']} | {r['input_grad_passes']:.0f} + {r['weight_passes']:.0f} + "
+                     f"{r['forward_passes']:.0f}; {r['stem_passes']:.0f} | {r['sec_per_batch']:.4f} | "
+                     f"{r.get('relative_time', float('nan')):.2f} | {r.get('predicted_sec', float('nan')):.4f} | "
+                     f"{r.get('ratio', float('nan')):.2f} |")
+    if runs:
+        keys = [k for k in runs[0] if k.endswith("_top1")]
+        lines += ["", f"## Robustness (eps {a.eps}, {a.num_samples} test images, mean ± std over seeds "
+                      f"{a.seeds})", "", "| method | train s | " + " | ".join(k[:-5] for k in keys) + " |",
+                  "|---|---|" + "---|" * len(keys)]
+        for m in dict.fromkeys(r["method"] for r in runs):
+            sel = [r for r in runs if r["method"] == m]
+            lines.append(f"| {m} | {_ms([r['train_seconds'] for r in sel])} | "
+                         + " | ".join(_ms([r[k] for r in sel]) for k in keys) + " |")
+    with open(os.path.join(a.out, "benchmark.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    if runs:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        key = "autoattack_top1" if "autoattack_top1" in runs[0] else [k for k in runs[0] if k.endswith("_top1")][-1]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in dict.fromkeys(r["method"] for r in runs):
+            sel = [r for r in runs if r["method"] == m]
+            ax.scatter([r["train_seconds"] for r in sel], [r[key] for r in sel], label=m)
+        ax.set_xlabel("training time (s)")
+        ax.set_ylabel(f"{key[:-5]} accuracy (%)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(a.out, "benchmark.png"), dpi=120)
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="standard,fast,free,pgd,trades,atcd")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--out", default="output/benchmark")
+    p.add_argument("--cost-batches", type=int, default=10, help="timed minibatches per method")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--cost-only", action="store_true", help="skip training and validation")
+    p.add_argument("--train-args", default="", help="extra train_atcd.py flags, e.g. '--epochs 2'")
+    p.add_argument("--attacks", default="clean,pgd,autoattack")
+    p.add_argument("--attack-loss", default="margin")
+    p.add_argument("--attack-steps", type=int, default=40)
+    p.add_argument("--eps", default="0.3")
+    p.add_argument("--num-samples", type=int, default=200)
+    a = p.parse_args(argv)
+    methods = [m for m in a.methods.split(",") if m]
+    for m in methods:
+        if not os.path.isfile(os.path.join(ROOT, "recipes", f"mnist_{m}.yaml")):
+            print(f"error: no recipe recipes/mnist_{m}.yaml for method {m!r}", file=sys.stderr)
+            return 2
+    os.makedirs(a.out, exist_ok=True)
+    costs = measure_costs(methods, a.batch_size, a.cost_batches)
+    for r in costs:
+        print(f"{r['method']:<10} {r['full_passes']:5.1f} passes  {r['sec_per_batch']:.4f} s/batch  "
+              f"ratio {r.get('ratio', float('nan')):.2f}", flush=True)
+    runs = []
+    if not a.cost_only:
+        for seed in [int(s) for s in a.seeds.split(",") if s]:
+            for m in methods:
+                runs.append(train_and_validate(m, seed, a))
+                print(json.dumps(runs[-1]), flush=True)
+        with open(os.path.join(a.out, "benchmark.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(runs[0]))
+            w.writeheader()
+            w.writerows(runs)
+    with open(os.path.join(a.out, "costs.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(costs[0]))
+        w.writeheader()
+        w.writerows(costs)
+    write_report(costs, runs, a)
+    print("RESULT " + json.dumps({"costs": {r["method"]: round(r.get("ratio", float("nan")), 3) for r in costs},
+                                  "runs": len(runs), "report": os.path.join(a.out, "benchmark.md")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

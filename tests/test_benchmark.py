@@ -1,0 +1,22 @@
+"""scripts/benchmark.py runs end to end on this machine: its cost table counts each method's passes per minibatch
+as the methods' formulas say, and the timing model (passes x seconds per pass) is the one it reports."""
+import csv
+
+from conftest import run_script
+
+
+def test_benchmark_cost_table(tmp_path):
+    r = run_script("scripts/benchmark.py", "--cost-only", "--methods", "standard,fast,pgd,atcd", "--cost-batches",
+                   "2", "--batch-size", "32", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["method"]: row for row in csv.DictReader(open(tmp_path / "costs.csv"))}
+    passes = {m: float(rows[m]["full_passes"]) for m in rows}
+    assert passes == {"standard": 1.0, "fast": 2.0, "pgd": 11.0, "atcd": 16.0}  # recipes: r=10; T=4, K=2 + M-H fwds
+    for row in rows.values():
+        assert float(row["sec_per_batch"]) > 0 and float(row["ratio"]) > 0
+    assert "measured/predicted" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_benchmark_refuses_a_method_without_recipe(tmp_path):
+    r = run_script("scripts/benchmark.py", "--methods", "nosuch", "--out", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.startswith("error:")
