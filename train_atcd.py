@@ -3,6 +3,10 @@
 
     python train_atcd.py --model smallcnn_mnist --dataset mnist-mini --method atcd --eps 0.3
     accelerate launch --config_file hfconfigs/cpu_1proc.yaml train_atcd.py -c recipes/mnist_atcd.yaml
+    ACCELERATE_USE_CPU=1 accelerate launch --config_file hfconfigs/cpu_2proc.yaml train_atcd.py \
+        --dataset wds --data-dir data/mnist-mini-wds --train-samples-per-epoch 2048
+
+The last line printed (by the main process only) is `RESULT {json}`.
 """
 import json
 import logging
@@ -25,7 +29,9 @@ def main(argv=None):
         if "Unknown model" in str(e):
             die(str(e))
         raise
-    print("RESULT " + json.dumps(result))
+    from accelerate import PartialState
+    if PartialState().is_main_process:  # every process returns the same (reduced) result
+        print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

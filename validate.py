@@ -25,7 +25,8 @@ def main(argv=None):
         if "Unknown model" in str(e):
             die(str(e))
         raise
-    print("RESULT " + json.dumps({k: v["top1"] for k, v in out["results"].items()}))
+    if out.get("is_main_process", True):  # one RESULT line under `accelerate launch` too
+        print("RESULT " + json.dumps({k: v["top1"] for k, v in out["results"].items()}))
 
 
 if __name__ == "__main__":

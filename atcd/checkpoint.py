@@ -1,6 +1,7 @@
 """Safetensors weights and resumable training state, every write atomic (tmp in same dir, fsync, rename)."""
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -9,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = [
+    "PICKLE_SUFFIXES",
     "STATE_MARKER",
     "CheckpointError",
     "atomic_write_text",
@@ -79,25 +81,87 @@ def save_weights(model: nn.Module, path: str, metadata: dict[str, str] | None = 
         raise
 
 
-def load_weights(model: nn.Module, path: str) -> nn.Module:
-    """Load safetensors weights strictly; any problem is a `CheckpointError` with a one-line reason."""
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".tar")  # torch.save / pickle checkpoints
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of an exception's message (torch's unpickler errors run over many lines)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = next((ln.split("error:", 1)[1].strip() for ln in lines if "WeightsUnpickler error:" in ln), None)
+    return (why or (lines[0] if lines else type(e).__name__)).split(". ")[0]
+
+
+def _read_pickle_state_dict(path: str) -> dict:
+    """`torch.load(weights_only=True)` of a plain state dict, or of a dict holding one under 'state_dict'/'model'.
+
+    weights_only refuses any pickle global outside tensors and containers, so a file whose `__reduce__` would run
+    code is rejected before anything of it executes (torch < 2.6 had a bypass, CVE-2025-32434: refused there).
+    """
+    import pickle
+
+    import torch
+    if tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2]) < (2, 6):
+        raise CheckpointError(f"{path}: --allow-pickle needs torch >= 2.6 (weights_only loading is unsafe before, "
+                              f"CVE-2025-32434); convert the checkpoint to safetensors instead")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True), the pickle holds more than "
+                              f"tensors ({_first_line(e)})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
+    if isinstance(obj, dict):
+        inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), None)
+        obj = inner if inner is not None else obj
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items()):
+        raise CheckpointError(f"{path}: not a state dict of tensors (nor a dict holding one under 'state_dict' or "
+                              f"'model')")
+    from timm.models import clean_state_dict
+    return clean_state_dict(obj)  # drops a DDP/DataParallel 'module.' prefix, as timm's load_checkpoint does
+
+
+def load_weights(model: nn.Module, path: str, allow_pickle: bool = False) -> nn.Module:
+    """Load weights strictly into `model`; any problem is a `CheckpointError` with a one-line reason.
+
+    Args:
+        model: the module whose `state_dict()` keys and shapes the file must match exactly.
+        path: a `.safetensors` file, or a run dir holding `model.safetensors`; with `allow_pickle` also a
+            torch.save file (`.pth`, `.pt`, `.bin`, ...).
+        allow_pickle: load a non-safetensors file with `torch.load(weights_only=True)` (never unrestricted pickle).
+
+    Returns:
+        `model`, with the weights loaded.
+
+    Raises:
+        CheckpointError: missing, unreadable or truncated file; a pickle file without `allow_pickle`, or one that
+            holds more than tensors; keys or shapes that do not fit `model`.
+    """
     if os.path.isdir(path):
         path = os.path.join(path, "model.safetensors")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    if not path.endswith(".safetensors"):
-        raise CheckpointError(f"{path}: only .safetensors checkpoints are accepted (pickle files can run code)")
-    try:
-        sd = load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if path.endswith(".safetensors"):
+        try:
+            sd = load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+    elif not allow_pickle:
+        kind = "a pickle checkpoint" if path.lower().endswith(PICKLE_SUFFIXES) else "not a .safetensors file"
+        raise CheckpointError(f"{path}: {kind}; only .safetensors checkpoints are accepted (unpickling can run "
+                              f"code): convert it, or pass --allow-pickle to load it with "
+                              f"torch.load(weights_only=True)")
+    else:
+        sd = _read_pickle_state_dict(path)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     bad = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
     if missing or unexpected or bad:
-        detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "") \
-            + (f" shape mismatch {sorted(bad)[:3]}" if bad else "")
-        raise CheckpointError(f"{path} does not fit model {type(model).__name__}: {detail.strip()}")
+        detail = " ".join(part for part in (f"missing {missing[:3]}" if missing else "",
+                                            f"unexpected {unexpected[:3]}" if unexpected else "",
+                                            f"shape mismatch {sorted(bad)[:3]}" if bad else "") if part)
+        raise CheckpointError(f"{path} does not fit model {type(model).__name__}: {detail} (a checkpoint of "
+                              f"another architecture or class count?)")
     model.load_state_dict(sd, strict=True)
     return model
 

@@ -4,6 +4,7 @@ A yaml key that is not a known option is an error (timm's `set_defaults(**yaml)`
 """
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ class TrainConfig:
     mixed_precision: str = "no"
     seed: int = 42
     train_samples_per_epoch: int | None = None
+    grad_accum_steps: int = 1
+    channels_last: bool = False
+    torch_compile: str | None = None
+    shuffle_buffer: int = 2048
+    strict_data: bool = False
     # method
     method: str = "atcd"
     eps: float = 0.3
@@ -88,6 +94,7 @@ class TrainConfig:
     resume: str | None = None
     checkpoint_keep: int = 2
     no_progress: bool = False
+    log_data_keys: bool = False
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -107,14 +114,34 @@ class TrainConfig:
             (self.trades_beta >= 0, f"--trades-beta must be >= 0 (got {self.trades_beta})"),
             (self.free_m >= 1, f"--free-m must be >= 1 (got {self.free_m})"),
             (self.fast_alpha is None or self.fast_alpha > 0, f"--fast-alpha must be > 0 (got {self.fast_alpha})"),
-            (self.yopo_m >= 1 and self.yopo_n >= 1, f"--yopo-m/--yopo-n must be >= 1 (got {self.yopo_m}, "
-                                                    f"{self.yopo_n})"),
+            (self.yopo_m >= 1 and self.yopo_n >= 1, (f"--yopo-m/--yopo-n must be >= 1 (got {self.yopo_m}, "
+                                                     f"{self.yopo_n})")),
             (self.early_stop in ("none", "robust"), f"--early-stop must be none or robust (got {self.early_stop})"),
             (self.holdout is None or self.holdout >= 0, f"--holdout must be >= 0 (got {self.holdout})"),
             (not (self.early_stop != "none" or self.co_guard) or self.holdout_size > 0,
              "--early-stop/--co-guard select on a holdout carved from the training split: give --holdout N > 0"),
             (self.train_samples_per_epoch is None or self.train_samples_per_epoch >= self.batch_size,
              f"--train-samples-per-epoch must be >= the batch size (got {self.train_samples_per_epoch})"),
+            (self.grad_accum_steps >= 1, f"--grad-accum-steps must be >= 1 (got {self.grad_accum_steps})"),
+            (self.shuffle_buffer >= 1, f"--shuffle-buffer must be >= 1 (got {self.shuffle_buffer})"),
+            (not self.streamed or self.holdout_size == 0,
+             ("--holdout/--early-stop/--co-guard carve a holdout from a map-style training split; a streamed "
+              "(--dataset wds) split cannot be carved: select on a map-style dataset or drop these options")),
+            (not self.log_data_keys or self.streamed, "--log-data-keys needs --dataset wds (shard sample keys)"),
+            # sign steps: alpha > 2*eps saturates the eps-ball on every step, so the step size means nothing
+            (self.eps == 0 or self.method not in SIGN_STEP_METHODS or self.attack_step <= 2 * self.eps,
+             (f"--attack-step {self.attack_step:g}"
+              f"{' (the default)' if self.attack_step == TrainConfig.attack_step else ''} > 2 x --eps {self.eps:g}: "
+              f"every sign step of --method {self.method} would jump across the eps-ball; give a step <= eps, "
+              f"e.g. --attack-step {self.eps / 4:.4g}")),
+            (self.checkpoint_keep >= 1, f"--checkpoint-keep must be >= 1 (got {self.checkpoint_keep})"),
+            (self.co_drop > 0, f"--co-drop must be > 0 points (got {self.co_drop})"),
+            (self.mh_kinetic >= 0, f"--mh-kinetic must be >= 0 (got {self.mh_kinetic})"),
+            (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
+            (self.eval_samples >= 0, f"--eval-samples must be >= 0 (got {self.eval_samples}; 0 = the whole split)"),
+            (self.eval_attack_steps >= 1, f"--eval-attack-steps must be >= 1 (got {self.eval_attack_steps})"),
+            (self.resume in (None, "", "auto") or os.path.isdir(self.resume),
+             f"--resume {self.resume!r}: no such checkpoint directory (give a checkpoint-* dir or 'auto')"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -122,8 +149,26 @@ class TrainConfig:
         from .methods import list_methods
         if self.method not in list_methods():
             raise ConfigError(f"unknown method {self.method!r}; available: {list_methods()}")
+        if self.grad_accum_steps > 1:
+            from .methods import create_method
+            upb = create_method(self.method, self).updates_per_batch()
+            if upb > 1:  # accumulation would average the replays' successive updates of one minibatch
+                raise ConfigError(f"--grad-accum-steps {self.grad_accum_steps} cannot be combined with --method "
+                                  f"{self.method}, which makes {upb} optimizer updates per minibatch; raise the "
+                                  f"batch size or the number of processes instead")
+        if self.torch_compile:
+            import torch._dynamo
+            if self.torch_compile not in torch._dynamo.list_backends(exclude_tags=()):
+                raise ConfigError(f"unknown --torch-compile backend {self.torch_compile!r}; available: "
+                                  f"{torch._dynamo.list_backends(exclude_tags=())}")
         check_model_name(self.model)
         return self
+
+    @property
+    def streamed(self) -> bool:
+        """True when the data comes from WebDataset shards (`--dataset wds` / `wds/NAME`)."""
+        from .data.wds import is_wds
+        return is_wds(self.dataset)
 
     @property
     def holdout_size(self) -> int:
@@ -172,6 +217,14 @@ class EvalConfig:
     seed: int = 0
     results_file: str | None = None
     no_progress: bool = False
+    allow_pickle: bool = False
+    sanity_samples: int = 32
+    sweep_steps: tuple = ()
+    sweep_eps: tuple = ()
+    sweep_attack: str = "pgd"
+    update_card: str | None = None
+    push_card: bool = False
+    strict_data: bool = False
 
     def validate(self) -> "EvalConfig":
         if self.eps < 0:
@@ -187,10 +240,28 @@ class EvalConfig:
         bad = [a for a in self.aa_attacks if a not in AA_ATTACKS]
         if bad:
             raise ConfigError(f"unknown --aa-attacks {bad}; the package offers {AA_ATTACKS}")
+        if self.sanity_samples < 0:
+            raise ConfigError(f"--sanity-samples must be >= 0 (got {self.sanity_samples})")
+        if any(v < 1 for v in self.sweep_steps) or any(not 0 <= v <= 1 for v in self.sweep_eps):
+            raise ConfigError(f"--sweep-steps must be >= 1 and --sweep-eps in [0,1] (got {self.sweep_steps}, "
+                              f"{self.sweep_eps})")
+        if self.push_card and not self.update_card:
+            raise ConfigError("--push-card needs --update-card org/name")
         if self.hmc_temperature <= 0:
             raise ConfigError(f"--hmc-temperature must be > 0 (got {self.hmc_temperature})")
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1 (got {self.num_samples})")
+        if self.eps > 1:
+            raise ConfigError(f"--eps is in [0,1] pixel units (got {self.eps}); use e.g. 8/255")
+        if self.attack_step is not None and self.attack_step <= 0:
+            raise ConfigError(f"--attack-step must be > 0 (got {self.attack_step})")
+        if self.attack_step is not None and self.eps > 0 and self.attack_step > 2 * self.eps:
+            raise ConfigError(f"--attack-step {self.attack_step:g} > 2 x --eps {self.eps:g}: every sign step would "
+                              f"jump across the eps-ball; use a step <= eps (default 2.5*eps/steps)")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0 (got {self.workers})")
         check_model_name(self.model)
         return self
 
@@ -200,6 +271,7 @@ class EvalConfig:
 
 
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
+SIGN_STEP_METHODS = ("atcd", "pgd", "trades", "yopo")  # training methods that take --attack-step sign steps
 AA_ATTACKS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
 
 
@@ -224,10 +296,16 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=d.num_classes)
     g.add_argument("--in-chans", type=int, default=d.in_chans)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, help="built-in name (mnist-mini) or 'folder' with --data-dir")
-    g.add_argument("--data-dir", default=d.data_dir, help="root with train/ and val/ class sub-folders")
+    g.add_argument("--dataset", default=d.dataset,
+                   help="built-in name (mnist-mini), 'folder' with --data-dir, or 'wds' / 'wds/NAME' (shards)")
+    g.add_argument("--data-dir", default=d.data_dir, help="root with train/ and val/ class sub-folders; for wds: "
+                   "a shard directory with _info.json (scripts/make_shards.py) or a shard pattern/URL")
     g.add_argument("-b", "--batch-size", type=int, default=d.batch_size, help="per-process batch size")
-    g.add_argument("-j", "--workers", type=int, default=d.workers)
+    g.add_argument("-j", "--workers", type=int, default=d.workers, help="loader worker processes per process")
+    g.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer,
+                   help="wds: per-worker sample shuffle buffer (1 = shard order)")
+    g.add_argument("--strict-data", action="store_true", default=d.strict_data,
+                   help="fail on the first corrupt image or shard member (default: skip it, count it, warn)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
     _bool_flag(g, "epochs-as-budget", d.epochs_as_budget,
@@ -244,7 +322,14 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "bf16", "fp16"])
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--train-samples-per-epoch", type=int, default=d.train_samples_per_epoch,
-                   help="samples drawn per (nominal) epoch; default: the whole training split")
+                   help="samples drawn per (nominal) epoch over all processes; default: the whole training split. "
+                   "With wds every process runs the same number of steps whatever the shard sizes")
+    g.add_argument("--grad-accum-steps", type=int, default=d.grad_accum_steps,
+                   help="minibatches per optimizer update (Accelerate gradient accumulation); only for methods "
+                   "with one update per minibatch")
+    _bool_flag(g, "channels-last", d.channels_last, "channels-last memory format for the model and inputs")
+    g.add_argument("--torch-compile", nargs="?", const="inductor", default=d.torch_compile, metavar="BACKEND",
+                   help="torch.compile the model (training and attack passes) with this backend (default inductor)")
     g = p.add_argument_group("method")
     g.add_argument("--method", default=d.method, help=f"training method: {', '.join(list_methods())}")
     g.add_argument("--eps", type=parse_fraction, default=d.eps, help="L-inf radius in [0,1] pixels (8/255 ok)")
@@ -284,6 +369,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=d.resume, help="checkpoint dir, or 'auto' for the newest complete one")
     g.add_argument("--checkpoint-keep", type=int, default=d.checkpoint_keep)
     g.add_argument("--no-progress", action="store_true", default=d.no_progress)
+    g.add_argument("--log-data-keys", action="store_true", default=d.log_data_keys,
+                   help="debug (wds): write the shard keys each process trained on to data_keys.json")
     return p
 
 
@@ -321,6 +408,23 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--hmc-temperature", type=float, default=d.hmc_temperature, help="HMC attack M-H temperature")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--results-file", default=d.results_file)
+    p.add_argument("--sanity-samples", type=int, default=d.sanity_samples,
+                   help="probe images for the sanity checks (eps=0, monotonicity, white-box vs Square, model "
+                        "unchanged); 0 turns them off")
+    p.add_argument("--sweep-steps", type=lambda s: tuple(int(v) for v in _comma_list(s)), default=d.sweep_steps,
+                   help="robustness curve over attack steps, e.g. 10,20,50,100,200 (writes sweep_steps.csv/.png)")
+    p.add_argument("--sweep-eps", type=lambda s: tuple(parse_fraction(v) for v in _comma_list(s)),
+                   default=d.sweep_eps, help="robustness curve over eps, e.g. 0,2/255,4/255,8/255")
+    p.add_argument("--sweep-attack", default=d.sweep_attack, help="attack used by the sweeps")
+    p.add_argument("--update-card", default=d.update_card,
+                   help="a model card (README.md path, folder, or org/name) to add these results to")
+    p.add_argument("--push-card", action="store_true", default=d.push_card,
+                   help="with --update-card org/name: push the updated card to the Hub")
+    p.add_argument("--allow-pickle", action="store_true", default=d.allow_pickle,
+                   help="accept a non-safetensors --checkpoint (.pth/.pt/.bin), loaded with "
+                   "torch.load(weights_only=True)")
+    p.add_argument("--strict-data", action="store_true", default=d.strict_data,
+                   help="fail on the first corrupt image or shard member (default: skip it, count it, warn)")
     p.add_argument("--no-progress", action="store_true", default=d.no_progress)
     return p
 

@@ -8,18 +8,42 @@ from tqdm import tqdm
 from .attacks import AttackConfig, get_attack
 from .methods import StepContext, TrainMethod
 
-__all__ = ["evaluate_attacks", "train_one_epoch"]
+__all__ = ["evaluate_attacks", "gather_uneven", "strip_private", "train_one_epoch"]
 
 
-def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, epoch: int,
-                    progress: bool = True) -> dict[str, float]:
+def _to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, epoch: int, progress: bool = True,
+                    channels_last: bool = False, keys_out: list | None = None) -> dict[str, float]:
+    """One pass over `loader`: each minibatch goes through `method.step` inside `accelerator.accumulate`.
+
+    Args:
+        method: the training method (owns its optimizer steps through `ctx`).
+        ctx: the step context built by the trainer.
+        loader: yields `(x, y)` or `(x, y, keys)`; every process must yield the same number of batches.
+        accelerator: the run's Accelerator (gradient accumulation, metric reduction).
+        epoch: epoch index (progress bar only).
+        progress: show a tqdm bar on the main process.
+        channels_last: convert inputs to channels-last memory format.
+        keys_out: when given, the sample keys of `(x, y, keys)` batches are appended to it.
+
+    Returns:
+        loss and adversarial accuracy reduced over processes, seconds, and this process's pass counts.
+    """
     t0 = time.time()
     p0 = dict(method.passes.as_dict())
     loss_sum = torch.zeros((), dtype=torch.float64)
     n_loss, correct, count = 0, 0, 0
     it = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and accelerator.is_main_process), leave=False)
-    for x, y in it:
-        res = method.step(ctx, x, y)
+    for batch in it:
+        x, y = _to_memory_format(batch[0], channels_last), batch[1]
+        if keys_out is not None and len(batch) > 2:
+            keys_out.extend(batch[2])
+        # sync_gradients is False on accumulation micro-steps: the prepared optimizer then skips step/zero_grad
+        with accelerator.accumulate(ctx.model):
+            res = method.step(ctx, x, y)
         for loss_t in res.losses:
             loss_sum += loss_t.double().cpu()
         n_loss += len(res.losses)
@@ -42,21 +66,47 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
     return out
 
 
+def _is_prepared(loader) -> bool:
+    """True for a loader `accelerator.prepare` made (it shards batches itself and pads the last round)."""
+    from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+    return isinstance(loader, (DataLoaderShard, DataLoaderDispatcher))
+
+
+def gather_uneven(accelerator, values: torch.Tensor) -> torch.Tensor:
+    """Concatenate 1-D per-process results of different lengths over processes (rank order), once.
+
+    Used for rank-sharded loaders (WebDataset) whose processes yield different numbers of batches: a per-batch
+    collective would hang, and `gather_for_metrics` only knows how to trim loaders Accelerate prepared.
+    """
+    if accelerator.num_processes == 1:
+        return values
+    n = torch.tensor([values.numel()], device=accelerator.device)
+    sizes = accelerator.gather(n).tolist()
+    padded = accelerator.pad_across_processes(values.to(accelerator.device).long(), dim=0)  # gloo: no bool gather
+    everything = accelerator.gather(padded).cpu()
+    width = max(sizes)
+    return torch.cat([everything[r * width:r * width + s] for r, s in enumerate(sizes)]).to(values.dtype)
+
+
 def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, accelerator=None,
-                     progress: bool = False) -> dict[str, dict]:
+                     progress: bool = False, channels_last: bool = False) -> dict[str, dict]:
     """Top-1 accuracy per attack (plus `worst_case` over attacks per example); model is put in eval mode.
 
-    Per-example correctness is gathered across processes so every sample is counted exactly once.
+    Per-example correctness is gathered across processes so every sample is counted exactly once: per batch with
+    `gather_for_metrics` for a loader Accelerate prepared (it drops the samples it duplicated to even out the
+    processes), once at the end for any other loader, which must then already be sharded by rank (WebDataset).
     """
     was_training = model.training
     model.eval()
+    per_batch_gather = accelerator is not None and _is_prepared(loader)
     per_attack = {a: [] for a in attacks}
     info = {a: {} for a in attacks}
     try:
         for name in attacks:
             fn = get_attack(name)
             it = tqdm(loader, desc=name, disable=not progress, leave=False)
-            for x, y in it:
+            for batch in it:
+                x, y = _to_memory_format(batch[0], channels_last), batch[1]
                 x_adv = fn(model, x, y, cfg)
                 if isinstance(x_adv, tuple):  # (x_adv, info): e.g. AutoAttack's own check flags
                     x_adv, extra = x_adv
@@ -64,14 +114,16 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
                         info[name].setdefault(k, []).extend(v)
                 with torch.no_grad():
                     ok = model(x_adv).argmax(1) == y
-                if accelerator is not None:
+                if per_batch_gather:
                     ok = accelerator.gather_for_metrics(ok)
                 per_attack[name].append(ok.cpu())
     finally:
         model.train(was_training)
     results = {}
     for name, oks in per_attack.items():
-        ok = torch.cat(oks)
+        ok = torch.cat(oks) if oks else torch.zeros(0, dtype=torch.bool)
+        if accelerator is not None and not per_batch_gather:
+            ok = gather_uneven(accelerator, ok)
         results[name] = {"top1": 100.0 * ok.float().mean().item(), "n": int(ok.numel()), "_ok": ok, **info[name]}
     if len(attacks) > 1:
         worst = torch.stack([r["_ok"] for r in results.values()]).all(0)
@@ -80,5 +132,5 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
 
 
 def strip_private(results: dict[str, dict]) -> dict[str, dict]:
+    """Results without the per-example `_ok` tensors (what goes into JSON)."""
     return {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}
-

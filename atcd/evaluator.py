@@ -5,13 +5,16 @@ import os
 import time
 from dataclasses import asdict
 
+import torch
 from accelerate import Accelerator
 
 from .attacks import AttackConfig, list_attacks
 from .checkpoint import atomic_write_text, load_weights
 from .config import ConfigError, EvalConfig
-from .data import create_atcd_dataset, create_atcd_loader
+from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds
 from .engine import evaluate_attacks, strip_private
+from .sanity import model_fingerprint, probe_checks, summarize
+from .sweep import run_sweep, write_sweep
 from .models import NormalizedModel, build_model, unwrap_timm
 
 __all__ = ["attack_config", "format_table", "load_model_for_eval", "run"]
@@ -23,7 +26,7 @@ def load_model_for_eval(cfg: EvalConfig) -> NormalizedModel:
     """timm name (+ --checkpoint safetensors or run dir), `hf-hub:` or `local-dir:`; normaliser from its cfg."""
     model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans)
     if cfg.checkpoint:
-        load_weights(unwrap_timm(model), cfg.checkpoint)
+        load_weights(unwrap_timm(model), cfg.checkpoint, allow_pickle=cfg.allow_pickle)
     return model.eval()
 
 
@@ -52,23 +55,72 @@ def run(cfg: EvalConfig) -> dict:
     model = load_model_for_eval(cfg)
     pcfg = unwrap_timm(model).pretrained_cfg
     input_size = tuple(pcfg.get("input_size", (3, 224, 224)))
-    ds = create_atcd_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, input_size=input_size,
-                             interpolation=pcfg.get("interpolation", "bilinear"), crop_pct=pcfg.get("crop_pct", 1.0))
-    loader = create_atcd_loader(ds, cfg.batch_size, False, num_workers=cfg.workers, num_samples=cfg.num_samples)
-    model, loader = accelerator.prepare(model, loader)
+    tf = {"input_size": input_size, "interpolation": pcfg.get("interpolation", "bilinear"),
+          "crop_pct": pcfg.get("crop_pct", 1.0)}
+    if is_wds(cfg.dataset):  # rank-sharded, exact once: never through prepare(); results gathered at the end
+        loader = create_wds_loader(cfg.data_dir, cfg.split, cfg.batch_size, False, name=cfg.dataset,
+                                   num_workers=cfg.workers, rank=accelerator.process_index,
+                                   world_size=accelerator.num_processes, num_samples=cfg.num_samples,
+                                   strict=cfg.strict_data, **tf)
+        model = accelerator.prepare(model)
+    else:
+        ds = create_atcd_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, strict=cfg.strict_data, **tf)
+        loader = create_atcd_loader(ds, cfg.batch_size, False, num_workers=cfg.workers, num_samples=cfg.num_samples)
+        model, loader = accelerator.prepare(model, loader)
     model = accelerator.unwrap_model(model).eval()
     acfg = attack_config(cfg)
     t0 = time.time()
+    fingerprint = model_fingerprint(model)
+    sanity = _probe(model, loader, cfg, acfg) if cfg.sanity_samples else {}
     res = evaluate_attacks(model, loader, list(cfg.attacks), acfg, accelerator, progress=not cfg.no_progress)
     out = {
         "model": cfg.model, "checkpoint": cfg.checkpoint, "dataset": cfg.dataset or cfg.data_dir,
         "split": cfg.split, "num_samples": res[cfg.attacks[0]]["n"], "eps": cfg.eps, "norm": "Linf",
         "attack_config": asdict(acfg),
         "results": strip_private(res), "seconds": round(time.time() - t0, 1),
+        "num_skipped": int(getattr(loader, "num_skipped", 0) or getattr(getattr(loader, "dataset", None),
+                                                                        "num_skipped", 0) or 0),
     }
+    if cfg.sanity_samples:
+        sanity["model_unchanged"] = {"ok": model_fingerprint(model) == fingerprint, "sha256": fingerprint}
+        if "clean" in res:
+            worse = {a: r["top1"] for a, r in res.items() if r["top1"] > res["clean"]["top1"] + 1e-9}
+            sanity["robust_le_clean"] = {"ok": not worse, "above_clean": worse}
+        out["sanity"] = sanity
+    sweeps = [("steps", cfg.sweep_steps), ("eps", cfg.sweep_eps)]
+    sweep_dir = os.path.dirname(os.path.abspath(cfg.results_file)) if cfg.results_file else "output/validate"
+    for param, values in sweeps:
+        if values:
+            rows = run_sweep(model, loader, acfg, cfg.sweep_attack, param, list(values), accelerator)
+            out[f"sweep_{param}"] = rows
+            if accelerator.is_main_process:
+                out[f"sweep_{param}_files"] = write_sweep(rows, sweep_dir, param)
     if accelerator.is_main_process:
         print(format_table(out["results"], cfg.eps))
+        for msg in summarize(sanity):
+            _logger.warning(msg)
         if cfg.results_file:
             os.makedirs(os.path.dirname(os.path.abspath(cfg.results_file)), exist_ok=True)
             atomic_write_text(cfg.results_file, json.dumps(out, indent=2))
+        if cfg.update_card:
+            from .hub import update_card_with_results
+            update_card_with_results(cfg.update_card, out, push=cfg.push_card)
+    out["is_main_process"] = accelerator.is_main_process
+    accelerator.end_training()
     return out
+
+
+def _probe(model, loader, cfg: EvalConfig, acfg) -> dict:
+    """Sanity checks on the first `cfg.sanity_samples` images this process evaluates (see atcd.sanity)."""
+    xs, ys, n = [], [], 0
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        n += len(y)
+        if n >= cfg.sanity_samples:
+            break
+    if not xs:
+        return {}
+    x, y = torch.cat(xs)[:cfg.sanity_samples], torch.cat(ys)[:cfg.sanity_samples]
+    # one probe image is 100/n points: allow that much slack in the monotonicity checks (random starts)
+    return probe_checks(model, x, y, acfg, square=acfg.eps > 0, tol=100.0 / len(y))

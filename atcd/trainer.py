@@ -1,14 +1,22 @@
-"""`run(cfg)`: the training job behind train_atcd.py (Accelerate, timm optimizer/scheduler, safetensors)."""
+"""`run(cfg)`: the training job behind train_atcd.py (Accelerate, timm optimizer/scheduler, safetensors).
+
+Scale-out: under `accelerate launch --num_processes N` every process trains on its own share of the data (a
+prepared map-style loader, or a rank-sharded WebDataset loader that is never prepared), DDP synchronises the
+gradients, metrics are reduced over processes and only the main process writes files, except for the per-process
+parts of the resumable checkpoint (RNG states, the method's state: `method_{rank}.safetensors`).
+"""
 import csv
+import hashlib
 import json
 import logging
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
+import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -16,7 +24,7 @@ from timm.scheduler import create_scheduler_v2
 from .attacks import AttackConfig
 from .checkpoint import atomic_write_text, find_latest_state, load_weights, save_state_dir, save_weights
 from .config import TrainConfig
-from .data import create_atcd_dataset, create_atcd_loader, split_holdout
+from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, split_holdout
 from .engine import evaluate_attacks, train_one_epoch
 from .methods import StepContext, create_method, get_method_class
 from .models import build_model, unwrap_timm
@@ -39,7 +47,8 @@ def num_epochs(cfg: TrainConfig) -> int:
 
 
 class _Scheduled:
-    """Holds the update counter so the scheduler steps per optimizer update, and is checkpointable."""
+    """Holds the update counter so the scheduler steps per optimizer update; timm's schedulers are functions of
+    that counter, so restoring it restores the learning rate exactly."""
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
@@ -50,14 +59,9 @@ class _Scheduled:
         if self.scheduler is not None:
             self.scheduler.step_update(num_updates=self.num_updates)
 
-    def state_dict(self):
-        return {"num_updates": self.num_updates,
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {}}
-
     def load_state_dict(self, sd):
         self.num_updates = sd["num_updates"]
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(sd["scheduler"])
             self.scheduler.step_update(num_updates=self.num_updates)
 
 
@@ -97,24 +101,52 @@ def _select(cfg: TrainConfig, row: dict, epoch: int, best: dict, best_path: str,
     return False
 
 
-def run(cfg: TrainConfig) -> dict:
-    # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same data
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, dataloader_config=DataLoaderConfiguration(
-        use_seedable_sampler=True, data_seed=cfg.seed))
-    set_seed(cfg.seed, device_specific=False)
-    out_dir = run_dir_for(cfg)
-    if accelerator.is_main_process:
-        os.makedirs(out_dir, exist_ok=True)
-        atomic_write_text(os.path.join(out_dir, "args.yaml"), yaml.safe_dump(asdict(cfg), sort_keys=False))
-    accelerator.wait_for_everyone()
+class _AccumulatingOptimizer:
+    """The optimizer the methods see under gradient accumulation: gradients are cleared after each real update.
 
-    model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans)
-    pcfg = unwrap_timm(model).pretrained_cfg
-    input_size = tuple(pcfg.get("input_size", (3, 224, 224)))
-    if cfg.in_chans is not None:
-        input_size = (cfg.in_chans,) + input_size[1:]
-    ds_kw = dict(data_dir=cfg.data_dir, input_size=input_size, interpolation=pcfg.get("interpolation", "bilinear"),
-                 crop_pct=pcfg.get("crop_pct", 1.0))
+    Methods call `zero_grad()` before every backward; with accumulation that would wipe the micro-steps already
+    accumulated (Accelerate's optimizer zeroes on the syncing step, just before its backward). So `zero_grad`
+    is a no-op here and the prepared optimizer zeroes right after the step it really took.
+    """
+
+    def __init__(self, optimizer, accelerator: Accelerator):
+        self.optimizer = optimizer
+        self.accelerator = accelerator
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True):
+        pass
+
+    def step(self):
+        self.optimizer.step()  # skipped by Accelerate on accumulation micro-steps
+        if self.accelerator.sync_gradients:
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def _build_loaders(cfg: TrainConfig, accelerator: Accelerator, input_size: tuple, pcfg: dict):
+    """(train, eval, holdout or None); map-style loaders are not yet prepared, WebDataset ones never are."""
+    tf = {"input_size": input_size, "interpolation": pcfg.get("interpolation", "bilinear"),
+          "crop_pct": pcfg.get("crop_pct", 1.0)}
+    if cfg.streamed:  # rank-sharded: prepare() would shard them a second time
+        shard = {"name": cfg.dataset, "seed": cfg.seed, "num_workers": cfg.workers, "rank": accelerator.process_index,
+                 "world_size": accelerator.num_processes, "strict": cfg.strict_data, **tf}
+
+        def train_loader_for(samples_per_epoch):
+            return create_wds_loader(cfg.data_dir, "train", cfg.batch_size, True, samples_per_epoch=samples_per_epoch,
+                                     shuffle_buffer=cfg.shuffle_buffer, with_keys=cfg.log_data_keys, **shard)
+
+        train_loader = train_loader_for(cfg.train_samples_per_epoch)
+        n = cfg.grad_accum_steps
+        if len(train_loader) % n:  # whole accumulation groups per epoch: no update straddles a checkpoint
+            batches = math.ceil(len(train_loader) / n) * n
+            train_loader = train_loader_for(batches * accelerator.num_processes * cfg.batch_size)
+            _logger.info("--grad-accum-steps %d: a streamed epoch is rounded up to %d batches per process", n, batches)
+        eval_loader = create_wds_loader(cfg.data_dir, "val", 250, False, num_samples=cfg.eval_samples or None, **shard)
+        return train_loader, eval_loader, None
+    ds_kw = {"data_dir": cfg.data_dir, "strict": cfg.strict_data, **tf}
     train_ds, _ = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=True, **ds_kw),
                                 cfg.holdout_size, cfg.seed)
     eval_ds = create_atcd_dataset(cfg.dataset, "val", is_training=False, **ds_kw)
@@ -126,19 +158,111 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.holdout_size:  # the same carve, with the eval transform
         _, holdout_ds = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=False, **ds_kw),
                                       cfg.holdout_size, cfg.seed)
-        holdout_loader = accelerator.prepare(create_atcd_loader(holdout_ds, 250, False, num_workers=cfg.workers))
+        holdout_loader = create_atcd_loader(holdout_ds, 250, False, num_workers=cfg.workers)
+    return train_loader, eval_loader, holdout_loader
 
-    method = create_method(cfg.method, cfg)
+
+def _save_rank_state(accelerator: Accelerator, method, tmp: str | None):
+    """Every process: save its part of the state into the main process's temporary checkpoint dir.
+
+    `accelerator.save_state` must run on all processes (each writes its own RNG state; weights, optimizer and
+    registered objects come from the main one); the method's state (ATCD generator, Free's delta) is per rank.
+    """
+    tmp = broadcast_object_list([tmp])[0]  # the main process made the dir; the others learn its name
+    accelerator.save_state(tmp)
+    state = method.state_dict()
+    if state:
+        save_file(state, os.path.join(tmp, f"method_{accelerator.process_index}.safetensors"))
+    accelerator.wait_for_everyone()  # all parts written before the main process adds the marker and renames
+
+
+def _save_checkpoint(accelerator: Accelerator, method, run_dir: str, name: str, meta: dict, keep: int):
+    """Atomic resumable checkpoint (`save_state_dir` on the main process; the other ranks join inside it)."""
+    if accelerator.is_main_process:
+        save_state_dir(run_dir, name, lambda tmp: _save_rank_state(accelerator, method, tmp), meta, keep)
+    else:
+        _save_rank_state(accelerator, method, None)
+    accelerator.wait_for_everyone()
+
+
+def _load_method_state(method, resume_dir: str, rank: int):
+    path = os.path.join(resume_dir, f"method_{rank}.safetensors")
+    if not os.path.exists(path):
+        path = os.path.join(resume_dir, "method.safetensors")  # single-file layout of older checkpoints
+    if os.path.exists(path):
+        method.load_state_dict(load_file(path))
+    elif method.state_dict():
+        _logger.warning("no method state for rank %d in %s (fewer processes saved it?): starting it afresh",
+                        rank, resume_dir)
+
+
+def _weights_sha256(model: torch.nn.Module) -> str:
+    """Hash of the timm model's weights: equal on every rank when gradients are really synchronised."""
+    h = hashlib.sha256()
+    for k, v in sorted(unwrap_timm(model).state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train as `cfg` says; returns the last epoch's summary row (plus `run_dir` and per-process checks).
+
+    Every process returns the same dict; only the main process writes files and prints.
+    """
+    # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same data
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                                        data_seed=cfg.seed))
+    try:
+        return _train(cfg, accelerator)
+    finally:
+        accelerator.end_training()  # without it a rank can abort at interpreter exit under several processes
+
+
+def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict:
+    rank = accelerator.process_index
+    set_seed(cfg.seed, device_specific=False)  # the same initial weights on every process
+    out_dir = run_dir_for(cfg)
+
+    model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans)
+    pcfg = unwrap_timm(model).pretrained_cfg
+    input_size = tuple(pcfg.get("input_size", (3, 224, 224)))
+    if cfg.in_chans is not None:
+        input_size = (cfg.in_chans,) + input_size[1:]
+    train_loader, eval_loader, holdout_loader = _build_loaders(cfg, accelerator, input_size, pcfg)
+    # the run dir appears only once model and data are known good: bad input leaves no partial output behind
+    if accelerator.is_main_process:
+        os.makedirs(out_dir, exist_ok=True)
+        atomic_write_text(os.path.join(out_dir, "args.yaml"), yaml.safe_dump(asdict(cfg), sort_keys=False))
+    accelerator.wait_for_everyone()
+    set_seed(cfg.seed, device_specific=True)  # per-process global RNG from here on (seed + rank)
+
+    # per-rank random starts and M-H draws (each rank attacks different images); rank 0 keeps cfg.seed
+    method = create_method(cfg.method, replace(cfg, seed=cfg.seed + rank))
     epochs = num_epochs(cfg)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.torch_compile:
+        # in place (no `_orig_mod` wrapper): DDP wraps the compiled module, the attack passes (on the unwrapped
+        # module) run compiled too, and state-dict keys stay those of the plain model
+        model.compile(backend=cfg.torch_compile)
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)
-    updates_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes) * method.updates_per_batch()
+    if cfg.streamed:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+        if holdout_loader is not None:
+            holdout_loader = accelerator.prepare(holdout_loader)
+    # len() is per process for both kinds of loader (prepared: its shard; streamed: the fixed batch count)
+    updates_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum_steps) * method.updates_per_batch()
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs,
                                        warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
                                        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    # the update counter lives in state.json (not registered with Accelerate, whose custom-object files are pickles
+    # loaded with weights_only=False: a resume must never run code from a checkpoint)
     stepper = _Scheduled(scheduler)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    accelerator.register_for_checkpointing(stepper)
     attack_model = accelerator.unwrap_model(model)
 
     start_epoch = 0
@@ -149,32 +273,43 @@ def run(cfg: TrainConfig) -> dict:
         with open(os.path.join(resume_dir, "state.json")) as f:
             meta = json.load(f)
         start_epoch = meta["epoch"] + 1
+        stepper.load_state_dict({"num_updates": meta["num_updates"]})
         best = meta.get("best", best)
-        mstate = os.path.join(resume_dir, "method.safetensors")
-        if os.path.exists(mstate):
-            method.load_state_dict(load_file(mstate))
+        _load_method_state(method, resume_dir, rank)
         _logger.info("resumed from %s at epoch %d", resume_dir, start_epoch)
 
     def clip():
-        if cfg.clip_grad:
+        if cfg.clip_grad and accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
 
-    ctx = StepContext(model=model, attack_model=attack_model, optimizer=optimizer, backward=accelerator.backward,
-                      after_update=stepper, clip_grad=clip, autocast=accelerator.autocast)
+    def after_update():
+        if accelerator.sync_gradients:  # the scheduler counts real updates, not accumulation micro-steps
+            stepper()
+
+    step_optimizer = optimizer if cfg.grad_accum_steps == 1 else _AccumulatingOptimizer(optimizer, accelerator)
+    ctx = StepContext(model=model, attack_model=attack_model, optimizer=step_optimizer, backward=accelerator.backward,
+                      after_update=after_update, clip_grad=clip, autocast=accelerator.autocast)
     eval_cfg = AttackConfig(eps=cfg.eps, step_size=2.5 * cfg.eps / max(1, cfg.eval_attack_steps),
                             steps=cfg.eval_attack_steps, seed=cfg.seed)
     row = {}
     best_path = os.path.join(out_dir, "model_best.safetensors")
+    data_keys = {}
     stopped = False
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)  # seeded per-epoch shuffle: same order on resume, new order each epoch
-        stats = train_one_epoch(method, ctx, train_loader, accelerator, epoch, progress=not cfg.no_progress)
-        ev = evaluate_attacks(attack_model, eval_loader, ["clean", "pgd"], eval_cfg, accelerator)
+        keys = [] if cfg.log_data_keys else None
+        stats = train_one_epoch(method, ctx, train_loader, accelerator, epoch, progress=not cfg.no_progress,
+                                channels_last=cfg.channels_last, keys_out=keys)
+        if keys is not None:
+            data_keys[str(epoch)] = gather_object([keys])  # one list of keys per rank
+        ev = evaluate_attacks(attack_model, eval_loader, ["clean", "pgd"], eval_cfg, accelerator,
+                              channels_last=cfg.channels_last)
         row = {"epoch": epoch, **{k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()},
                "eval_top1": round(ev["clean"]["top1"], 2), "eval_pgd_top1": round(ev["pgd"]["top1"], 2),
-               "lr": optimizer.param_groups[0]["lr"], "num_updates": stepper.num_updates}
+               "eval_n": ev["clean"]["n"], "lr": optimizer.param_groups[0]["lr"], "num_updates": stepper.num_updates}
         if holdout_loader is not None:
-            ho = evaluate_attacks(attack_model, holdout_loader, ["clean", "pgd"], eval_cfg, accelerator)
+            ho = evaluate_attacks(attack_model, holdout_loader, ["clean", "pgd"], eval_cfg, accelerator,
+                                  channels_last=cfg.channels_last)
             row.update(holdout_top1=round(ho["clean"]["top1"], 2), holdout_pgd_top1=round(ho["pgd"]["top1"], 2))
             stopped = _select(cfg, row, epoch, best, best_path, attack_model, accelerator)
         if accelerator.is_main_process:
@@ -184,19 +319,16 @@ def run(cfg: TrainConfig) -> dict:
         accelerator.wait_for_everyone()
         if stopped:
             break
-
-        def write_state(tmp):
-            accelerator.save_state(tmp)
-            ms = method.state_dict()
-            if ms:
-                save_file(ms, os.path.join(tmp, "method.safetensors"))
-
-        if accelerator.is_main_process:
-            save_state_dir(out_dir, f"checkpoint-{epoch:04d}", write_state,
-                           {"epoch": epoch, "num_updates": stepper.num_updates, "best": best}, cfg.checkpoint_keep)
-        accelerator.wait_for_everyone()
+        _save_checkpoint(accelerator, method, out_dir, f"checkpoint-{epoch:04d}",
+                         {"epoch": epoch, "num_updates": stepper.num_updates, "best": best}, cfg.checkpoint_keep)
     if accelerator.is_main_process:
         save_weights(unwrap_timm(model), os.path.join(out_dir, "model.safetensors"),
                      {"model": cfg.model, "method": cfg.method, "eps": cfg.eps})
+        if data_keys:
+            atomic_write_text(os.path.join(out_dir, "data_keys.json"), json.dumps(data_keys))
+    # cheap cross-process checks a launcher test (or a user) can read off the RESULT line
+    checks = {"num_processes": accelerator.num_processes,
+              "rank_weights_sha256": gather_object([_weights_sha256(model)]),
+              "rank_num_updates": gather_object([stepper.num_updates])}
     accelerator.wait_for_everyone()
-    return {"run_dir": out_dir, **row}
+    return {"run_dir": out_dir, **row, **checks}

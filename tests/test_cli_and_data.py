@@ -15,43 +15,13 @@ from atcd.config import ConfigError, parse_train_args
 
 def test_yaml_defaults_cli_overrides_and_unknown_key_is_error(tmp_path):
     good = tmp_path / "a.yaml"
-    good.write_text("eps: 8/255\nlr: 0.5\natcd_T: 3\n")
+    good.write_text("eps: 8/255\nattack_step: 2/255\nlr: 0.5\natcd_T: 3\n")
     cfg = parse_train_args(["-c", str(good), "--lr", "0.1"])
     assert abs(cfg.eps - 8 / 255) < 1e-12 and cfg.lr == 0.1 and cfg.atcd_T == 3
     bad = tmp_path / "b.yaml"
     bad.write_text("epsilon: 0.3\n")
     with pytest.raises(ConfigError, match="epsilon"):
         parse_train_args(["-c", str(bad)])
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["--eps", "-0.1"], "--eps"),
-    (["--atcd-K", "0"], "--atcd-K"),
-    (["--atcd-T", "0"], "--atcd-T"),
-    (["--method", "nope", "--epochs", "1"], "unknown method"),
-    (["--model", "not_a_model_xyz"], "not_a_model_xyz"),
-    (["--dataset", "folder"], "--data-dir"),
-])
-def test_train_bad_input_one_line_nonzero(tmp_path, args, needle):
-    r = run_script("train_atcd.py", *args, "--output", str(tmp_path), "--no-progress")
-    assert r.returncode != 0
-    err = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(err) == 1 and needle in err[0], r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
-
-
-def test_validate_refuses_pickle_checkpoint(tmp_path):
-    canary = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(canary), "w"))
-
-    pth = tmp_path / "model.pth"
-    torch.save({"x": Evil()}, pth)
-    r = run_script("validate.py", "--checkpoint", str(pth), "--num-samples", "10", "--no-progress")
-    assert r.returncode != 0 and "safetensors" in r.stderr and "Traceback" not in r.stderr
-    assert not canary.exists()
 
 
 def test_attack_sanity_eps0_and_ball(mnist_test_batch):

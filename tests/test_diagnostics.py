@@ -29,3 +29,20 @@ def test_trajectory_shift_script_writes_csv_and_plot(tmp_path, standard_model):
     rows = (tmp_path / "ts" / "trajectory_shift.csv").read_text().splitlines()
     assert rows[0].startswith("checkpoint,layer,l2,cosine") and len(rows) == 8
     assert all(-1.0 <= float(r.split(",")[3]) <= 1.0 for r in rows[1:])
+
+
+def test_sweeps_are_non_increasing_and_written(standard_model, mnist_test_batch, tmp_path):
+    from atcd.attacks import AttackConfig
+    from atcd.sweep import read_sweep, run_sweep, write_sweep
+    x, y = mnist_test_batch
+    loader = [(x[:50], y[:50]), (x[50:], y[50:])]
+    cfg = AttackConfig(eps=0.2, step_size=0.05, steps=10)
+    by_eps = run_sweep(standard_model, loader, cfg, "pgd", "eps", [0.0, 0.05, 0.1, 0.2])
+    by_steps = run_sweep(standard_model, loader, cfg, "pgd", "steps", [5, 10, 20])
+    for rows in (by_eps, by_steps):
+        accs = [r["top1"] for r in rows]
+        assert all(a >= b for a, b in zip(accs, accs[1:])), accs
+    assert by_eps[0]["top1"] > 90 and by_eps[-1]["top1"] < by_eps[0]["top1"] - 20
+    csv_path, png = write_sweep(by_eps, str(tmp_path), "eps")
+    assert [r["top1"] for r in read_sweep(csv_path)] == [r["top1"] for r in by_eps]
+    assert (tmp_path / "sweep_eps.png").stat().st_size > 0

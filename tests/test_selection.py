@@ -36,6 +36,8 @@ def test_early_stop_keeps_best_and_co_guard_restores_it(tmp_path):
         stopped = _select(cfg, row, epoch, best, path, model, acc)
         assert stopped == (epoch == 3) and row["co_stop"] == int(epoch == 3)
         assert best == {"metric": 60.0, "epoch": 1} or epoch == 0
+        if stopped:
+            break
         with torch.no_grad():  # "training" moves the weights between epochs
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))

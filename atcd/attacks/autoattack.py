@@ -22,13 +22,15 @@ class _Collect(logging.Handler):
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = "standard",
-                   seed: int = 0, batch_size: int = 250, attacks=None) -> tuple[torch.Tensor, dict]:
+                   seed: int = 0, batch_size: int = 250, attacks=None,
+                   square_queries: int | None = None) -> tuple[torch.Tensor, dict]:
     """Run AutoAttack (L-inf); returns (x_adv, {"flags": [...]}).
 
     `version`: standard | plus | rand, the package's own presets; `custom` runs only `attacks` (e.g.
     ['apgd-ce', 'square']) with the standard version's per-attack settings (1 APGD restart, 9 target classes,
     5000 Square queries), so a single attack scores what it would inside the standard evaluation.
-    flags are the package's own sanity-check warnings (zero gradients, softmax output, randomness, Square
+    `square_queries` overrides Square's query budget (5000 in the standard version; validate.py's sanity probe uses
+    fewer). flags are the package's own sanity-check warnings (zero gradients, softmax output, randomness, Square
     beating white-box), so they reach the results JSON.
     """
     from pyautoattack import AutoAttack
@@ -39,6 +41,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         adversary.attacks_to_run, adversary.version = list(attacks), "custom"
     else:
         adversary = AutoAttack(model, eps=eps, version=version, device=x.device, seed=seed, norm="Linf")
+    if square_queries is not None:
+        adversary.square.n_queries = square_queries
     handler = _Collect()
     aa_logger = logging.getLogger("auto-attack")
     aa_logger.addHandler(handler)

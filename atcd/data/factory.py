@@ -1,18 +1,37 @@
-"""`create_atcd_dataset` / `create_atcd_loader`: one entry point for built-in sets and image folders."""
+"""`create_atcd_dataset` / `create_atcd_loader`: one entry point for built-in sets and image folders.
+
+An image file that fails to open or decode is skipped (the next readable index stands in for it), counted across
+loader workers (`dataset.num_skipped`) and warned about once; `strict=True` makes it a `DataError` instead.
+"""
+import logging
+import multiprocessing as mp
 import os
+import struct
+import zlib
 from collections.abc import Callable
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from .mnist_mini import MnistMini
 from .transforms import create_pixel_transform
 
-__all__ = ["DataError", "create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets", "split_holdout"]
+__all__ = ["CheckedImageFolder", "DataError", "create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets",
+           "split_holdout"]
+
+_logger = logging.getLogger(__name__)
+# what PIL raises on a bad file: OSError (unidentified, truncated), SyntaxError (broken PNG), zlib/struct errors, ...
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 class DataError(ValueError):
-    """Bad dataset specification (unknown name, missing folder, no classes)."""
+    """Bad dataset specification (unknown name, missing folder, no classes) or unusable data (corrupt, strict)."""
+
+    def __init__(self, msg: str = ""):
+        if "Original Traceback" in msg:  # re-raised by torch's DataLoader from a worker: keep the one-line message
+            msg = msg.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+        super().__init__(msg)
 
 
 _BUILTIN: dict[str, Callable[[str], Dataset]] = {"mnist-mini": MnistMini}
@@ -20,6 +39,79 @@ _BUILTIN: dict[str, Callable[[str], Dataset]] = {"mnist-mini": MnistMini}
 
 def list_builtin_datasets():
     return sorted(_BUILTIN)
+
+
+class CheckedImageFolder(Dataset):
+    """timm's image-folder listing with a checked read: (float [0,1] CHW tensor, int label) per file.
+
+    A file that fails to open or decode is replaced by the next readable index (deterministic), counted once per
+    file in memory shared by the loader workers and logged once with its path; `strict` raises `DataError` instead,
+    and so does a skip count above `max_skipped`. Unlike timm's `ImageDataset` (which retries on `OSError` only,
+    without the path or a count), a PNG that PIL reports as `SyntaxError` is caught too.
+    """
+
+    def __init__(self, root: str, split: str, transform: Callable, strict: bool = False,
+                 max_skipped: int | None = None):
+        from timm.data import create_reader
+        try:
+            self.reader = create_reader("", root=root, split=split)
+        except (RuntimeError, OSError) as e:  # timm raises deep inside the folder reader on empty/odd trees
+            raise DataError(f"could not read image folder {root!r}: {e}") from None
+        if "" in self.reader.class_to_idx:  # timm files loose images under a nameless class
+            raise DataError(f"image folder {root!r} has images outside class sub-folders (expected "
+                            f"{root}/<class>/<images>)")
+        self.root = root
+        self.transform = transform
+        self.strict = strict
+        self.max_skipped = max_skipped
+        self.classes = [c for c, _ in sorted(self.reader.class_to_idx.items(), key=lambda kv: kv[1])]
+        self._count = mp.Value("q", 0)  # shared with loader workers (inherited when they start)
+        self._seen = mp.Array("b", len(self.reader), lock=False)  # 1 = known corrupt; guarded by _count's lock
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct corrupt files met so far (all epochs, all loader workers of this process)."""
+        return int(self._count.value)
+
+    def filename(self, index: int) -> str:
+        """Path of sample `index`."""
+        return self.reader.filename(index, absolute=True)
+
+    def _skip(self, index: int, err: BaseException):
+        path = self.filename(index)
+        if isinstance(err, UnidentifiedImageError):  # its message repeats the path as a file-object repr
+            reason = "not an image file PIL can identify"
+        else:
+            reason = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        if self.strict:
+            raise DataError(f"corrupt image {path}: {reason} (--strict-data)") from None
+        with self._count.get_lock():
+            first = not self._seen[index]
+            if first:
+                self._seen[index] = 1
+                self._count.value += 1
+            n = self._count.value
+        if first:
+            _logger.warning("skipped corrupt image %s: %s (%d skipped so far)", path, reason, n)
+        if self.max_skipped is not None and n > self.max_skipped:
+            raise DataError(f"more than {self.max_skipped} corrupt images skipped; last: {path}: {reason}")
+
+    def __getitem__(self, index: int) -> tuple:
+        n = len(self)
+        for k in range(n):
+            i = (index + k) % n
+            try:
+                fp, target = self.reader[i][:2]  # opens the file: a vanished or unreadable one is skipped too
+                with fp, Image.open(fp) as im:
+                    img = im.convert("RGB")  # decodes every pixel here (as timm's ImageDataset), so bad data fails now
+            except _DECODE_ERRORS as e:
+                self._skip(i, e)
+                continue
+            return self.transform(img), target
+        raise DataError(f"no readable image in {self.root!r}")
 
 
 def create_atcd_dataset(
@@ -30,6 +122,8 @@ def create_atcd_dataset(
         is_training: bool = False,
         interpolation: str = "bilinear",
         crop_pct: float = 1.0,
+        strict: bool = False,
+        max_skipped: int | None = None,
 ) -> Dataset:
     """Dataset yielding (float [0,1] CHW tensor, int label).
 
@@ -37,6 +131,15 @@ def create_atcd_dataset(
         name: a built-in name (`mnist-mini`) or '' / 'folder' for an image folder at `data_dir/split`.
         split: 'train' or 'val'/'test'.
         data_dir: root with `train/` and `val/` class sub-folders (image folders only).
+        input_size: (C, H, W) the transform produces.
+        is_training: training transform (augmentation for large images).
+        interpolation: resize interpolation.
+        crop_pct: centre-crop fraction of the eval transform.
+        strict: image folders: a corrupt or unreadable image raises `DataError` instead of being skipped.
+        max_skipped: image folders: raise `DataError` once more than this many corrupt images were skipped.
+
+    Raises:
+        DataError: unknown name, missing folder, no class sub-folders or no images.
     """
     if name in _BUILTIN:
         return _BUILTIN[name](split)
@@ -45,6 +148,8 @@ def create_atcd_dataset(
                         f"with train/ and val/ class folders (--dataset folder)")
     if not data_dir:
         raise DataError("an image-folder dataset needs --data-dir")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir!r} is not a directory")
     root = data_dir
     for cand in ([split] if split == "train" else [split, "val", "validation", "test"]):
         if os.path.isdir(os.path.join(data_dir, cand)):
@@ -52,12 +157,8 @@ def create_atcd_dataset(
             break
     else:
         raise DataError(f"no '{split}' folder under {data_dir!r} (expected {data_dir}/{split}/<class>/<images>)")
-    from timm.data import create_dataset
     transform = create_pixel_transform(input_size, is_training, interpolation, crop_pct)
-    try:
-        ds = create_dataset("", root=root, split=split, is_training=is_training, transform=transform)
-    except Exception as e:  # timm raises deep inside the folder reader on empty/odd trees
-        raise DataError(f"could not read image folder {root!r}: {e}") from None
+    ds = CheckedImageFolder(root, split, transform, strict=strict, max_skipped=max_skipped)
     if len(ds) == 0:
         raise DataError(f"image folder {root!r} holds no images in class sub-folders")
     return ds
