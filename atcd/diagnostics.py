@@ -37,7 +37,7 @@ def trajectory_delta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int,
         return start
     with torch.no_grad():
         p_ref = F.softmax(model(x + start).float(), 1)
-    loss = lambda z, yy: jcd_loss(z.float(), yy, p_ref, cfg.cd_lambda, cfg.cd_rho)  # noqa: E731
+    loss = lambda z, yy: jcd_loss(z.float(), yy, p_ref, cfg.cd_lambda, cfg.cd_rho)
     return perturb(model, x, y, loss, cfg.eps, cfg.step_size, k, start, cfg.momentum)
 
 

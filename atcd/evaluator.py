@@ -13,9 +13,9 @@ from .checkpoint import atomic_write_text, load_weights
 from .config import ConfigError, EvalConfig
 from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds
 from .engine import evaluate_attacks, strip_private
+from .models import NormalizedModel, build_model, unwrap_timm
 from .sanity import model_fingerprint, probe_checks, summarize
 from .sweep import run_sweep, write_sweep
-from .models import NormalizedModel, build_model, unwrap_timm
 
 __all__ = ["attack_config", "format_table", "load_model_for_eval", "run"]
 

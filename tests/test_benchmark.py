@@ -9,7 +9,8 @@ def test_benchmark_cost_table(tmp_path):
     r = run_script("scripts/benchmark.py", "--cost-only", "--methods", "standard,fast,pgd,atcd", "--cost-batches",
                    "2", "--batch-size", "32", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = {row["method"]: row for row in csv.DictReader(open(tmp_path / "costs.csv"))}
+    with open(tmp_path / "costs.csv") as f:
+        rows = {row["method"]: row for row in csv.DictReader(f)}
     passes = {m: float(rows[m]["full_passes"]) for m in rows}
     assert passes == {"standard": 1.0, "fast": 2.0, "pgd": 11.0, "atcd": 16.0}  # recipes: r=10; T=4, K=2 + M-H fwds
     for row in rows.values():

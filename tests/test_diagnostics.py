@@ -43,6 +43,6 @@ def test_sweeps_are_non_increasing_and_written(standard_model, mnist_test_batch,
         accs = [r["top1"] for r in rows]
         assert all(a >= b for a, b in zip(accs, accs[1:])), accs
     assert by_eps[0]["top1"] > 90 and by_eps[-1]["top1"] < by_eps[0]["top1"] - 20
-    csv_path, png = write_sweep(by_eps, str(tmp_path), "eps")
+    csv_path, _ = write_sweep(by_eps, str(tmp_path), "eps")
     assert [r["top1"] for r in read_sweep(csv_path)] == [r["top1"] for r in by_eps]
     assert (tmp_path / "sweep_eps.png").stat().st_size > 0
