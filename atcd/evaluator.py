@@ -3,7 +3,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from accelerate import Accelerator
@@ -122,5 +122,8 @@ def _probe(model, loader, cfg: EvalConfig, acfg) -> dict:
     if not xs:
         return {}
     x, y = torch.cat(xs)[:cfg.sanity_samples], torch.cat(ys)[:cfg.sanity_samples]
+    # a probe, not the measurement: at most 10 PGD steps (and 2x that for the iterations check)
+    steps = min(acfg.steps, 10)
+    pcfg = replace(acfg, steps=steps, step_size=acfg.step_size * acfg.steps / steps)
     # one probe image is 100/n points: allow that much slack in the monotonicity checks (random starts)
-    return probe_checks(model, x, y, acfg, square=acfg.eps > 0, tol=100.0 / len(y))
+    return probe_checks(model, x, y, pcfg, square=acfg.eps > 0, tol=100.0 / len(y))

@@ -277,6 +277,16 @@ def test_update_card_appends_new_results_and_replaces_same_ones(pub, tmp_path):
     assert len(got) == 6 and got[("pgd", 0.3)].metric_value == 1.0
 
 
+def test_validate_update_card_flag_writes_the_measurement_into_a_card(pub, tmp_path):
+    card_path = tmp_path / "README.md"
+    shutil.copy(pub.folder / "README.md", card_path)
+    _ok(run_script("validate.py", "--model", f"local-dir:{pub.folder}", "--eps", "0.2", "--attacks", "clean",
+                   "--num-samples", "20", "--sanity-samples", "0", "--no-progress", "--update-card", str(card_path),
+                   "--results-file", str(tmp_path / "r.json"), env=pub.env))
+    measured = json.loads((tmp_path / "r.json").read_text())["results"]["clean"]["top1"]
+    assert _card_results(ModelCard.load(card_path))[("clean", 0.2)].metric_value == round(measured, 2)
+
+
 def test_pixel_space_eps_with_imagenet_normalisation(tmp_path):
     """A model with ImageNet mean/std (published through timm's save_for_hf) is attacked in [0,1] pixel space."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
