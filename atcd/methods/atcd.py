@@ -30,9 +30,8 @@ def hamiltonian(ce: torch.Tensor, v: torch.Tensor, temperature: float, kinetic: 
 @register_method("atcd")
 class ATCD(TrainMethod):
 
-    def __init__(self, cfg, generator: torch.Generator = None):
-        super().__init__(cfg)
-        self.gen = generator or torch.Generator().manual_seed(cfg.seed)
+    def __init__(self, cfg, generator: torch.Generator | None = None):
+        super().__init__(cfg, generator)
         self.accepted = 0
         self.proposed = 0
 
@@ -90,10 +89,10 @@ class ATCD(TrainMethod):
 
     def state_dict(self) -> dict:
         """RNG of random starts and M-H draws, so a resumed run draws what the uninterrupted one would."""
-        return {"generator": self.gen.get_state(), "mh_counts": torch.tensor([self.accepted, self.proposed])}
+        return {**super().state_dict(), "mh_counts": torch.tensor([self.accepted, self.proposed])}
 
     def load_state_dict(self, state: dict):
-        self.gen.set_state(state["generator"])
+        super().load_state_dict(state)
         self.accepted, self.proposed = (int(v) for v in state["mh_counts"])
 
     def acceptance_rate(self) -> float:

@@ -44,12 +44,17 @@ def attack_mode(model: nn.Module, bn_mode: str):
 
 
 class TrainMethod:
-    """Base class. Subclasses implement `step(ctx, x, y) -> StepResult`."""
+    """Base class. Subclasses implement `step(ctx, x, y) -> StepResult`.
+
+    `self.gen` draws the method's randomness (random starts, M-H tests); it is saved with the resumable state so a
+    resumed run draws what the uninterrupted one would.
+    """
     name = "base"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, generator: torch.Generator | None = None):
         self.cfg = cfg
         self.passes = PassCounter()
+        self.gen = generator or torch.Generator().manual_seed(cfg.seed)
 
     def updates_per_batch(self) -> int:
         """Optimizer steps per minibatch (the scheduler steps per update)."""
@@ -86,10 +91,11 @@ class TrainMethod:
         self.record(res, loss, logits, y)
 
     def state_dict(self) -> dict:
-        return {}
+        return {"generator": self.gen.get_state()}
 
     def load_state_dict(self, state: dict):
-        pass
+        if "generator" in state:
+            self.gen.set_state(state["generator"])
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         raise NotImplementedError

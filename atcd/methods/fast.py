@@ -16,9 +16,8 @@ __all__ = ["FastAT"]
 @register_method("fast")
 class FastAT(TrainMethod):
 
-    def __init__(self, cfg, generator: torch.Generator = None):
-        super().__init__(cfg)
-        self.gen = generator or torch.Generator().manual_seed(cfg.seed)
+    def __init__(self, cfg, generator: torch.Generator | None = None):
+        super().__init__(cfg, generator)
         self.alpha = cfg.fast_alpha if cfg.fast_alpha is not None else 1.25 * cfg.eps
 
     def step(self, ctx, x, y):
@@ -30,9 +29,3 @@ class FastAT(TrainMethod):
         delta = project(x, delta + self.alpha * g.float().sign(), c.eps)
         self.weight_update(ctx, x + delta, y, res)
         return res
-
-    def state_dict(self) -> dict:
-        return {"generator": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict):
-        self.gen.set_state(state["generator"])

@@ -53,7 +53,9 @@ class FreeAT(TrainMethod):
         return res
 
     def state_dict(self) -> dict:
-        return {} if self.delta is None else {"delta": self.delta.cpu().contiguous()}
+        own = {} if self.delta is None else {"delta": self.delta.cpu().contiguous()}
+        return {**super().state_dict(), **own}
 
     def load_state_dict(self, state: dict):
+        super().load_state_dict(state)
         self.delta = state.get("delta")

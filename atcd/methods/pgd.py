@@ -2,7 +2,6 @@
 
 Cost per minibatch: r input-gradient passes + 1 weight pass.
 """
-import torch
 
 from ..attacks.core import perturb, random_init
 from ..attacks.losses import ce_loss
@@ -15,10 +14,6 @@ __all__ = ["PGDAT"]
 @register_method("pgd")
 class PGDAT(TrainMethod):
 
-    def __init__(self, cfg, generator: torch.Generator = None):
-        super().__init__(cfg)
-        self.gen = generator or torch.Generator().manual_seed(cfg.seed)
-
     def step(self, ctx, x, y):
         c = self.cfg
         res = StepResult()
@@ -27,9 +22,3 @@ class PGDAT(TrainMethod):
                             random_init(x, c.eps, self.gen), counter=self.passes)
         self.weight_update(ctx, x + delta, y, res)
         return res
-
-    def state_dict(self) -> dict:
-        return {"generator": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict):
-        self.gen.set_state(state["generator"])

@@ -22,10 +22,6 @@ def trades_kl(logits_adv: torch.Tensor, p_nat: torch.Tensor) -> torch.Tensor:
 @register_method("trades")
 class TRADES(TrainMethod):
 
-    def __init__(self, cfg, generator: torch.Generator = None):
-        super().__init__(cfg)
-        self.gen = generator or torch.Generator().manual_seed(cfg.seed)
-
     def step(self, ctx, x, y):
         c = self.cfg
         res = StepResult()
@@ -49,9 +45,3 @@ class TRADES(TrainMethod):
         self.passes.weight += 2
         self.record(res, loss, logits_adv, y)
         return res
-
-    def state_dict(self) -> dict:
-        return {"generator": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict):
-        self.gen.set_state(state["generator"])

@@ -58,10 +58,6 @@ class _StopForward(Exception):
 @register_method("yopo")
 class YOPO(TrainMethod):
 
-    def __init__(self, cfg, generator: torch.Generator = None):
-        super().__init__(cfg)
-        self.gen = generator or torch.Generator().manual_seed(cfg.seed)
-
     def _stem_grad(self, amodel: nn.Module, stem: nn.Module, x, eta, p) -> torch.Tensor:
         """d/d eta of sum(p * stem(x + eta)): forward stops right after the stem (first-layer pass only)."""
         out = {}
@@ -112,9 +108,3 @@ class YOPO(TrainMethod):
         self.apply_update(ctx)
         self.record(res, loss_sum, logits, y)
         return res
-
-    def state_dict(self) -> dict:
-        return {"generator": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict):
-        self.gen.set_state(state["generator"])
