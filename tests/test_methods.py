@@ -16,13 +16,13 @@ from atcd.trainer import num_epochs
 T, K, R, M, N = 2, 3, 3, 3, 2
 # method -> (config overrides, expected {counter: passes per minibatch}, optimizer steps per minibatch)
 CASES = {
-    "standard": ({}, dict(weight=1), 1),
-    "pgd": (dict(attack_steps=R), dict(input_grad=R, weight=1), 1),                 # PGD-r: r + 1
-    "fast": ({}, dict(input_grad=1, weight=1), 1),                                  # Fast: 2
-    "free": (dict(free_m=M), dict(weight=M), M),                                     # Free-m: 1 per replay
-    "trades": (dict(attack_steps=R), dict(input_grad=R, forward=1, weight=2), 1),    # r + 1 fwd + 2 (nat, adv)
-    "yopo": (dict(yopo_m=M, yopo_n=N), dict(weight=M, stem=M * N), 1),               # m full + m*n first-layer
-    "atcd": (dict(atcd_T=T, atcd_K=K), dict(input_grad=T * K, weight=T, forward=T), T),  # T*K + T (+ T M-H fwd)
+    "standard": ({}, {"weight": 1}, 1),
+    "pgd": ({"attack_steps": R}, {"input_grad": R, "weight": 1}, 1),                 # PGD-r: r + 1
+    "fast": ({}, {"input_grad": 1, "weight": 1}, 1),                                  # Fast: 2
+    "free": ({"free_m": M}, {"weight": M}, M),                                     # Free-m: 1 per replay
+    "trades": ({"attack_steps": R}, {"input_grad": R, "forward": 1, "weight": 2}, 1),    # r + 1 fwd + 2 (nat, adv)
+    "yopo": ({"yopo_m": M, "yopo_n": N}, {"weight": M, "stem": M * N}, 1),               # m full + m*n first-layer
+    "atcd": ({"atcd_T": T, "atcd_K": K}, {"input_grad": T * K, "weight": T, "forward": T}, T),  # T*K + T (+ T M-H fwd)
 }
 
 

@@ -49,18 +49,19 @@ class _ClassifierMixin:
         return self.forward_head(self.forward_features(x))
 
 
-class _WideBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-conv3x3, 1x1 projection when the shape changes (TRADES/Madry WRN block)."""
+class _PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3, 1x1 projection when the shape changes (shared by PreAct-ResNet and the
+    TRADES/Madry WideResNet block)."""
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int):
+    def __init__(self, in_planes: int, planes: int, stride: int):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_planes)
-        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.shortcut = None
-        if in_planes != out_planes or stride != 1:
-            self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))
@@ -85,7 +86,7 @@ class WideResNetCifar(_ClassifierMixin, nn.Module):
         for i, stride in enumerate((1, 2, 2)):
             blocks = []
             for b in range(n):
-                blocks.append(_WideBlock(c, widths[i + 1], stride if b == 0 else 1))
+                blocks.append(_PreActBlock(c, widths[i + 1], stride if b == 0 else 1))
                 c = widths[i + 1]
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -96,24 +97,6 @@ class WideResNetCifar(_ClassifierMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.stages(self.conv1(x))))
-
-
-class _PreActBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(x))
-        short = x if self.shortcut is None else self.shortcut(o)
-        o = self.conv2(F.relu(self.bn2(self.conv1(o))))
-        return o + short
 
 
 class PreActResNetCifar(_ClassifierMixin, nn.Module):
