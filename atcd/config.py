@@ -73,6 +73,7 @@ class TrainConfig:
     mh_kinetic: float = 1.0
     atcd_q0: str = "start"
     atcd_restart: bool = False
+    reuse_grad: bool = False
     # baselines
     attack_steps: int = 10
     trades_beta: float = 6.0
@@ -93,6 +94,8 @@ class TrainConfig:
     experiment: str | None = None
     resume: str | None = None
     checkpoint_keep: int = 2
+    checkpoint_every_steps: int = 0
+    max_bad_steps: int = 10
     no_progress: bool = False
     log_data_keys: bool = False
 
@@ -135,6 +138,9 @@ class TrainConfig:
               f"every sign step of --method {self.method} would jump across the eps-ball; give a step <= eps, "
               f"e.g. --attack-step {self.eps / 4:.4g}")),
             (self.checkpoint_keep >= 1, f"--checkpoint-keep must be >= 1 (got {self.checkpoint_keep})"),
+            (self.checkpoint_every_steps >= 0,
+             f"--checkpoint-every-steps must be >= 0 (got {self.checkpoint_every_steps}; 0 = at epoch ends only)"),
+            (self.max_bad_steps >= 1, f"--max-bad-steps must be >= 1 (got {self.max_bad_steps})"),
             (self.co_drop > 0, f"--co-drop must be > 0 points (got {self.co_drop})"),
             (self.mh_kinetic >= 0, f"--mh-kinetic must be >= 0 (got {self.mh_kinetic})"),
             (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
@@ -346,6 +352,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--atcd-q0", default=d.atcd_q0, choices=["start", "prev"],
                    help="Q0 = output at the trajectory start (spec) or at the previous transition")
     _bool_flag(g, "atcd-restart", d.atcd_restart, "ablation: fresh noise per replay instead of warm start")
+    _bool_flag(g, "reuse-grad", d.reuse_grad, "ATCD: the weight pass of replay t also gives the input gradient of "
+               "replay t+1's first step (Free's trick): T*K passes per minibatch instead of T*(K+1)")
     g.add_argument("--attack-steps", type=int, default=d.attack_steps, help="r: PGD-AT / TRADES attack steps")
     g.add_argument("--trades-beta", type=float, default=d.trades_beta, help="TRADES beta (robust KL weight)")
     g.add_argument("--free-m", type=int, default=d.free_m, help="Free-AT m: replays per minibatch")
@@ -367,7 +375,13 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", default=d.output)
     g.add_argument("--experiment", default=d.experiment)
     g.add_argument("--resume", default=d.resume, help="checkpoint dir, or 'auto' for the newest complete one")
-    g.add_argument("--checkpoint-keep", type=int, default=d.checkpoint_keep)
+    g.add_argument("--checkpoint-keep", type=int, default=d.checkpoint_keep,
+                   help="complete checkpoints kept (the oldest is pruned only after a new one is in place)")
+    g.add_argument("--checkpoint-every-steps", type=int, default=d.checkpoint_every_steps,
+                   help="also checkpoint every N minibatches inside an epoch (0: at epoch ends only)")
+    g.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
+                   help="non-finite losses/gradients skipped before the run stops (keeps the checkpoint from "
+                        "before the first one)")
     g.add_argument("--no-progress", action="store_true", default=d.no_progress)
     g.add_argument("--log-data-keys", action="store_true", default=d.log_data_keys,
                    help="debug (wds): write the shard keys each process trained on to data_keys.json")
