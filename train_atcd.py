@@ -6,7 +6,9 @@
     ACCELERATE_USE_CPU=1 accelerate launch --config_file hfconfigs/cpu_2proc.yaml train_atcd.py \
         --dataset wds --data-dir data/mnist-mini-wds --train-samples-per-epoch 2048
 
-The last line printed (by the main process only) is `RESULT {json}`.
+The last line printed (by the main process only) is `RESULT {json}`. Exit codes: 0 done, or stopped by
+SIGTERM/SIGUSR1 after writing a checkpoint (`"status": "preempted"`; resume with --resume auto); 2 bad input;
+3 stopped by --max-bad-steps non-finite updates (`"status": "bad_steps"`); 128+N a second signal N.
 """
 import json
 import logging
@@ -15,6 +17,7 @@ import sys
 from atcd.checkpoint import CheckpointError
 from atcd.config import ConfigError, die, parse_train_args
 from atcd.data.factory import DataError
+from atcd.faults import EXIT_BAD_STEPS
 
 
 def main(argv=None):
@@ -32,6 +35,7 @@ def main(argv=None):
     from accelerate import PartialState
     if PartialState().is_main_process:  # every process returns the same (reduced) result
         print("RESULT " + json.dumps(result))
+    return EXIT_BAD_STEPS if result["status"] == "bad_steps" else 0
 
 
 if __name__ == "__main__":

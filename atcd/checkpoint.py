@@ -167,7 +167,10 @@ def load_weights(model: nn.Module, path: str, allow_pickle: bool = False) -> nn.
 
 
 def find_latest_state(run_dir: str) -> str | None:
-    """Newest complete `checkpoint-*` dir (one with its marker); incomplete ones are ignored."""
+    """Newest complete `checkpoint-*` dir (one with its marker); incomplete ones are ignored.
+
+    Newest = most updates; at equal counts an epoch-end checkpoint wins over a mid-epoch one of the same step.
+    """
     if not os.path.isdir(run_dir):
         return None
     cands = []
@@ -176,16 +179,18 @@ def find_latest_state(run_dir: str) -> str | None:
         if name.startswith("checkpoint-") and os.path.isfile(os.path.join(p, STATE_MARKER)):
             try:
                 with open(os.path.join(p, STATE_MARKER)) as f:
-                    cands.append((json.load(f)["num_updates"], p))
+                    meta = json.load(f)
+                cands.append((meta["num_updates"], meta.get("epoch_done", True), meta.get("batches_done", 0), p))
             except (ValueError, KeyError, OSError):
                 continue
-    return max(cands)[1] if cands else None
+    return max(cands)[-1] if cands else None
 
 
-def save_state_dir(run_dir: str, name: str, write_fn, meta: dict, keep: int):
+def save_state_dir(run_dir: str, name: str, write_fn, meta: dict, keep: int, protect: tuple = ()):
     """Write a state dir atomically: fill a tmp dir with `write_fn(tmp)`, add the marker, rename, then prune.
 
-    The previous complete checkpoints are pruned only after the new one is in place.
+    The previous complete checkpoints are pruned only after the new one is in place, down to the newest `keep`;
+    names in `protect` are never pruned (nor counted).
     """
     final = os.path.join(run_dir, name)
     tmp = tempfile.mkdtemp(dir=run_dir, prefix=".tmp-" + name)
@@ -200,7 +205,7 @@ def save_state_dir(run_dir: str, name: str, write_fn, meta: dict, keep: int):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    states = sorted((p for p in os.listdir(run_dir) if p.startswith("checkpoint-")),
+    states = sorted((p for p in os.listdir(run_dir) if p.startswith("checkpoint-") and p not in protect),
                     key=lambda p: os.path.getmtime(os.path.join(run_dir, p)))
     for old in states[:-keep] if keep > 0 else []:
         shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)

@@ -1,4 +1,5 @@
 """train_one_epoch / evaluate, run with an Accelerator; pass counting comes from the method."""
+import itertools
 import time
 from collections.abc import Sequence
 
@@ -15,8 +16,28 @@ def _to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+def _skip_batches(loader, accelerator, num_batches: int):
+    """An iterator over `loader` (its epoch already set) without its first `num_batches` batches.
+
+    A loader Accelerate prepared skips them in its batch sampler (`skip_first_batches`: nothing is loaded); any
+    other (a rank-sharded WebDataset loader) reads and drops them, which yields exactly the same later batches
+    because its order is a function of (seed, epoch). Creating the iterator may draw a worker base seed from the
+    global RNG; the RNG is put back so the training steps draw what the uninterrupted run drew.
+    """
+    if num_batches == 0:
+        return iter(loader)
+    rng = torch.get_rng_state()
+    if _is_prepared(loader):
+        it = iter(accelerator.skip_first_batches(loader, num_batches))
+    else:
+        it = itertools.islice(iter(loader), num_batches, None)
+    torch.set_rng_state(rng)
+    return it
+
+
 def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, epoch: int, progress: bool = True,
-                    channels_last: bool = False, keys_out: list | None = None) -> dict[str, float]:
+                    channels_last: bool = False, keys_out: list | None = None, start_batch: int = 0,
+                    totals: dict | None = None, after_batch=None) -> dict[str, float]:
     """One pass over `loader`: each minibatch goes through `method.step` inside `accelerator.accumulate`.
 
     Args:
@@ -28,16 +49,33 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
         progress: show a tqdm bar on the main process.
         channels_last: convert inputs to channels-last memory format.
         keys_out: when given, the sample keys of `(x, y, keys)` batches are appended to it.
+        start_batch: batches of this epoch already trained (mid-epoch resume): they are skipped.
+        totals: the running sums of those batches (from a mid-epoch checkpoint), so the epoch's figures come out
+            as in an uninterrupted run.
+        after_batch: `after_batch(batches_done, totals) -> bool`, called after every minibatch (checkpointing,
+            preemption); True ends the epoch there.
 
     Returns:
-        loss and adversarial accuracy reduced over processes, seconds, and this process's pass counts.
+        loss and adversarial accuracy reduced over processes, seconds, this process's pass counts, and
+        `completed` (False when `after_batch` ended the epoch early).
     """
     t0 = time.time()
+    tot = {"loss_sum": 0.0, "n_loss": 0, "correct": 0, "count": 0, "seconds": 0.0,
+           **{k: 0 for k in method.passes.as_dict()}, **(totals or {})}
     p0 = dict(method.passes.as_dict())
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    n_loss, correct, count = 0, 0, 0
-    it = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and accelerator.is_main_process), leave=False)
-    for batch in it:
+    loss_sum = torch.tensor(tot["loss_sum"], dtype=torch.float64)
+    n_loss, correct, count = tot["n_loss"], tot["correct"], tot["count"]
+
+    def snapshot() -> dict:  # JSON-able running sums (a float64 sum round-trips exactly through JSON)
+        return {"loss_sum": float(loss_sum), "n_loss": n_loss, "correct": correct, "count": count,
+                "seconds": tot["seconds"] + time.time() - t0,
+                **{k: tot[k] + v - p0[k] for k, v in method.passes.as_dict().items()}}
+
+    completed = True
+    total = len(loader) if hasattr(loader, "__len__") else None
+    it = tqdm(_skip_batches(loader, accelerator, start_batch), desc=f"epoch {epoch}", initial=start_batch,
+              total=total, disable=not (progress and accelerator.is_main_process), leave=False)
+    for b, batch in enumerate(it, start=start_batch + 1):
         x, y = _to_memory_format(batch[0], channels_last), batch[1]
         if keys_out is not None and len(batch) > 2:
             keys_out.extend(batch[2])
@@ -51,15 +89,20 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
         count += res.count
         if progress and n_loss % 10 == 0:
             it.set_postfix(loss=f"{float(loss_sum) / max(1, n_loss):.3f}")
-    stats = torch.tensor([float(loss_sum), n_loss, correct, count], dtype=torch.float64,
+        if after_batch is not None and after_batch(b, snapshot()):
+            completed = False
+            break
+    it.close()
+    final = snapshot()
+    stats = torch.tensor([final["loss_sum"], n_loss, correct, count], dtype=torch.float64,
                          device=accelerator.device)
     stats = accelerator.reduce(stats, reduction="sum")
-    passes = {k: v - p0[k] for k, v in method.passes.as_dict().items()}
     out = {
         "train_loss": float(stats[0] / max(1.0, float(stats[1]))),
         "train_adv_top1": 100.0 * float(stats[2] / max(1.0, float(stats[3]))),
-        "seconds": time.time() - t0,
-        **passes,
+        "seconds": final["seconds"],
+        **{k: final[k] for k in method.passes.as_dict()},
+        "completed": completed,
     }
     if hasattr(method, "acceptance_rate"):
         out["mh_accept"] = method.acceptance_rate()

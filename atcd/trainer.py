@@ -7,10 +7,12 @@ parts of the resumable checkpoint (RNG states, the method's state: `method_{rank
 """
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import asdict, replace
 
 import torch
@@ -22,10 +24,18 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
 from .attacks import AttackConfig
-from .checkpoint import atomic_write_text, find_latest_state, load_weights, save_state_dir, save_weights
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    find_latest_state,
+    load_weights,
+    save_state_dir,
+    save_weights,
+)
 from .config import TrainConfig
 from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, split_holdout
 from .engine import evaluate_attacks, train_one_epoch
+from .faults import FiniteGuard, Preemption
 from .methods import StepContext, create_method, get_method_class
 from .models import build_model, unwrap_timm
 
@@ -72,6 +82,20 @@ def _write_summary(path: str, row: dict):
         if new:
             w.writeheader()
         w.writerow(row)
+
+
+def _trim_summary(path: str, start_epoch: int):
+    """On resume: drop the rows of epochs the resumed run trains again (a kill between the row and the checkpoint
+    would otherwise leave the epoch twice)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < start_epoch]
+    if len(keep) < len(rows):
+        buf = io.StringIO()
+        csv.writer(buf).writerows(keep)
+        atomic_write_text(path, buf.getvalue())
 
 
 def _select(cfg: TrainConfig, row: dict, epoch: int, best: dict, best_path: str, model, accelerator) -> bool:
@@ -176,10 +200,11 @@ def _save_rank_state(accelerator: Accelerator, method, tmp: str | None):
     accelerator.wait_for_everyone()  # all parts written before the main process adds the marker and renames
 
 
-def _save_checkpoint(accelerator: Accelerator, method, run_dir: str, name: str, meta: dict, keep: int):
+def _save_checkpoint(accelerator: Accelerator, method, run_dir: str, name: str, meta: dict, keep: int,
+                     protect: tuple = ()):
     """Atomic resumable checkpoint (`save_state_dir` on the main process; the other ranks join inside it)."""
     if accelerator.is_main_process:
-        save_state_dir(run_dir, name, lambda tmp: _save_rank_state(accelerator, method, tmp), meta, keep)
+        save_state_dir(run_dir, name, lambda tmp: _save_rank_state(accelerator, method, tmp), meta, keep, protect)
     else:
         _save_rank_state(accelerator, method, None)
     accelerator.wait_for_everyone()
@@ -208,19 +233,23 @@ def _weights_sha256(model: torch.nn.Module) -> str:
 def run(cfg: TrainConfig) -> dict:
     """Train as `cfg` says; returns the last epoch's summary row (plus `run_dir` and per-process checks).
 
-    Every process returns the same dict; only the main process writes files and prints.
+    `status` in the result: "completed"; "preempted" (SIGTERM/SIGUSR1: a checkpoint was written at the end of the
+    step, `checkpoint` names it); "bad_steps" (--max-bad-steps non-finite updates: `checkpoint` names the newest
+    complete checkpoint from before the first one, kept out of pruning). Every process returns the same dict; only
+    the main process writes files and prints.
     """
     # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same data
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
                                                                         data_seed=cfg.seed))
     try:
-        return _train(cfg, accelerator)
+        with Preemption() as preemption:
+            return _train(cfg, accelerator, preemption)
     finally:
         accelerator.end_training()  # without it a rank can abort at interpreter exit under several processes
 
 
-def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict:
+def _train(cfg: TrainConfig, accelerator: Accelerator, preemption: Preemption) -> dict:
     rank = accelerator.process_index
     set_seed(cfg.seed, device_specific=False)  # the same initial weights on every process
     out_dir = run_dir_for(cfg)
@@ -235,6 +264,10 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict:
     if accelerator.is_main_process:
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_text(os.path.join(out_dir, "args.yaml"), yaml.safe_dump(asdict(cfg), sort_keys=False))
+        for name in os.listdir(out_dir):  # half-written files of a run killed mid-write: never complete, drop them
+            if name.startswith(".tmp-"):
+                p = os.path.join(out_dir, name)
+                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
     accelerator.wait_for_everyone()
     set_seed(cfg.seed, device_specific=True)  # per-process global RNG from here on (seed + rank)
 
@@ -265,18 +298,29 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict:
     stepper = _Scheduled(scheduler)
     attack_model = accelerator.unwrap_model(model)
 
-    start_epoch = 0
+    start_epoch, start_batch, totals = 0, 0, None
     best = {"metric": -1.0, "epoch": -1}
+    faults = {"bad_steps": 0, "first_bad": None, "pinned": None}
     resume_dir = find_latest_state(out_dir) if cfg.resume == "auto" else cfg.resume
     if resume_dir:
-        accelerator.load_state(resume_dir)
         with open(os.path.join(resume_dir, "state.json")) as f:
             meta = json.load(f)
-        start_epoch = meta["epoch"] + 1
+        if not meta.get("epoch_done", True) and meta.get("num_processes", 1) != accelerator.num_processes:
+            raise CheckpointError(f"{resume_dir} was written mid-epoch by {meta['num_processes']} process(es); resume "
+                                  f"it with as many (a mid-epoch position is per process), or from an epoch-end "
+                                  f"checkpoint")
+        accelerator.load_state(resume_dir)
+        if meta.get("epoch_done", True):
+            start_epoch = meta["epoch"] + 1
+        else:  # mid-epoch: skip the batches of this epoch already trained, carry their running sums
+            start_epoch, start_batch, totals = meta["epoch"], meta["batches_done"], meta["totals"][rank]
         stepper.load_state_dict({"num_updates": meta["num_updates"]})
         best = meta.get("best", best)
+        faults.update({k: meta[k] for k in faults if k in meta})
         _load_method_state(method, resume_dir, rank)
-        _logger.info("resumed from %s at epoch %d", resume_dir, start_epoch)
+        _logger.info("resumed from %s at epoch %d, batch %d", resume_dir, start_epoch, start_batch)
+        if accelerator.is_main_process:
+            _trim_summary(os.path.join(out_dir, "summary.csv"), start_epoch)
 
     def clip():
         if cfg.clip_grad and accelerator.sync_gradients:
@@ -286,27 +330,69 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict:
         if accelerator.sync_gradients:  # the scheduler counts real updates, not accumulation micro-steps
             stepper()
 
-    step_optimizer = optimizer if cfg.grad_accum_steps == 1 else _AccumulatingOptimizer(optimizer, accelerator)
-    ctx = StepContext(model=model, attack_model=attack_model, optimizer=step_optimizer, backward=accelerator.backward,
+    inner = optimizer if cfg.grad_accum_steps == 1 else _AccumulatingOptimizer(optimizer, accelerator)
+    guard = FiniteGuard(inner, accelerator, num_updates=lambda: stepper.num_updates)
+    guard.bad_steps = faults["bad_steps"]
+    ctx = StepContext(model=model, attack_model=attack_model, optimizer=guard, backward=accelerator.backward,
                       after_update=after_update, clip_grad=clip, autocast=accelerator.autocast)
     eval_cfg = AttackConfig(eps=cfg.eps, step_size=2.5 * cfg.eps / max(1, cfg.eval_attack_steps),
                             steps=cfg.eval_attack_steps, seed=cfg.seed)
     row = {}
     best_path = os.path.join(out_dir, "model_best.safetensors")
     data_keys = {}
+    status, status_ckpt = "completed", None
+
+    def meta_for(epoch: int, done: bool, batches: int, snap: dict | None = None) -> dict:
+        m = {"epoch": epoch, "epoch_done": done, "batches_done": batches, "num_updates": stepper.num_updates,
+             "num_processes": accelerator.num_processes, "best": best, **faults}
+        if snap is not None:
+            m["totals"] = gather_object([snap])  # every rank's running sums of the epoch so far
+        return m
+
+    def save(name: str, meta: dict):
+        _save_checkpoint(accelerator, method, out_dir, name, meta, cfg.checkpoint_keep,
+                         protect=(os.path.basename(faults["pinned"]),) if faults["pinned"] else ())
+        return os.path.join(out_dir, name)
+
+    def after_batch(epoch: int, batches: int, snap: dict) -> bool:
+        """Per minibatch: bad-step bookkeeping, periodic and preemption checkpoints; True ends the run here."""
+        nonlocal status, status_ckpt
+        faults["bad_steps"] = guard.bad_steps
+        if guard.first_bad is not None and faults["first_bad"] is None:
+            # keep the newest complete checkpoint from before the first bad step out of pruning
+            faults["first_bad"] = guard.first_bad
+            faults["pinned"] = find_latest_state(out_dir) if accelerator.is_main_process else None
+        if guard.bad_steps >= cfg.max_bad_steps:
+            status, status_ckpt = "bad_steps", faults["pinned"]
+            return True
+        preempted = preemption.requested(accelerator)
+        periodic = cfg.checkpoint_every_steps and batches % cfg.checkpoint_every_steps == 0 \
+            and batches < len(train_loader)  # the epoch-end checkpoint follows right after the last batch
+        if preempted or periodic:
+            path = save(f"checkpoint-{epoch:04d}-step{batches:07d}", meta_for(epoch, False, batches, snap))
+            if preempted:
+                status, status_ckpt = "preempted", path
+                return True
+        return False
+
     stopped = False
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)  # seeded per-epoch shuffle: same order on resume, new order each epoch
         keys = [] if cfg.log_data_keys else None
         stats = train_one_epoch(method, ctx, train_loader, accelerator, epoch, progress=not cfg.no_progress,
-                                channels_last=cfg.channels_last, keys_out=keys)
+                                channels_last=cfg.channels_last, keys_out=keys, start_batch=start_batch,
+                                totals=totals, after_batch=lambda b, snap, _e=epoch: after_batch(_e, b, snap))
+        start_batch, totals = 0, None
+        if not stats.pop("completed"):
+            break
         if keys is not None:
             data_keys[str(epoch)] = gather_object([keys])  # one list of keys per rank
         ev = evaluate_attacks(attack_model, eval_loader, ["clean", "pgd"], eval_cfg, accelerator,
                               channels_last=cfg.channels_last)
         row = {"epoch": epoch, **{k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()},
                "eval_top1": round(ev["clean"]["top1"], 2), "eval_pgd_top1": round(ev["pgd"]["top1"], 2),
-               "eval_n": ev["clean"]["n"], "lr": optimizer.param_groups[0]["lr"], "num_updates": stepper.num_updates}
+               "eval_n": ev["clean"]["n"], "lr": optimizer.param_groups[0]["lr"], "num_updates": stepper.num_updates,
+               "bad_steps": guard.bad_steps}
         if holdout_loader is not None:
             ho = evaluate_attacks(attack_model, holdout_loader, ["clean", "pgd"], eval_cfg, accelerator,
                                   channels_last=cfg.channels_last)
@@ -319,8 +405,16 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict:
         accelerator.wait_for_everyone()
         if stopped:
             break
-        _save_checkpoint(accelerator, method, out_dir, f"checkpoint-{epoch:04d}",
-                         {"epoch": epoch, "num_updates": stepper.num_updates, "best": best}, cfg.checkpoint_keep)
+        path = save(f"checkpoint-{epoch:04d}", meta_for(epoch, True, len(train_loader)))
+        if epoch + 1 < epochs and preemption.requested(accelerator):  # signalled during the evaluation
+            status, status_ckpt = "preempted", path
+            break
+    if status != "completed":  # preempted or too many bad steps: the checkpoint is what remains of the run
+        if accelerator.is_main_process:
+            print(_stop_message(status, status_ckpt, preemption, faults, cfg), flush=True)
+        accelerator.wait_for_everyone()
+        return {"run_dir": out_dir, "status": status, "checkpoint": status_ckpt, **faults,
+                "num_updates": stepper.num_updates, "num_processes": accelerator.num_processes}
     if accelerator.is_main_process:
         save_weights(unwrap_timm(model), os.path.join(out_dir, "model.safetensors"),
                      {"model": cfg.model, "method": cfg.method, "eps": cfg.eps})
@@ -331,4 +425,15 @@ def _train(cfg: TrainConfig, accelerator: Accelerator) -> dict:
               "rank_weights_sha256": gather_object([_weights_sha256(model)]),
               "rank_num_updates": gather_object([stepper.num_updates])}
     accelerator.wait_for_everyone()
-    return {"run_dir": out_dir, **row, **checks}
+    return {"run_dir": out_dir, "status": status, **row, "bad_steps": faults["bad_steps"], **checks}
+
+
+def _stop_message(status: str, ckpt: str | None, preemption: Preemption, faults: dict, cfg: TrainConfig) -> str:
+    if status == "preempted":
+        return (f"{preemption.name}: stopped after the current step; checkpoint written to {ckpt}. Resume with the "
+                f"same command plus --resume auto")
+    where = (f"the newest checkpoint from before it, {ckpt}, is kept" if ckpt else
+             "no checkpoint was written before it (use --checkpoint-every-steps)")
+    return (f"stopped: {faults['bad_steps']} non-finite updates skipped (--max-bad-steps {cfg.max_bad_steps}), the "
+            f"first at update {faults['first_bad']}; {where}. Resume from it with --resume and e.g. a lower --lr or "
+            f"--clip-grad")

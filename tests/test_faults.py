@@ -1,0 +1,215 @@
+"""Kill-safe training: SIGKILL at three points (mid-epoch, during a checkpoint write, at an epoch boundary), SIGTERM
+preemption, a second signal, and non-finite steps. Every resumed run must end bit-identical to an uninterrupted one,
+and no complete checkpoint on disk may ever be unreadable."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+
+# ATCD (per-rank generator + M-H counts in the method state), Adam state, cosine LR: everything a resume restores.
+# 3 epochs x 8 minibatches, a periodic checkpoint every 3 minibatches.
+ARGS = ("--method", "atcd", "--atcd-T", "2", "--atcd-K", "1", "--epochs", "3", "--train-samples-per-epoch", "256",
+        "-b", "32", "--opt", "adam", "--lr", "1e-3", "--eval-samples", "50", "--eval-attack-steps", "1",
+        "--checkpoint-every-steps", "3", "--checkpoint-keep", "2", "--no-progress")
+
+
+def _start(out, name, *extra, log=None):
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, "train_atcd.py", *ARGS, "--output", str(out), "--experiment", name,
+                             *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL,
+                            text=True)
+
+
+def _finish(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _kill_when(proc, cond, timeout=300.0) -> bool:
+    """SIGKILL `proc` as soon as `cond()` holds (polled every ms); False if the run ended first."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            proc.kill()
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    raise AssertionError("kill condition never met")
+
+
+def _complete_checkpoints(run_dir):
+    return sorted(n for n in os.listdir(run_dir)
+                  if n.startswith("checkpoint-") and os.path.isfile(os.path.join(run_dir, n, "state.json")))
+
+
+def _assert_readable(run_dir):
+    """Every complete checkpoint loads: its marker, every safetensors file, the optimizer and RNG files."""
+    names = _complete_checkpoints(run_dir)
+    assert names, f"no complete checkpoint in {run_dir}: {os.listdir(run_dir)}"
+    for n in names:
+        d = os.path.join(run_dir, n)
+        with open(os.path.join(d, "state.json")) as f:
+            json.load(f)
+        for fn in os.listdir(d):
+            if fn.endswith(".safetensors"):
+                load_file(os.path.join(d, fn))
+            elif fn.endswith((".bin", ".pkl")):
+                torch.load(os.path.join(d, fn), weights_only=False)  # our own test's files (Accelerate's format)
+    for n in os.listdir(run_dir):  # nothing else that claims to be a checkpoint
+        assert n.startswith((".tmp-", "checkpoint-")) or n in {"args.yaml", "summary.csv"}, n
+    return names
+
+
+def _summary(run_dir):
+    with open(os.path.join(run_dir, "summary.csv")) as f:
+        return [{k: r[k] for k in ("epoch", "train_loss", "train_adv_top1", "eval_top1", "eval_pgd_top1",
+                                   "num_updates", "mh_accept")} for r in csv.DictReader(f)]
+
+
+def _assert_same_final(a_dir, b_dir):
+    a, b = load_file(os.path.join(a_dir, "model.safetensors")), load_file(os.path.join(b_dir, "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _summary(a_dir) == _summary(b_dir)  # per-epoch losses, accuracies, M-H rates, update counts
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    rc, stdout = _finish(_start(out, "full"))
+    assert rc == 0, stdout[-2000:]
+    return os.path.join(out, "full")
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_points_then_resume_auto_is_bit_identical(reference, tmp_path):
+    run = os.path.join(tmp_path, "killed")
+
+    def exists(name):
+        return lambda: os.path.isfile(os.path.join(run, name, "state.json"))
+
+    def writing():  # a checkpoint being written right now (its temporary dir exists, the marker is not in yet)
+        return os.path.isdir(run) and any(n.startswith(".tmp-checkpoint") for n in os.listdir(run))
+
+    points = [
+        ("mid-epoch, just after a periodic checkpoint", exists("checkpoint-0000-step0000003"), []),
+        ("during a checkpoint write", writing, ["--resume", "auto"]),
+        ("at an epoch boundary", exists("checkpoint-0001"), ["--resume", "auto"]),
+    ]
+    for what, cond, extra in points:
+        before = _complete_checkpoints(run) if os.path.isdir(run) else []
+        assert _kill_when(_start(tmp_path, "killed", *extra), cond), f"run finished before the kill {what}"
+        after = _assert_readable(run)
+        if cond is writing:  # the cut write never completed, so nothing was pruned for it
+            assert set(before) <= set(after)
+            assert any(n.startswith(".tmp-checkpoint") for n in os.listdir(run))
+    rc, stdout = _finish(_start(tmp_path, "killed", "--resume", "auto"))
+    assert rc == 0, stdout[-2000:]
+    assert not any(n.startswith(".tmp-") for n in os.listdir(run))  # leftovers of the cut write were cleared
+    _assert_same_final(reference, run)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_zero_and_resumes_bit_identical(reference, tmp_path):
+    run = os.path.join(tmp_path, "term")
+    proc = _start(tmp_path, "term")
+    deadline = time.time() + 300
+    while not os.path.isfile(os.path.join(run, "checkpoint-0000-step0000003", "state.json")):
+        assert proc.poll() is None and time.time() < deadline, "run ended before the signal"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    rc, stdout = _finish(proc)
+    assert rc == 0, stdout[-2000:]
+    res = json.loads(stdout.strip().splitlines()[-1][len("RESULT "):])
+    assert res["status"] == "preempted" and "SIGTERM" in stdout and "--resume auto" in stdout
+    ckpt = res["checkpoint"]
+    with open(os.path.join(ckpt, "state.json")) as f:
+        meta = json.load(f)
+    assert not meta["epoch_done"] and meta["batches_done"] >= 3  # written at the step the signal interrupted
+    assert not os.path.exists(os.path.join(run, "model.safetensors"))  # the run did not pretend to finish
+    rc, stdout = _finish(_start(tmp_path, "term", "--resume", "auto"))
+    assert rc == 0, stdout[-2000:]
+    _assert_same_final(reference, run)
+
+
+@pytest.mark.slow
+def test_second_signal_exits_at_once(tmp_path):
+    """After the first SIGTERM the run finishes its step; a second one ends it there, without a checkpoint."""
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as f:  # slow steps (T*K = 16 passes of 256 images) leave time for the second signal
+        proc = _start(tmp_path, "twice", "--atcd-T", "4", "--atcd-K", "4", "-b", "256", "--checkpoint-every-steps",
+                      "0", log=f)
+        deadline = time.time() + 300
+        while not (tmp_path / "twice" / "args.yaml").exists():  # model and data are loaded
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.01)
+        time.sleep(1.0)  # inside the first minibatch
+        proc.send_signal(signal.SIGTERM)
+        while "SIGTERM received" not in log.read_text():
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGTERM)
+        rc, _ = _finish(proc)
+    assert rc == 128 + signal.SIGTERM, log.read_text()[-2000:]
+    assert "exiting now" in log.read_text()
+    assert _complete_checkpoints(tmp_path / "twice") == []
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops_keeping_the_checkpoint_before(tmp_path, capsys):
+    """A model whose training forward turns NaN from its 5th call: updates 4, 5, 6 are skipped (weights untouched),
+    the third stops the run (exit 3), and the newest checkpoint from before the first NaN survives pruning."""
+    import timm
+    from timm.models import register_model
+
+    import train_atcd
+    from atcd.models.smallcnn import smallcnn_mnist
+
+    if not timm.is_model("nan_after_4_smallcnn"):
+        @register_model
+        def nan_after_4_smallcnn(pretrained=False, **kwargs):
+            model = smallcnn_mnist(pretrained=pretrained, **kwargs)
+            calls = [0]
+
+            def hook(mod, inp, out):
+                if mod.training:
+                    calls[0] += 1
+                    if calls[0] > 4:
+                        return out * float("nan")
+                return out
+            model.register_forward_hook(hook)
+            return model
+
+    rc = train_atcd.main(["--model", "nan_after_4_smallcnn", "--method", "standard", "--epochs", "1",
+                          "--train-samples-per-epoch", "320", "-b", "32", "--opt", "adam", "--lr", "1e-3",
+                          "--checkpoint-every-steps", "2", "--checkpoint-keep", "1", "--max-bad-steps", "3",
+                          "--eval-samples", "20", "--eval-attack-steps", "1", "--output", str(tmp_path),
+                          "--experiment", "nan", "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 3, out.out[-2000:]
+    res = json.loads(out.out.strip().splitlines()[-1][len("RESULT "):])
+    run = tmp_path / "nan"
+    assert res["status"] == "bad_steps" and res["bad_steps"] == 3 and res["first_bad"] == 4
+    pinned = res["checkpoint"]
+    assert os.path.basename(pinned) == "checkpoint-0000-step0000004"  # 4 good updates, written before the NaN
+    assert "non-finite" in out.err and "update 4" in out.out
+    names = _assert_readable(run)
+    assert "checkpoint-0000-step0000004" in names and "checkpoint-0000-step0000006" in names  # pinned + newest
+    w_pinned = load_file(os.path.join(pinned, "model.safetensors"))
+    w_later = load_file(os.path.join(run, "checkpoint-0000-step0000006", "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w_pinned.values())
+    assert all(torch.equal(w_pinned[k], w_later[k]) for k in w_pinned)  # the NaN updates were never applied
+    assert not os.path.exists(run / "model.safetensors")
