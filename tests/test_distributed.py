@@ -6,9 +6,10 @@ import functools
 import importlib.util
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -97,21 +98,57 @@ def test_two_processes_stream_disjoint_shards_and_stay_in_sync(tmp_path, even_sh
     assert res["eval_n"] == 200  # exact once over the two ranks
 
 
-def test_two_process_resume_is_bit_identical(tmp_path, even_shards):
-    """ATCD over 2 ranks, 2 epochs; a second run resumed from the first one's epoch-0 checkpoint (per-rank RNG and
-    method state, saved by every rank into the main process's temp dir) ends with the same weights, bit for bit."""
+def _rank_pid(launcher: subprocess.Popen, rank: int, timeout: float = 120.0) -> int:
+    """pid of the training process with RANK=`rank` among the launcher's descendants."""
+    import psutil
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for child in psutil.Process(launcher.pid).children(recursive=True):
+            try:
+                if child.environ().get("RANK") == str(rank):
+                    return child.pid
+            except psutil.Error:
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"no process with RANK={rank} under the launcher")
+
+
+def test_sigterm_to_one_rank_checkpoints_both_then_resume_is_bit_identical(tmp_path, even_shards):
+    """ATCD over 2 ranks, 2 epochs, streamed. SIGTERM to rank 1 alone mid-epoch: both ranks agree at the end of the
+    step, write one mid-epoch checkpoint (per-rank RNG, method state and running sums) and exit 0. Resumed with
+    --resume auto (the streamed loader skips the epoch's seen batches), it ends with the uninterrupted run's weights,
+    bit for bit."""
     args = ("--dataset", "wds", "--data-dir", even_shards, "--method", "atcd", "--atcd-T", "2", "--atcd-K", "1",
             "--epochs", "2", "-b", "32", "--opt", "adam", "--lr", "1e-3", "--eval-samples", "100",
             "--eval-attack-steps", "1", "--output", str(tmp_path), "--no-progress")
     full = _train_2proc(*args, "--experiment", "full")
-    os.makedirs(tmp_path / "part")
-    shutil.copytree(tmp_path / "full" / "checkpoint-0000", tmp_path / "part" / "checkpoint-0000")
+    env = dict(os.environ, PYTHONPATH=ROOT, **ENV_2PROC)
+    proc = subprocess.Popen([sys.executable, *LAUNCH_2PROC, *args, "--experiment", "part",
+                             "--checkpoint-every-steps", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "part" / "checkpoint-0000-step0000002" / "state.json"
+    deadline = time.time() + 300
+    while not first.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.005)
+    os.kill(_rank_pid(proc, 1), signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+    assert stopped["status"] == "preempted" and stopped["num_processes"] == 2
+    meta = json.loads((tmp_path / "part" / os.path.basename(stopped["checkpoint"]) / "state.json").read_text())
+    assert not meta["epoch_done"] and meta["num_processes"] == 2 and len(meta["totals"]) == 2
+    assert {"method_0.safetensors", "method_1.safetensors", "random_states_1.pkl"} <= set(
+        os.listdir(stopped["checkpoint"]))  # both ranks wrote their part
     part = _train_2proc(*args, "--experiment", "part", "--resume", "auto")
     assert part["num_processes"] == 2 and part["epoch"] == 1 and part["num_updates"] == full["num_updates"]
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert part["rank_weights_sha256"] == full["rank_weights_sha256"]
-    assert len((tmp_path / "part" / "summary.csv").read_text().splitlines()) == 2  # header + the resumed epoch only
+    def losses(name):  # per-epoch train loss and adversarial accuracy, reduced over ranks
+        rows = (tmp_path / name / "summary.csv").read_text().splitlines()
+        return [r.split(",")[:3] for r in rows]
+    assert losses("part") == losses("full")  # epoch 0's running sums were carried through the cut
 
 
 def test_uneven_shards_two_ranks_two_workers_do_not_hang(tmp_path, uneven_shards):

@@ -11,9 +11,8 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT
+from safetensors.torch import load_file
 
 # ATCD (per-rank generator + M-H counts in the method state), Adam state, cosine LR: everything a resume restores.
 # 3 epochs x 8 minibatches, a periodic checkpoint every 3 minibatches.
@@ -126,7 +125,8 @@ def test_sigkill_at_three_points_then_resume_auto_is_bit_identical(reference, tm
 @pytest.mark.slow
 def test_sigterm_checkpoints_exits_zero_and_resumes_bit_identical(reference, tmp_path):
     run = os.path.join(tmp_path, "term")
-    proc = _start(tmp_path, "term")
+    # with 2 loader workers (the reference used none): the same minibatches, so the same weights
+    proc = _start(tmp_path, "term", "--workers", "2")
     deadline = time.time() + 300
     while not os.path.isfile(os.path.join(run, "checkpoint-0000-step0000003", "state.json")):
         assert proc.poll() is None and time.time() < deadline, "run ended before the signal"
@@ -141,7 +141,7 @@ def test_sigterm_checkpoints_exits_zero_and_resumes_bit_identical(reference, tmp
         meta = json.load(f)
     assert not meta["epoch_done"] and meta["batches_done"] >= 3  # written at the step the signal interrupted
     assert not os.path.exists(os.path.join(run, "model.safetensors"))  # the run did not pretend to finish
-    rc, stdout = _finish(_start(tmp_path, "term", "--resume", "auto"))
+    rc, stdout = _finish(_start(tmp_path, "term", "--workers", "2", "--resume", "auto"))
     assert rc == 0, stdout[-2000:]
     _assert_same_final(reference, run)
 

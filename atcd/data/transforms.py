@@ -16,7 +16,7 @@ def create_pixel_transform(
     chans, h, w = input_size
     interp = str_to_interp_mode(interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear")
     mode = [T.Grayscale(num_output_channels=1)] if chans == 1 else [T.Lambda(lambda im: im.convert("RGB"))]
-    scale = int(round(min(h, w) / crop_pct))
+    scale = round(min(h, w) / crop_pct)
     if is_training and min(h, w) > 32:  # ImageNet-scale: timm's standard RandomResizedCrop + flip
         geo = [T.RandomResizedCrop((h, w), interpolation=interp), T.RandomHorizontalFlip()]
     else:  # small images (MNIST/CIFAR-size): deterministic resize + centre crop; no aug by default
