@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Robustness per unit of compute: train several methods on one dataset/model, measure their cost and robustness.
 
-    python scripts/benchmark.py --methods standard,fast,free,pgd,trades,atcd --seeds 0,1,2 --out output/bench
+    python scripts/benchmark.py --methods standard,fast,free,pgd,trades,atcd,atcd_reuse --seeds 0,1,2 --out output/bench
 
-Two parts, both measured on this machine in this run:
+Each entry of --methods names a recipe, `recipes/mnist_<entry>.yaml`, whose `method` key is the training method it
+runs: `atcd_reuse` is ATCD with --reuse-grad. Reports label an entry by its method and the recipe's flags that change
+its cost (`atcd --reuse-grad`). Two parts, both measured on this machine in this run:
 1. Cost (in-process): seconds per minibatch of every method, timed back to back on the same minibatches, next to
    its counted passes per minibatch. The seconds of one pass of each kind (weight pass = a standard training
    step, input-gradient pass, forward-only pass, YOPO first-layer pass) are measured in the same run;
@@ -29,11 +31,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def recipe_config(name: str):
+    """The training config of recipe `recipes/mnist_<name>.yaml`."""
+    from atcd.config import parse_train_args
+    return parse_train_args(["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml")])
+
+
+def method_label(cfg) -> str:
+    """The method a recipe runs, with the flags that change its cost: 'atcd --reuse-grad'."""
+    return cfg.method + (" --reuse-grad" if cfg.method == "atcd" and cfg.reuse_grad else "")
+
+
 def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int = 0) -> list[dict]:
-    """Seconds per minibatch and passes per minibatch of each method (recipe settings, smallcnn on mnist-mini)."""
+    """Seconds per minibatch and passes per minibatch of each recipe's method (smallcnn on mnist-mini)."""
     import torch
 
-    from atcd.config import parse_train_args
     from atcd.data import MnistMini
     from atcd.methods import StepContext, create_method
     from atcd.models import build_model
@@ -44,14 +56,13 @@ def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int =
     data = [(ds.images[i], ds.targets[i]) for i in idx]
     rows = []
     for name in methods:
-        cfg = parse_train_args(["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml")])
-        cfg = replace(cfg, seed=seed)
+        cfg = replace(recipe_config(name), seed=seed)
         torch.manual_seed(seed)
         model = build_model(cfg.model)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         ctx = StepContext(model=model, attack_model=model, optimizer=opt, backward=lambda loss: loss.backward(),
                           after_update=lambda: None)
-        method = create_method(name, cfg)
+        method = create_method(cfg.method, cfg)  # the recipe's method: 'atcd_reuse' runs atcd
         for x, y in data[:2]:  # warm-up (allocator, first-call overheads)
             method.step(ctx, x, y)
         p0 = method.passes.as_dict()
@@ -61,7 +72,8 @@ def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int =
         sec = (time.perf_counter() - t0) / batches
         passes = {k: (v - p0[k]) / batches for k, v in method.passes.as_dict().items()}
         full = passes["input_grad_passes"] + passes["weight_passes"] + passes["forward_passes"]
-        rows.append({"method": name, "sec_per_batch": sec, "full_passes": full, **passes})
+        rows.append({"method": name, "label": method_label(cfg), "sec_per_batch": sec, "full_passes": full,
+                     **passes})
     unit = unit_costs(data[2:], seed)
     for r in rows:
         r["relative_time"] = r["sec_per_batch"] / unit["weight"]
@@ -119,7 +131,7 @@ def unit_costs(data: list, seed: int = 0) -> dict[str, float]:
 
 def _run(args: list[str], log: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     with open(log, "w") as f:
         f.write(r.stdout + "\n--- stderr ---\n" + r.stderr)
     if r.returncode != 0:
@@ -145,8 +157,14 @@ def train_and_validate(method: str, seed: int, a) -> dict:
          os.path.join(a.out, f"{exp}.val.log"))
     with open(res_file) as f:
         res = json.load(f)["results"]
-    return {"method": method, "seed": seed, "train_seconds": sum(float(r["seconds"]) for r in summary),
-            "train_wall_seconds": wall, **{f"{k}_top1": v["top1"] for k, v in res.items()}}
+    return {"method": method, "label": method_label(recipe_config(method)), "seed": seed,
+            "train_seconds": sum(float(r["seconds"]) for r in summary), "train_wall_seconds": wall,
+            **{f"{k}_top1": v["top1"] for k, v in res.items()}}
+
+
+def _name(row: dict) -> str:
+    """'atcd --reuse-grad (atcd_reuse)': the method and its cost flags, then the recipe when the two differ."""
+    return row["label"] if row["label"] == row["method"] else f"{row['label']} ({row['method']})"
 
 
 def _ms(vals: list[float]) -> str:
@@ -154,24 +172,24 @@ def _ms(vals: list[float]) -> str:
 
 
 def write_report(costs: list[dict], runs: list[dict], a):
-    lines = [f"# Benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, torch threads "
-             f"{os.environ.get('OMP_NUM_THREADS', 'default')})", "",
+    lines = [(f"# Benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, torch threads "
+              f"{os.environ.get('OMP_NUM_THREADS', 'default')})"), "",
              "## Cost per minibatch (measured in one process, same minibatches)", "",
-             "| method | passes/minibatch (in-grad + weight + fwd; stem) | s/minibatch | × standard | "
-             "predicted from passes (s) | measured/predicted |", "|---|---|---|---|---|---|"]
+             ("| method (recipe) | passes/minibatch (in-grad + weight + fwd; stem) | s/minibatch | × standard | "
+              "predicted from passes (s) | measured/predicted |"), "|---|---|---|---|---|---|"]
     for r in costs:
-        lines.append(f"| {r['method']} | {r['input_grad_passes']:.0f} + {r['weight_passes']:.0f} + "
+        lines.append(f"| {_name(r)} | {r['input_grad_passes']:.0f} + {r['weight_passes']:.0f} + "
                      f"{r['forward_passes']:.0f}; {r['stem_passes']:.0f} | {r['sec_per_batch']:.4f} | "
                      f"{r.get('relative_time', float('nan')):.2f} | {r.get('predicted_sec', float('nan')):.4f} | "
                      f"{r.get('ratio', float('nan')):.2f} |")
     if runs:
         keys = [k for k in runs[0] if k.endswith("_top1")]
-        lines += ["", f"## Robustness (eps {a.eps}, {a.num_samples} test images, mean ± std over seeds "
-                      f"{a.seeds})", "", "| method | train s | " + " | ".join(k[:-5] for k in keys) + " |",
+        lines += ["", (f"## Robustness (eps {a.eps}, {a.num_samples} test images, mean ± std over seeds "
+                       f"{a.seeds})"), "", "| method (recipe) | train s | " + " | ".join(k[:-5] for k in keys) + " |",
                   "|---|---|" + "---|" * len(keys)]
         for m in dict.fromkeys(r["method"] for r in runs):
             sel = [r for r in runs if r["method"] == m]
-            lines.append(f"| {m} | {_ms([r['train_seconds'] for r in sel])} | "
+            lines.append(f"| {_name(sel[0])} | {_ms([r['train_seconds'] for r in sel])} | "
                          + " | ".join(_ms([r[k] for r in sel]) for k in keys) + " |")
     with open(os.path.join(a.out, "benchmark.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -183,7 +201,7 @@ def write_report(costs: list[dict], runs: list[dict], a):
         fig, ax = plt.subplots(figsize=(6, 4))
         for m in dict.fromkeys(r["method"] for r in runs):
             sel = [r for r in runs if r["method"] == m]
-            ax.scatter([r["train_seconds"] for r in sel], [r[key] for r in sel], label=m)
+            ax.scatter([r["train_seconds"] for r in sel], [r[key] for r in sel], label=sel[0]["label"])
         ax.set_xlabel("training time (s)")
         ax.set_ylabel(f"{key[:-5]} accuracy (%)")
         ax.legend()
@@ -195,7 +213,8 @@ def write_report(costs: list[dict], runs: list[dict], a):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="standard,fast,free,pgd,trades,atcd")
+    p.add_argument("--methods", default="standard,fast,free,pgd,trades,atcd,atcd_reuse",
+                   help="recipe names: recipes/mnist_<name>.yaml each (atcd_reuse: ATCD with --reuse-grad)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default="output/benchmark")
     p.add_argument("--cost-batches", type=int, default=10, help="timed minibatches per method")
@@ -211,12 +230,13 @@ def main(argv=None) -> int:
     methods = [m for m in a.methods.split(",") if m]
     for m in methods:
         if not os.path.isfile(os.path.join(ROOT, "recipes", f"mnist_{m}.yaml")):
-            print(f"error: no recipe recipes/mnist_{m}.yaml for method {m!r}", file=sys.stderr)
+            print(f"error: no recipe recipes/mnist_{m}.yaml for --methods entry {m!r}", file=sys.stderr)
             return 2
     os.makedirs(a.out, exist_ok=True)
     costs = measure_costs(methods, a.batch_size, a.cost_batches)
     for r in costs:
-        print(f"{r['method']:<10} {r['full_passes']:5.1f} passes  {r['sec_per_batch']:.4f} s/batch  "
+        print(f"{_name(r):<32} {r['full_passes']:5.1f} passes ({r['input_grad_passes']:.0f} in-grad + "
+              f"{r['weight_passes']:.0f} weight + {r['forward_passes']:.0f} fwd)  {r['sec_per_batch']:.4f} s/batch  "
               f"ratio {r.get('ratio', float('nan')):.2f}", flush=True)
     runs = []
     if not a.cost_only:

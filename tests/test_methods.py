@@ -1,5 +1,8 @@
 """Training methods: each one's forward/backward pass count per minibatch is what its formula says, measured by
 counting real calls of the network, and each method's perturbation stays in the eps-ball and pixel box."""
+import copy
+import os
+import tempfile
 from dataclasses import replace
 
 import pytest
@@ -7,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from atcd.attacks.core import project
 from atcd.config import TrainConfig
 from atcd.methods import StepContext, create_method, get_method_class, list_methods
 from atcd.methods.yopo import find_stem
@@ -14,7 +18,8 @@ from atcd.models import NormalizedModel
 from atcd.trainer import num_epochs
 
 T, K, R, M, N = 2, 3, 3, 3, 2
-# method -> (config overrides, expected {counter: passes per minibatch}, optimizer steps per minibatch)
+# case -> (config overrides, expected {counter: passes per minibatch}, optimizer steps per minibatch); the case
+# name is the method unless the overrides give one
 CASES = {
     "standard": ({}, {"weight": 1}, 1),
     "pgd": ({"attack_steps": R}, {"input_grad": R, "weight": 1}, 1),                 # PGD-r: r + 1
@@ -23,11 +28,14 @@ CASES = {
     "trades": ({"attack_steps": R}, {"input_grad": R, "forward": 1, "weight": 2}, 1),    # r + 1 fwd + 2 (nat, adv)
     "yopo": ({"yopo_m": M, "yopo_n": N}, {"weight": M, "stem": M * N}, 1),               # m full + m*n first-layer
     "atcd": ({"atcd_T": T, "atcd_K": K}, {"input_grad": T * K, "weight": T, "forward": T}, T),  # T*K + T (+ T M-H fwd)
+    # --reuse-grad: each weight pass also gives the next replay's first step: T*K (+ T M-H fwd)
+    "atcd-reuse": ({"method": "atcd", "atcd_T": T, "atcd_K": K, "reuse_grad": True},
+                   {"input_grad": T * (K - 1), "weight": T, "forward": T}, T),
 }
 
 
 def test_every_registered_method_is_covered():
-    assert sorted(CASES) == list_methods()
+    assert sorted({over.get("method", name) for name, (over, _, _) in CASES.items()}) == list_methods()
 
 
 class Counting(nn.Module):
@@ -53,16 +61,18 @@ class Counting(nn.Module):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_pass_count_per_minibatch_matches_formula(name, mnist_test_batch):
     over, expected, updates = CASES[name]
-    cfg = replace(TrainConfig(), method=name, eps=0.3, attack_step=0.1, **over)
+    over = {"method": name, **over}
+    cfg = replace(TrainConfig(), eps=0.3, attack_step=0.1, **over)
     torch.manual_seed(0)
     model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
     steps = []
     ctx = StepContext(model=model, attack_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                       backward=lambda loss: loss.backward(), after_update=lambda: steps.append(1))
-    method = create_method(name, cfg)
-    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
-    for batch in range(2):
+    method = create_method(cfg.method, cfg)
+    for batch in range(2):  # two different minibatches: a carried perturbation must fit the new images
+        x, y = mnist_test_batch[0][32 * batch:32 * (batch + 1)], mnist_test_batch[1][32 * batch:32 * (batch + 1)]
         model.full = model.stem = 0
+        model.inputs = []
         before = method.passes.as_dict()
         method.step(ctx, x, y)
         counted = {k.replace("_passes", ""): v - before[k] for k, v in method.passes.as_dict().items()}
@@ -71,10 +81,11 @@ def test_pass_count_per_minibatch_matches_formula(name, mnist_test_batch):
         # the method's own count agrees with the network calls that really happened
         assert model.full == want["input_grad"] + want["weight"] + want["forward"]
         assert model.stem - model.full == want["stem"]
+        assert model.inputs
+        for xi in model.inputs:  # every input the network saw was in the eps-ball around x and in [0,1]
+            if xi.shape == x.shape:
+                assert (xi - x).abs().max() <= cfg.eps + 1e-6 and xi.min() >= 0 and xi.max() <= 1
     assert len(steps) == 2 * updates == 2 * method.updates_per_batch()
-    for xi in model.inputs:  # every input the network saw was in the eps-ball around x and in [0,1]
-        if xi.shape == x.shape:
-            assert (xi - x).abs().max() <= cfg.eps + 1e-6 and xi.min() >= 0 and xi.max() <= 1
 
 
 def test_epochs_as_budget_divides_by_replays():
@@ -131,3 +142,156 @@ def test_yopo_costate_is_the_gradient_at_the_first_layer_output(mnist_test_batch
     out = net.forward_head(net.features[2:](torch.relu(s)))
     (want,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out, y), s)
     torch.testing.assert_close(holder["p"], want)
+
+
+def _ctx(model, momentum=0.0):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
+    return StepContext(model=model, attack_model=model, optimizer=opt, backward=lambda loss: loss.backward(),
+                       after_update=lambda: None)
+
+
+def test_atcd_reuse_grad_k1_is_free_within_a_minibatch(mnist_test_batch):
+    """K=1, no M-H, rho=0, alpha=eps: every replay's only step is the sign of the previous weight pass's input
+    gradient, i.e. Free-m. From the same start the weight updates are bit-identical; ATCD carries the last state the
+    network trained on (Free takes one more step after its last weight pass, so the methods differ from there)."""
+    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    x2 = mnist_test_batch[0][32:64]
+    free = create_method("free", replace(TrainConfig(), method="free", free_m=3, eps=0.3))
+    cfg = replace(TrainConfig(), method="atcd", atcd_T=3, atcd_K=1, mh=False, cd_rho=0.0, eps=0.3, attack_step=0.3,
+                  reuse_grad=True)
+    atcd = create_method("atcd", cfg)
+    atcd.load_state_dict({**atcd.state_dict(), "delta": torch.zeros_like(x)})  # Free's start: zero noise
+    torch.manual_seed(0)
+    m_free = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
+    m_atcd = copy.deepcopy(m_free)
+    free.step(_ctx(m_free, 0.9), x, y)
+    atcd.step(_ctx(m_atcd, 0.9), x, y)
+    assert atcd.passes.as_dict() == free.passes.as_dict()  # 3 weight passes, nothing else
+    assert len(m_atcd.inputs) == 3 and all(torch.equal(a, b) for a, b in zip(m_atcd.inputs, m_free.inputs))
+    assert not torch.equal(m_atcd.inputs[1], m_atcd.inputs[0])  # the reused gradient really moved delta
+    for a, b in zip(m_atcd.parameters(), m_free.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(x + atcd.delta, m_atcd.inputs[-1])  # carried on: the last state trained on, no extra step
+    assert not torch.equal(atcd.delta, free.delta)
+    carried = atcd.delta.clone()
+    atcd.step(_ctx(m_atcd), x2, y)  # the next minibatch starts from it, projected onto the new images' ball
+    assert torch.equal(m_atcd.inputs[3], x2 + project(x2, carried, 0.3))
+
+
+def test_atcd_reuse_grad_state_round_trip_reproduces_the_next_step(mnist_test_batch):
+    """The carried chain state (and generator, M-H counts) saved as the trainer does, restored into a fresh method:
+    the next minibatch makes bit-identical updates; without the carried delta it does not."""
+    from safetensors.torch import load_file, save_file
+    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    x2, y2 = mnist_test_batch[0][32:64], mnist_test_batch[1][32:64]
+    cfg = replace(TrainConfig(), method="atcd", atcd_T=2, atcd_K=2, eps=0.3, attack_step=0.1, reuse_grad=True,
+                  mh_temperature=0.05)
+    first = create_method("atcd", cfg)
+    torch.manual_seed(0)
+    model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
+    ctx = _ctx(model, 0.9)
+    first.step(ctx, x, y)
+    assert torch.equal(x + first.delta, model.inputs[-1])  # the last accepted state, the weight pass's input
+    with tempfile.TemporaryDirectory() as d:
+        save_file(first.state_dict(), os.path.join(d, "method_0.safetensors"))
+        state = load_file(os.path.join(d, "method_0.safetensors"))
+    restored, no_delta = create_method("atcd", cfg), create_method("atcd", cfg)
+    restored.load_state_dict(state)
+    no_delta.load_state_dict({k: v for k, v in state.items() if k != "delta"})
+    runs = {}
+    for name, method in (("first", first), ("restored", restored), ("no_delta", no_delta)):
+        m = copy.deepcopy(model)
+        c = _ctx(m, 0.9)
+        c.optimizer.load_state_dict(copy.deepcopy(ctx.optimizer.state_dict()))  # SGD updates buffers in place
+        method.step(c, x2, y2)
+        runs[name] = torch.cat([p.detach().flatten() for p in m.parameters()])
+    assert torch.equal(runs["restored"], runs["first"])
+    assert torch.equal(restored.delta, first.delta)
+    assert (restored.accepted, restored.proposed) == (first.accepted, first.proposed)
+    assert 0 < first.accepted < first.proposed  # M-H really rejected some (tau 0.05), so the draws mattered
+    assert not torch.equal(runs["no_delta"], runs["first"])
+
+
+def test_atcd_reuse_grad_mh_tests_against_the_previous_replays_end(mnist_test_batch):
+    """K=1: replay 0 takes no step (its start is its end); replay t's only step is the reused one, and M-H compares
+    its end with the CE of its start, the accepted end of replay t-1, known from that replay's M-H forward (no new
+    pass). The decisions are recomputed here from the recorded outputs and the generator's draws."""
+    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    tau = 0.02
+    cfg = replace(TrainConfig(), method="atcd", atcd_T=3, atcd_K=1, eps=0.3, attack_step=0.1, reuse_grad=True,
+                  mh_temperature=tau, mh_kinetic=0.0)  # no kinetic term: only the CE values decide
+    method = create_method("atcd", cfg)
+    draws = torch.Generator().manual_seed(0)
+    draws.set_state(method.gen.get_state())
+    torch.manual_seed(0)
+    model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
+    outs = []
+    model.inner.model.head.register_forward_hook(lambda _m, _i, o: outs.append(o.detach().float()))
+    method.step(_ctx(model), x, y)
+    assert method.passes.as_dict() == {"input_grad_passes": 0, "weight_passes": 3, "forward_passes": 3,
+                                       "stem_passes": 0}
+    torch.rand(x.shape, generator=draws)  # the first minibatch's random start
+    ce_start = None
+    rejected = 0
+    for t in range(3):  # per replay the network saw: the M-H forward at the end, then the weight pass
+        end, trained = model.inputs[2 * t], model.inputs[2 * t + 1]
+        ce_end = torch.nn.functional.cross_entropy(outs[2 * t], y, reduction="none")
+        ce_start = ce_end if ce_start is None else ce_start
+        u = torch.rand(32, generator=draws)
+        want = u < torch.exp(((ce_end - ce_start) / tau).clamp(max=0.0))
+        got = (trained == end).flatten(1).all(1)
+        assert torch.equal(got, want), t
+        if t > 0:  # rejected examples train on the start: the previous replay's accepted state
+            assert torch.equal(trained[~got], model.inputs[2 * t - 1][~got])
+        rejected += int((~got).sum())
+        ce_start = torch.where(got, ce_end, ce_start)
+    assert 0 < rejected and method.accepted == 96 - rejected and method.proposed == 96
+
+
+@pytest.mark.parametrize("lam,rho", [(2.0, 1.0), (1.0, 2.0)])
+def test_atcd_reuse_grad_first_step_is_the_weight_pass_gradient_times_lam_minus_rho(lam, rho, mnist_test_batch):
+    """At a trajectory's start J_cd's logit gradient is (lam - rho)(p - y): the reused step is the sign of
+    (lam - rho) x the CE input gradient of the previous weight pass (train mode, weights before its update);
+    with rho > lam it descends CE."""
+    from atcd.attacks.core import sign_step
+    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    cfg = replace(TrainConfig(), method="atcd", atcd_T=2, atcd_K=1, mh=False, cd_lambda=lam, cd_rho=rho, eps=0.3,
+                  attack_step=0.1, reuse_grad=True)
+    method = create_method("atcd", cfg)
+    method.load_state_dict({**method.state_dict(), "delta": torch.zeros_like(x)})
+    torch.manual_seed(0)
+    model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
+    before = copy.deepcopy(model.inner).train()
+    method.step(_ctx(model), x, y)
+    d = torch.zeros_like(x).requires_grad_(True)
+    torch.nn.functional.cross_entropy(before(x + d), y).backward()
+    want, _ = sign_step(x, torch.zeros_like(x), torch.zeros_like(x), (lam - rho) * d.grad, 0.3, 0.1, 0.0)
+    assert len(model.inputs) == 2 and torch.equal(model.inputs[1], x + want)
+    ce = [torch.nn.functional.cross_entropy(before(xi), y).item() for xi in model.inputs]
+    assert (ce[1] > ce[0]) == (lam > rho)
+
+
+@pytest.mark.parametrize("mh", [True, False])
+def test_atcd_reuse_grad_q0_is_the_accepted_start_output_without_a_new_pass(mh, mnist_test_batch, monkeypatch):
+    """Replay 1's attack steps use p_ref = the output at its start: from replay 0's M-H forward where accepted, else
+    replay 0's own start output; with --no-mh, the weight pass's output."""
+    import atcd.methods.atcd as atcd_module
+    seen = []
+    real = atcd_module.jcd_loss
+    monkeypatch.setattr(atcd_module, "jcd_loss", lambda z, yy, p_ref, *a: seen.append(p_ref) or real(z, yy, p_ref, *a))
+    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    cfg = replace(TrainConfig(), method="atcd", atcd_T=2, atcd_K=2, mh=mh, eps=0.3, attack_step=0.1,
+                  reuse_grad=True)  # tau = kappa = 1: the kinetic term makes M-H reject some examples
+    torch.manual_seed(0)
+    model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
+    outs = []
+    model.inner.model.head.register_forward_hook(lambda _m, _i, o: outs.append(o.detach().float()))
+    create_method("atcd", cfg).step(_ctx(model), x, y)
+    sm = [torch.softmax(o, 1) for o in outs]
+    assert len(seen) == 2 and torch.equal(seen[0], sm[0])  # replay 0: its first pass is at its start
+    if mh:  # calls: attack, M-H end, weight | attack, M-H end, weight
+        acc = (model.inputs[2] == model.inputs[1]).flatten(1).all(1)
+        assert 0 < int(acc.sum()) < 32
+        assert torch.equal(seen[1], torch.where(acc[:, None], sm[1], sm[0]))
+    else:  # calls: attack, weight | attack, weight
+        assert len(outs) == 4 and torch.equal(seen[1], sm[1])

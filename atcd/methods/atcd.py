@@ -4,11 +4,29 @@ Per minibatch: T replays; each runs a K-step trajectory warm-started where the p
 chain ended, ascending J_cd (logit gradient lam(p - y) - rho(p_ref - y)), then a per-example
 Metropolis-Hastings test, then one weight update on the accepted states.
 Cost: T*K input-gradient passes + T weight passes (+ T forwards for M-H).
+
+`--reuse-grad` (Free's trick, spec Sec. 2 "Cost"): the weight pass of replay t is taken on x + delta with delta
+requiring grad, so the same forward/backward also gives the input gradient of CE at replay t+1's start state (the
+accepted end of replay t). At a trajectory's start p_ref = p, so J_cd's logit gradient there is (lam - rho)(p - y),
+i.e. the CE gradient scaled by (lam - rho): replay t+1's first step uses sign((lam - rho) * dCE/dx) from that pass.
+Differences from the plain reading, all accepted for the saving:
+- the reused gradient is taken with the weights before replay t's update and with BN in train mode (the weight pass;
+  --attack-bn applies only to the remaining K-1 steps), as in Free-AT;
+- Q0 (p_ref) and the start state's CE for the M-H test of replay t+1 are not recomputed: they are those of the
+  accepted end of replay t, already known from its M-H forward (rejected examples keep replay t's start values);
+  with --no-mh, p_ref comes from the weight pass's logits;
+- delta is carried across minibatches like Free-AT's (projected onto the new images' eps-ball and pixel box; a
+  uniform random start on the first minibatch or when the shape changes); replay 0 starts there and the carried
+  start stands in for its first step, so it runs K-1 steps. The delta carried on is the last accepted state (no
+  extra step after the last weight pass). It is per-rank state, saved with the resumable checkpoint.
+Cost with --reuse-grad: T*(K-1) input-gradient passes + T weight passes = T*K passes (Free-m's at m = T*K), plus T
+M-H forwards. With --atcd-restart a replay's fresh start also stands in for its first step (the reused gradient
+belongs to another state and is dropped).
 """
 import torch
 import torch.nn.functional as F
 
-from ..attacks.core import input_grad, random_init, sign_step
+from ..attacks.core import input_grad, project, random_init, sign_step
 from ..attacks.losses import jcd_loss
 from .base import StepResult, TrainMethod, attack_mode
 from .registry import register_method
@@ -27,6 +45,11 @@ def hamiltonian(ce: torch.Tensor, v: torch.Tensor, temperature: float, kinetic: 
     return -ce / temperature + kinetic * v.abs().flatten(1).mean(1)
 
 
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-example mask shaped to broadcast over `like`."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
 @register_method("atcd")
 class ATCD(TrainMethod):
 
@@ -34,6 +57,7 @@ class ATCD(TrainMethod):
         super().__init__(cfg, generator)
         self.accepted = 0
         self.proposed = 0
+        self.delta: torch.Tensor | None = None  # --reuse-grad only: the chain state carried across minibatches
 
     def updates_per_batch(self) -> int:
         return self.cfg.atcd_T
@@ -43,6 +67,8 @@ class ATCD(TrainMethod):
         return cfg.atcd_T * cfg.atcd_K
 
     def step(self, ctx, x, y):
+        if self.cfg.reuse_grad:
+            return self._step_reuse(ctx, x, y)
         c = self.cfg
         res = StepResult()
         amodel = ctx.attack_model
@@ -52,48 +78,117 @@ class ATCD(TrainMethod):
             if c.atcd_restart and t > 0:  # ablation: fresh noise per replay instead of the warm-started chain
                 delta, v = random_init(x, c.eps, self.gen), torch.zeros_like(x)
             d_start, v_start = delta, v
-            ce_start = None
-            p_ref = None
             with attack_mode(amodel, c.attack_bn):
-                for k in range(c.atcd_K):
-                    # p_ref: 'start' = output at the trajectory's start; 'prev' = output at transition k-1.
-                    # At k=0 both readings use this forward's own output, so no extra forward is needed.
-                    holder = {}
-
-                    def loss_fn(z, yy, _p=p_ref, _h=holder):
-                        p = F.softmax(z.float(), 1).detach()
-                        _h["p"], _h["ce"] = p, F.cross_entropy(z.float(), yy, reduction="none").detach()
-                        return jcd_loss(z.float(), yy, p if _p is None else _p, c.cd_lambda, c.cd_rho)
-
-                    with ctx.autocast():
-                        g, _, _ = input_grad(amodel, x, delta, y, loss_fn, self.passes)
-                    if k == 0:
-                        ce_start = holder["ce"]
-                        p_ref = holder["p"]
-                    elif c.atcd_q0 == "prev":
-                        p_ref = holder["p"]
-                    delta, v = sign_step(x, delta, v, g.float(), c.eps, c.attack_step, c.momentum_decay)
+                delta, v, ce_start, _ = self._trajectory(ctx, x, y, delta, v, None, c.atcd_K)
                 if c.mh:
-                    with torch.no_grad(), ctx.autocast():
-                        ce_end = F.cross_entropy(amodel(x + delta).float(), y, reduction="none")
-                    self.passes.forward += 1
-                    h0 = hamiltonian(ce_start, v_start, c.mh_temperature, c.mh_kinetic)
-                    h1 = hamiltonian(ce_end, v, c.mh_temperature, c.mh_kinetic)
-                    acc = mh_accept(h0, h1, self.gen)
-                    self.accepted += int(acc.sum())
-                    self.proposed += acc.numel()
-                    m = acc.view(-1, *([1] * (x.dim() - 1)))
-                    delta, v = torch.where(m, delta, d_start), torch.where(m, v, v_start)
+                    delta, v, *_ = self._metropolis(ctx, x, y, d_start, v_start, ce_start, delta, v)
             self.weight_update(ctx, x + delta, y, res)
         return res
 
+    def _step_reuse(self, ctx, x, y):
+        """--reuse-grad: T*(K-1) attack passes; each weight pass also gives the next replay's first step."""
+        c = self.cfg
+        res = StepResult()
+        amodel = ctx.attack_model
+        if self.delta is None or self.delta.shape != x.shape:
+            self.delta = random_init(x, c.eps, self.gen)
+        delta = project(x, self.delta.to(x.device, x.dtype), c.eps)
+        v = torch.zeros_like(x)
+        g = ce_start = p_start = None  # g: CE input gradient at this replay's start, from the last weight pass
+        for t in range(c.atcd_T):
+            if c.atcd_restart and t > 0:  # ablation: the fresh start stands in for the first step
+                delta, v, g = random_init(x, c.eps, self.gen), torch.zeros_like(x), None
+            d_start, v_start = delta, v
+            with attack_mode(amodel, c.attack_bn):
+                if g is None:  # the start's own first attack pass gives Q0 and its CE (none when K = 1)
+                    delta, v, ce_start, p_start = self._trajectory(ctx, x, y, delta, v, None, c.atcd_K - 1)
+                else:  # J_cd's gradient at the start is (lam - rho) x CE's
+                    delta, v = sign_step(x, delta, v, (c.cd_lambda - c.cd_rho) * g.float(), c.eps, c.attack_step,
+                                         c.momentum_decay)
+                    delta, v, _, _ = self._trajectory(ctx, x, y, delta, v, p_start, c.atcd_K - 1)
+                if c.mh:
+                    delta, v, acc, ce_end, p_end = self._metropolis(ctx, x, y, d_start, v_start, ce_start, delta, v)
+            last = t == c.atcd_T - 1
+            g, logits = self._weight_and_input_grad(ctx, x, delta, y, res, want_input_grad=not last)
+            if c.mh:  # the next replay starts at the accepted states: their CE and output are known already
+                ce_start = torch.where(acc, ce_end, ce_start if ce_start is not None else ce_end)
+                p_start = torch.where(_rows(acc, p_end), p_end, p_start if p_start is not None else p_end)
+            else:
+                p_start = F.softmax(logits.detach().float(), 1)
+        self.delta = delta.detach()
+        return res
+
+    def _trajectory(self, ctx, x, y, delta, v, p_ref, steps):
+        """`steps` J_cd sign steps (attack passes; the caller sets the BN mode).
+
+        With `p_ref` None the first pass is at the trajectory's start and gives Q0 (and the start's CE for M-H).
+        Returns (delta, v, ce_start, p_start); the last two are None when `p_ref` was given or `steps` is 0.
+        """
+        c = self.cfg
+        ce_start = p_start = None
+        for k in range(steps):
+            # p_ref: 'start' = output at the trajectory's start; 'prev' = output at transition k-1.
+            # At the start both readings use this forward's own output, so no extra forward is needed.
+            holder = {}
+
+            def loss_fn(z, yy, _p=p_ref, _h=holder):
+                p = F.softmax(z.float(), 1).detach()
+                _h["p"], _h["ce"] = p, F.cross_entropy(z.float(), yy, reduction="none").detach()
+                return jcd_loss(z.float(), yy, p if _p is None else _p, c.cd_lambda, c.cd_rho)
+
+            with ctx.autocast():
+                g, _, _ = input_grad(ctx.attack_model, x, delta, y, loss_fn, self.passes)
+            if p_ref is None:
+                ce_start = holder["ce"]
+                p_ref = p_start = holder["p"]
+            elif c.atcd_q0 == "prev":
+                p_ref = holder["p"]
+            delta, v = sign_step(x, delta, v, g.float(), c.eps, c.attack_step, c.momentum_decay)
+        return delta, v, ce_start, p_start
+
+    def _metropolis(self, ctx, x, y, d_start, v_start, ce_start, delta, v):
+        """Per-example M-H test of the trajectory's end (one forward); rejected examples return to the start.
+
+        Returns (delta, v, accepted, ce_end, p_end); `ce_start` None means the start is the end (no step taken).
+        """
+        c = self.cfg
+        with torch.no_grad(), ctx.autocast():
+            z = ctx.attack_model(x + delta).float()
+            ce_end = F.cross_entropy(z, y, reduction="none")
+        self.passes.forward += 1
+        h0 = hamiltonian(ce_end if ce_start is None else ce_start, v_start, c.mh_temperature, c.mh_kinetic)
+        h1 = hamiltonian(ce_end, v, c.mh_temperature, c.mh_kinetic)
+        acc = mh_accept(h0, h1, self.gen)
+        self.accepted += int(acc.sum())
+        self.proposed += acc.numel()
+        m = _rows(acc, x)
+        return torch.where(m, delta, d_start), torch.where(m, v, v_start), acc, ce_end, F.softmax(z, 1)
+
+    def _weight_and_input_grad(self, ctx, x, delta, y, res, want_input_grad=True):
+        """One optimizer step on CE(model(x + delta), y) in train mode; its backward also gives dCE/d(delta)."""
+        ctx.model.train()
+        d = delta.detach().requires_grad_(want_input_grad)
+        with ctx.autocast():
+            logits = ctx.model(x + d)
+            loss = F.cross_entropy(logits.float(), y)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.backward(loss)
+        g = d.grad.detach() if want_input_grad else None
+        self.apply_update(ctx)
+        self.passes.weight += 1
+        self.record(res, loss, logits, y)
+        return g, logits
+
     def state_dict(self) -> dict:
-        """RNG of random starts and M-H draws, so a resumed run draws what the uninterrupted one would."""
-        return {**super().state_dict(), "mh_counts": torch.tensor([self.accepted, self.proposed])}
+        """RNG of random starts and M-H draws, so a resumed run draws what the uninterrupted one would; with
+        --reuse-grad also the carried chain state."""
+        own = {} if self.delta is None else {"delta": self.delta.cpu().contiguous()}
+        return {**super().state_dict(), "mh_counts": torch.tensor([self.accepted, self.proposed]), **own}
 
     def load_state_dict(self, state: dict):
         super().load_state_dict(state)
         self.accepted, self.proposed = (int(v) for v in state["mh_counts"])
+        self.delta = state.get("delta")
 
     def acceptance_rate(self) -> float:
         return self.accepted / self.proposed if self.proposed else float("nan")
