@@ -141,6 +141,8 @@ class TrainConfig:
             (self.checkpoint_every_steps >= 0,
              f"--checkpoint-every-steps must be >= 0 (got {self.checkpoint_every_steps}; 0 = at epoch ends only)"),
             (self.max_bad_steps >= 1, f"--max-bad-steps must be >= 1 (got {self.max_bad_steps})"),
+            (not self.reuse_grad or self.method == "atcd",
+             f"--reuse-grad is ATCD's option; --method {self.method} does not use it"),
             (self.co_drop > 0, f"--co-drop must be > 0 points (got {self.co_drop})"),
             (self.mh_kinetic >= 0, f"--mh-kinetic must be >= 0 (got {self.mh_kinetic})"),
             (self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),

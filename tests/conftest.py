@@ -17,6 +17,23 @@ def run_script(*args, env=None, timeout=1800):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
 
 
+def run_main(script: str, *args) -> subprocess.CompletedProcess:
+    """Call a repo script's `main(argv)` in this process (no interpreter start-up: for the many error cases whose
+    whole point is what main prints and returns); same result shape as `run_script`. An exception escaping main
+    (the traceback a user would see) propagates and fails the test."""
+    import contextlib
+    import importlib
+    import io
+    mod = importlib.import_module(script.removesuffix(".py"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = mod.main(list(args)) or 0
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess([script, *args], rc, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def mnist_test_batch():
     from atcd.data import MnistMini

@@ -1,5 +1,9 @@
 """Bad input through the real scripts: one `error:` line naming the problem, exit code 2, no traceback, no output.
 
+The many option/checkpoint cases call the scripts' `main(argv)` in-process (what they print and return is the
+point; an interpreter start-up per case cost minutes); the cases that need a real process (yaml, data folders,
+worker processes, pickle loading) run the scripts as a user does.
+
 Corrupt images are the exception to the exit code: by default they are skipped, counted and named in a warning
 (the run succeeds); `--strict-data` turns them into the same one-line error.
 """
@@ -8,7 +12,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_main, run_script
 from PIL import Image
 
 from atcd.checkpoint import CheckpointError, load_weights, save_weights
@@ -18,7 +22,7 @@ from atcd.data.factory import DataError
 # the cheapest runs that still reach the data, the model and the checkpoint
 TRAIN = ("--method", "standard", "--epochs", "1", "--train-samples-per-epoch", "256", "--eval-samples", "50",
          "--no-progress")
-VALIDATE = ("--num-samples", "20", "--attacks", "clean", "--no-progress")
+VALIDATE = ("--num-samples", "20", "--attacks", "clean", "--sanity-samples", "0", "--no-progress")  # sanity: test_sanity
 
 
 def _assert_one_line_error(r, needle: str):
@@ -104,6 +108,9 @@ TRAIN_CASES = [
     ("step-above-2eps", ["--method", "pgd", "--eps", "0.1", "--attack-step", "0.3"], "--attack-step 0.3 > 2 x"),
     ("batch-size-zero", ["--batch-size", "0"], "--batch-size"),
     ("checkpoint-keep-zero", ["--checkpoint-keep", "0"], "--checkpoint-keep"),
+    ("checkpoint-every-negative", ["--checkpoint-every-steps", "-1"], "--checkpoint-every-steps"),
+    ("max-bad-steps-zero", ["--max-bad-steps", "0"], "--max-bad-steps"),
+    ("reuse-grad-not-atcd", ["--method", "free", "--reuse-grad"], "--reuse-grad"),
     ("resume-missing", ["--resume", "/nonexistent/checkpoint-0003"], "/nonexistent/checkpoint-0003"),
     ("folder-without-data-dir", ["--dataset", "folder"], "--data-dir"),
     ("data-dir-missing", ["--dataset", "folder", "--data-dir", "/nonexistent/data"], "/nonexistent/data"),
@@ -113,7 +120,7 @@ TRAIN_CASES = [
 @pytest.mark.parametrize("extra,needle", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
 def test_train_bad_config(tmp_path, extra, needle):
     # the last occurrence of a flag wins in argparse, so the case's own values override TRAIN's
-    r = run_script("train_atcd.py", *TRAIN, *extra, "--output", str(tmp_path), "--experiment", "x")
+    r = run_main("train_atcd.py", *TRAIN, *extra, "--output", str(tmp_path), "--experiment", "x")
     _assert_one_line_error(r, needle)
     _assert_no_weights(tmp_path / "x", config_error="--dataset" not in extra)
 
@@ -164,7 +171,7 @@ VALIDATE_CASES = [
 def test_validate_bad_input(tmp_path, checkpoints, extra, needle):
     results = tmp_path / "results.json"
     extra = [a.format(d=checkpoints["dir"]) for a in extra]
-    r = run_script("validate.py", *VALIDATE, *extra, "--results-file", str(results))
+    r = run_main("validate.py", *VALIDATE, *extra, "--results-file", str(results))
     _assert_one_line_error(r, needle)
     assert not results.exists()
     assert not checkpoints["canary"].exists()  # the pickle's code never ran
