@@ -42,8 +42,13 @@ def method_label(cfg) -> str:
     return cfg.method + (" --reuse-grad" if cfg.method == "atcd" and cfg.reuse_grad else "")
 
 
-def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int = 0) -> list[dict]:
-    """Seconds per minibatch and passes per minibatch of each recipe's method (smallcnn on mnist-mini)."""
+def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int = 0, rounds: int = 3) -> list[dict]:
+    """Seconds per minibatch and passes per minibatch of each recipe's method (smallcnn on mnist-mini).
+
+    Timing is interleaved: in each of `rounds` rounds every method (and every pass kind of `unit_costs`) times the
+    same `batches` minibatches; a method's seconds are its fastest round (as `timeit` does: the other rounds measure
+    the same work plus interference from the rest of the machine).
+    """
     import torch
 
     from atcd.data import MnistMini
@@ -54,7 +59,7 @@ def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int =
     g = torch.Generator().manual_seed(seed)
     idx = [torch.randperm(len(ds.targets), generator=g)[:batch_size] for _ in range(batches + 2)]
     data = [(ds.images[i], ds.targets[i]) for i in idx]
-    rows = []
+    runners = []
     for name in methods:
         cfg = replace(recipe_config(name), seed=seed)
         torch.manual_seed(seed)
@@ -65,20 +70,31 @@ def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int =
         method = create_method(cfg.method, cfg)  # the recipe's method: 'atcd_reuse' runs atcd
         for x, y in data[:2]:  # warm-up (allocator, first-call overheads)
             method.step(ctx, x, y)
-        p0 = method.passes.as_dict()
-        t0 = time.perf_counter()
-        for x, y in data[2:]:
-            method.step(ctx, x, y)
-        sec = (time.perf_counter() - t0) / batches
-        passes = {k: (v - p0[k]) / batches for k, v in method.passes.as_dict().items()}
+        runners.append((name, cfg, method, ctx))
+    best = {name: float("inf") for name in methods}
+    counted = {}
+    unit = {}
+    for _ in range(rounds):
+        for name, _cfg, method, ctx in runners:
+            p0 = method.passes.as_dict()
+            t0 = time.perf_counter()
+            for x, y in data[2:]:
+                method.step(ctx, x, y)
+            best[name] = min(best[name], (time.perf_counter() - t0) / batches)
+            counted[name] = {k: (v - p0[k]) / batches for k, v in method.passes.as_dict().items()}
+        for k, v in unit_costs(data[2:], seed).items():
+            unit[k] = min(unit.get(k, float("inf")), v)
+    rows = []
+    for name, cfg, _method, _ctx in runners:
+        passes = counted[name]
         full = passes["input_grad_passes"] + passes["weight_passes"] + passes["forward_passes"]
-        rows.append({"method": name, "label": method_label(cfg), "sec_per_batch": sec, "full_passes": full,
+        rows.append({"method": name, "label": method_label(cfg), "sec_per_batch": best[name], "full_passes": full,
                      **passes})
-    unit = unit_costs(data[2:], seed)
     for r in rows:
         r["relative_time"] = r["sec_per_batch"] / unit["weight"]
         r["predicted_sec"] = sum(r[f"{k}_passes"] * unit[k] for k in unit)
         r["ratio"] = r["sec_per_batch"] / r["predicted_sec"]
+        r["forward_only_sec"] = r["forward_passes"] * unit["forward"]  # ATCD: its M-H forwards
     return rows
 
 
@@ -171,10 +187,71 @@ def _ms(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
 
 
+def hardware() -> str:
+    """CPU model, cores, torch version and threads: what the timings were measured on."""
+    import platform
+
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"no GPU used")
+
+
+def _mean(vals):
+    return statistics.mean(vals) if vals else float("nan")
+
+
+def findings(costs: list[dict], runs: list[dict], key: str) -> list[str]:
+    """Plain statements computed from the tables: the cost model's accuracy, --reuse-grad against Free at
+    m = T*K, and where ATCD is more or less robust than each baseline at what training time."""
+    out = ["## Findings (computed from the tables above)", ""]
+    ratios = [r["ratio"] for r in costs]
+    worst = max(costs, key=lambda r: abs(r["ratio"] - 1))
+    out.append(f"- Cost model: measured/predicted is {min(ratios):.2f}-{max(ratios):.2f} over {len(costs)} entries; "
+               f"{'every entry is' if max(ratios) <= 1.10 else 'NOT every entry is'} <= 1.10 "
+               f"(farthest from 1: {_name(worst)}, {worst['ratio']:.2f}).")
+    cfgs = {r["method"]: recipe_config(r["method"]) for r in costs}
+    for r in costs:
+        c = cfgs[r["method"]]
+        if c.method != "atcd" or not c.reuse_grad:
+            continue
+        for f in costs:
+            if cfgs[f["method"]].method == "free" and cfgs[f["method"]].free_m == c.atcd_T * c.atcd_K:
+                x = r["sec_per_batch"] / f["sec_per_batch"]
+                y = (r["sec_per_batch"] - r["forward_only_sec"]) / f["sec_per_batch"]
+                out.append(f"- {_name(r)} (T={c.atcd_T}, K={c.atcd_K}) costs {x:.2f}x {_name(f)} (m = T*K = "
+                           f"{c.atcd_T * c.atcd_K}) per minibatch: {'within' if x <= 1.05 else 'ABOVE'} the 1.05 "
+                           f"target. Its {r['forward_passes']:.0f} forward-only M-H passes take "
+                           f"{r['forward_only_sec']:.4f} s of its {r['sec_per_batch']:.4f} s (predicted from the "
+                           f"measured forward time); without them it would cost {y:.2f}x.")
+    if runs and key:
+        by = {}
+        for r in runs:
+            by.setdefault(r["method"], []).append(r)
+        name = key[:-5]
+        for a_m in (m for m in by if recipe_config(m).method == "atcd"):
+            a_acc = _mean([r[key] for r in by[a_m]])
+            a_sec = _mean([r["train_seconds"] for r in by[a_m]])
+            for b_m in (m for m in by if recipe_config(m).method != "atcd"):
+                b_acc = _mean([r[key] for r in by[b_m]])
+                b_sec = _mean([r["train_seconds"] for r in by[b_m]])
+                verdict = "wins" if a_acc > b_acc else ("ties" if a_acc == b_acc else "does NOT win")
+                out.append(f"- {_name(by[a_m][0])} {verdict} against {_name(by[b_m][0])} on {name}: "
+                           f"{a_acc:.1f} vs {b_acc:.1f} % (mean over {len(by[a_m])} seeds), at {a_sec / b_sec:.2f}x "
+                           f"its training time ({a_sec:.0f} s vs {b_sec:.0f} s).")
+    return out
+
+
 def write_report(costs: list[dict], runs: list[dict], a):
-    lines = [(f"# Benchmark ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, torch threads "
-              f"{os.environ.get('OMP_NUM_THREADS', 'default')})"), "",
-             "## Cost per minibatch (measured in one process, same minibatches)", "",
+    lines = [f"# Benchmark ({time.strftime('%Y-%m-%d')})", "", f"Hardware: {hardware()}.", "",
+             f"Command: `python scripts/benchmark.py {' '.join(a.argv)}`", "",
+             (f"## Cost per minibatch (one process, the same {a.cost_batches} minibatches of {a.batch_size}, fastest "
+              f"of {a.rounds} interleaved rounds)"), "",
              ("| method (recipe) | passes/minibatch (in-grad + weight + fwd; stem) | s/minibatch | × standard | "
               "predicted from passes (s) | measured/predicted |"), "|---|---|---|---|---|---|"]
     for r in costs:
@@ -191,13 +268,17 @@ def write_report(costs: list[dict], runs: list[dict], a):
             sel = [r for r in runs if r["method"] == m]
             lines.append(f"| {_name(sel[0])} | {_ms([r['train_seconds'] for r in sel])} | "
                          + " | ".join(_ms([r[k] for r in sel]) for k in keys) + " |")
+    key = ""
+    if runs:
+        key = "autoattack_top1" if "autoattack_top1" in runs[0] else [k for k in runs[0] if k.endswith("_top1")][-1]
+        lines += ["", f"![{key[:-5]} accuracy vs training time](benchmark.png)"]
+    lines += [""] + findings(costs, runs, key)
     with open(os.path.join(a.out, "benchmark.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     if runs:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        key = "autoattack_top1" if "autoattack_top1" in runs[0] else [k for k in runs[0] if k.endswith("_top1")][-1]
         fig, ax = plt.subplots(figsize=(6, 4))
         for m in dict.fromkeys(r["method"] for r in runs):
             sel = [r for r in runs if r["method"] == m]
@@ -217,7 +298,10 @@ def main(argv=None) -> int:
                    help="recipe names: recipes/mnist_<name>.yaml each (atcd_reuse: ATCD with --reuse-grad)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default="output/benchmark")
-    p.add_argument("--cost-batches", type=int, default=10, help="timed minibatches per method")
+    p.add_argument("--cost-methods", default="",
+                   help="recipes timed in the cost table (default: --methods), e.g. adding free8 (Free at m = T*K)")
+    p.add_argument("--cost-batches", type=int, default=10, help="timed minibatches per method and round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the fastest counts)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--cost-only", action="store_true", help="skip training and validation")
     p.add_argument("--train-args", default="", help="extra train_atcd.py flags, e.g. '--epochs 2'")
@@ -227,13 +311,15 @@ def main(argv=None) -> int:
     p.add_argument("--eps", default="0.3")
     p.add_argument("--num-samples", type=int, default=200)
     a = p.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     methods = [m for m in a.methods.split(",") if m]
-    for m in methods:
+    cost_methods = [m for m in (a.cost_methods or a.methods).split(",") if m]
+    for m in dict.fromkeys(methods + cost_methods):
         if not os.path.isfile(os.path.join(ROOT, "recipes", f"mnist_{m}.yaml")):
             print(f"error: no recipe recipes/mnist_{m}.yaml for --methods entry {m!r}", file=sys.stderr)
             return 2
     os.makedirs(a.out, exist_ok=True)
-    costs = measure_costs(methods, a.batch_size, a.cost_batches)
+    costs = measure_costs(cost_methods, a.batch_size, a.cost_batches, rounds=a.rounds)
     for r in costs:
         print(f"{_name(r):<32} {r['full_passes']:5.1f} passes ({r['input_grad_passes']:.0f} in-grad + "
               f"{r['weight_passes']:.0f} weight + {r['forward_passes']:.0f} fwd)  {r['sec_per_batch']:.4f} s/batch  "
