@@ -365,6 +365,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, preemption: Preemption) -
         if guard.bad_steps >= cfg.max_bad_steps:
             status, status_ckpt = "bad_steps", faults["pinned"]
             return True
+        if not accelerator.sync_gradients:  # inside an accumulation group: its micro-step gradients are not saved
+            return False
         preempted = preemption.requested(accelerator)
         periodic = cfg.checkpoint_every_steps and batches % cfg.checkpoint_every_steps == 0 \
             and batches < len(train_loader)  # the epoch-end checkpoint follows right after the last batch

@@ -31,15 +31,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def recipe_config(name: str):
-    """The training config of recipe `recipes/mnist_<name>.yaml`."""
+def split_entry(entry: str) -> tuple[str, list[str]]:
+    """'atcd_reuse:--no-mh' -> ('atcd_reuse', ['--no-mh']): a recipe name, then train_atcd.py flags on top of it."""
+    name, _, flags = entry.partition(":")
+    return name, flags.split()
+
+
+def recipe_config(entry: str):
+    """The training config of entry `name[:flags]`: recipe `recipes/mnist_<name>.yaml`, then the flags."""
     from atcd.config import parse_train_args
-    return parse_train_args(["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml")])
+    name, flags = split_entry(entry)
+    return parse_train_args(["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml"), *flags])
 
 
 def method_label(cfg) -> str:
-    """The method a recipe runs, with the flags that change its cost: 'atcd --reuse-grad'."""
-    return cfg.method + (" --reuse-grad" if cfg.method == "atcd" and cfg.reuse_grad else "")
+    """The method a recipe runs, with the flags that change its cost: 'atcd --reuse-grad --no-mh'."""
+    if cfg.method != "atcd":
+        return cfg.method
+    return cfg.method + (" --reuse-grad" if cfg.reuse_grad else "") + ("" if cfg.mh else " --no-mh")
 
 
 def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int = 0, rounds: int = 3) -> list[dict]:
@@ -157,9 +166,10 @@ def _run(args: list[str], log: str) -> subprocess.CompletedProcess:
 
 
 def train_and_validate(method: str, seed: int, a) -> dict:
-    exp = f"{method}-s{seed}"
+    recipe, flags = split_entry(method)
+    exp = f"{method}-s{seed}".replace(":", "_").replace(" ", "").replace("--", "-")
     run_dir = os.path.join(a.out, "runs", exp)
-    train = ["train_atcd.py", "-c", f"recipes/mnist_{method}.yaml", "--seed", str(seed), "--output",
+    train = ["train_atcd.py", "-c", f"recipes/mnist_{recipe}.yaml", *flags, "--seed", str(seed), "--output",
              os.path.join(a.out, "runs"), "--experiment", exp, "--no-progress"] + a.train_args.split()
     t0 = time.time()
     _run(train, os.path.join(a.out, f"{exp}.train.log"))
@@ -299,7 +309,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default="output/benchmark")
     p.add_argument("--cost-methods", default="",
-                   help="recipes timed in the cost table (default: --methods), e.g. adding free8 (Free at m = T*K)")
+                   help="entries timed in the cost table (default: --methods), e.g. adding free8 (Free at m = T*K); "
+                        "an entry may add flags to its recipe: atcd_reuse:--no-mh")
     p.add_argument("--cost-batches", type=int, default=10, help="timed minibatches per method and round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the fastest counts)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -315,8 +326,9 @@ def main(argv=None) -> int:
     methods = [m for m in a.methods.split(",") if m]
     cost_methods = [m for m in (a.cost_methods or a.methods).split(",") if m]
     for m in dict.fromkeys(methods + cost_methods):
-        if not os.path.isfile(os.path.join(ROOT, "recipes", f"mnist_{m}.yaml")):
-            print(f"error: no recipe recipes/mnist_{m}.yaml for --methods entry {m!r}", file=sys.stderr)
+        if not os.path.isfile(os.path.join(ROOT, "recipes", f"mnist_{split_entry(m)[0]}.yaml")):
+            print(f"error: no recipe recipes/mnist_{split_entry(m)[0]}.yaml for --methods entry {m!r}",
+                  file=sys.stderr)
             return 2
     os.makedirs(a.out, exist_ok=True)
     costs = measure_costs(cost_methods, a.batch_size, a.cost_batches, rounds=a.rounds)

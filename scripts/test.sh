@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements.txt -e .
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-python -m pytest tests -q "$@"
+python -m pytest tests -q --durations=15 "$@"

@@ -6,13 +6,15 @@ from conftest import run_script
 
 
 def test_benchmark_cost_table(tmp_path):
-    r = run_script("scripts/benchmark.py", "--cost-only", "--methods", "standard,fast,pgd,atcd", "--cost-batches",
-                   "2", "--batch-size", "32", "--out", str(tmp_path))
+    r = run_script("scripts/benchmark.py", "--cost-only", "--methods", "standard,fast,pgd,atcd,atcd_reuse:--no-mh",
+                   "--cost-batches", "2", "--rounds", "1", "--batch-size", "32", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     with open(tmp_path / "costs.csv") as f:
         rows = {row["method"]: row for row in csv.DictReader(f)}
     passes = {m: float(rows[m]["full_passes"]) for m in rows}
-    assert passes == {"standard": 1.0, "fast": 2.0, "pgd": 11.0, "atcd": 16.0}  # recipes: r=10; T=4, K=2 + M-H fwds
+    # recipes: r=10; T=4, K=2 + 4 M-H forwards; with --reuse-grad and --no-mh: T*K = 4 weight + 4 input-gradient
+    assert passes == {"standard": 1.0, "fast": 2.0, "pgd": 11.0, "atcd": 16.0, "atcd_reuse:--no-mh": 8.0}
+    assert rows["atcd_reuse:--no-mh"]["label"] == "atcd --reuse-grad --no-mh"
     for row in rows.values():
         assert float(row["sec_per_batch"]) > 0 and float(row["ratio"]) > 0
     assert "measured/predicted" in (tmp_path / "benchmark.md").read_text()

@@ -82,7 +82,7 @@ class ATCD(TrainMethod):
                 delta, v, ce_start, _ = self._trajectory(ctx, x, y, delta, v, None, c.atcd_K)
                 if c.mh:
                     delta, v, *_ = self._metropolis(ctx, x, y, d_start, v_start, ce_start, delta, v)
-            self.weight_update(ctx, x + delta, y, res)
+            self.weight_update(ctx, x, y, res, delta)
         return res
 
     def _step_reuse(self, ctx, x, y):
@@ -109,7 +109,7 @@ class ATCD(TrainMethod):
                 if c.mh:
                     delta, v, acc, ce_end, p_end = self._metropolis(ctx, x, y, d_start, v_start, ce_start, delta, v)
             last = t == c.atcd_T - 1
-            g, logits = self._weight_and_input_grad(ctx, x, delta, y, res, want_input_grad=not last)
+            g, logits = self.weight_update(ctx, x, y, res, delta, input_grad=not last)  # + next replay's first step
             if c.mh:  # the next replay starts at the accepted states: their CE and output are known already
                 ce_start = torch.where(acc, ce_end, ce_start if ce_start is not None else ce_end)
                 p_start = torch.where(_rows(acc, p_end), p_end, p_start if p_start is not None else p_end)
@@ -163,21 +163,6 @@ class ATCD(TrainMethod):
         self.proposed += acc.numel()
         m = _rows(acc, x)
         return torch.where(m, delta, d_start), torch.where(m, v, v_start), acc, ce_end, F.softmax(z, 1)
-
-    def _weight_and_input_grad(self, ctx, x, delta, y, res, want_input_grad=True):
-        """One optimizer step on CE(model(x + delta), y) in train mode; its backward also gives dCE/d(delta)."""
-        ctx.model.train()
-        d = delta.detach().requires_grad_(want_input_grad)
-        with ctx.autocast():
-            logits = ctx.model(x + d)
-            loss = F.cross_entropy(logits.float(), y)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        ctx.backward(loss)
-        g = d.grad.detach() if want_input_grad else None
-        self.apply_update(ctx)
-        self.passes.weight += 1
-        self.record(res, loss, logits, y)
-        return g, logits
 
     def state_dict(self) -> dict:
         """RNG of random starts and M-H draws, so a resumed run draws what the uninterrupted one would; with

@@ -78,17 +78,25 @@ class TrainMethod:
         res.correct += int((logits.detach().argmax(1) == y).sum())
         res.count += y.numel()
 
-    def weight_update(self, ctx: StepContext, x_in: torch.Tensor, y: torch.Tensor, res: StepResult):
-        """One optimizer step on CE(model(x_in), y) with the model in train mode."""
+    def weight_update(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, res: StepResult,
+                      delta: torch.Tensor | None = None, input_grad: bool = False):
+        """One optimizer step on CE(model(x + delta), y) with the model in train mode.
+
+        With `input_grad` the same backward also gives dCE/d(delta) (Free-AT's trick: no extra pass).
+        Returns (that gradient or None, the logits).
+        """
         ctx.model.train()
+        d = None if delta is None else delta.detach().requires_grad_(input_grad)
         with ctx.autocast():
-            logits = ctx.model(x_in)
+            logits = ctx.model(x if d is None else x + d)
             loss = F.cross_entropy(logits.float(), y)
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.backward(loss)
+        g = d.grad.detach() if input_grad else None
         self.apply_update(ctx)
         self.passes.weight += 1
         self.record(res, loss, logits, y)
+        return g, logits
 
     def state_dict(self) -> dict:
         return {"generator": self.gen.get_state()}

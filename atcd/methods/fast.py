@@ -27,5 +27,5 @@ class FastAT(TrainMethod):
         with attack_mode(ctx.attack_model, c.attack_bn), ctx.autocast():
             g, _, _ = input_grad(ctx.attack_model, x, delta, y, ce_loss, self.passes)
         delta = project(x, delta + self.alpha * g.float().sign(), c.eps)
-        self.weight_update(ctx, x + delta, y, res)
+        self.weight_update(ctx, x, y, res, delta)
         return res

@@ -7,7 +7,6 @@ weight pass, so it is taken with BatchNorm in train mode (the method's definitio
 Cost per minibatch: m weight passes.
 """
 import torch
-import torch.nn.functional as F
 
 from ..attacks.core import project
 from .base import StepResult, TrainMethod
@@ -36,18 +35,8 @@ class FreeAT(TrainMethod):
         if self.delta is None or self.delta.shape != x.shape:
             self.delta = torch.zeros_like(x)  # the original starts from zero noise
         delta = project(x, self.delta.to(x.device, x.dtype), c.eps)
-        ctx.model.train()
         for _ in range(c.free_m):
-            d = delta.detach().requires_grad_(True)
-            with ctx.autocast():
-                logits = ctx.model(x + d)
-                loss = F.cross_entropy(logits.float(), y)
-            ctx.optimizer.zero_grad(set_to_none=True)
-            ctx.backward(loss)
-            g = d.grad.detach()
-            self.apply_update(ctx)
-            self.passes.weight += 1
-            self.record(res, loss, logits, y)
+            g, _ = self.weight_update(ctx, x, y, res, delta, input_grad=True)
             delta = project(x, delta + c.eps * g.float().sign(), c.eps)
         self.delta = delta.detach()
         return res

@@ -20,5 +20,5 @@ class PGDAT(TrainMethod):
         with attack_mode(ctx.attack_model, c.attack_bn), ctx.autocast():
             delta = perturb(ctx.attack_model, x, y, ce_loss, c.eps, c.attack_step, c.attack_steps,
                             random_init(x, c.eps, self.gen), counter=self.passes)
-        self.weight_update(ctx, x + delta, y, res)
+        self.weight_update(ctx, x, y, res, delta)
         return res
