@@ -15,6 +15,12 @@ def test_benchmark_cost_table(tmp_path):
     # recipes: r=10; T=4, K=2 + 4 M-H forwards; with --reuse-grad and --no-mh: T*K = 4 weight + 4 input-gradient
     assert passes == {"standard": 1.0, "fast": 2.0, "pgd": 11.0, "atcd": 16.0, "atcd_reuse:--no-mh": 8.0}
     assert rows["atcd_reuse:--no-mh"]["label"] == "atcd --reuse-grad --no-mh"
+    # 3 of its 4 weight passes also return the input gradient (the next replay's first step), priced as such
+    assert float(rows["atcd_reuse:--no-mh"]["weight_with_input_grad"]) == 3.0
+    assert float(rows["atcd"]["weight_with_input_grad"]) == 0.0
+    unit = {k: float(rows["atcd_reuse:--no-mh"][f"unit_{k}_sec"]) for k in ("weight", "weight_input", "input_grad")}
+    want = 4 * unit["input_grad"] + unit["weight"] + 3 * unit["weight_input"]
+    assert abs(float(rows["atcd_reuse:--no-mh"]["predicted_sec"]) - want) < 1e-9
     for row in rows.values():
         assert float(row["sec_per_batch"]) > 0 and float(row["ratio"]) > 0
     assert "measured/predicted" in (tmp_path / "benchmark.md").read_text()

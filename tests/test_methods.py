@@ -24,13 +24,13 @@ CASES = {
     "standard": ({}, {"weight": 1}, 1),
     "pgd": ({"attack_steps": R}, {"input_grad": R, "weight": 1}, 1),                 # PGD-r: r + 1
     "fast": ({}, {"input_grad": 1, "weight": 1}, 1),                                  # Fast: 2
-    "free": ({"free_m": M}, {"weight": M}, M),                                     # Free-m: 1 per replay
+    "free": ({"free_m": M}, {"weight": M, "weight_with_input_grad": M}, M),                                     # Free-m: 1 per replay
     "trades": ({"attack_steps": R}, {"input_grad": R, "forward": 1, "weight": 2}, 1),    # r + 1 fwd + 2 (nat, adv)
     "yopo": ({"yopo_m": M, "yopo_n": N}, {"weight": M, "stem": M * N}, 1),               # m full + m*n first-layer
     "atcd": ({"atcd_T": T, "atcd_K": K}, {"input_grad": T * K, "weight": T, "forward": T}, T),  # T*K + T (+ T M-H fwd)
     # --reuse-grad: each weight pass also gives the next replay's first step: T*K (+ T M-H fwd)
     "atcd-reuse": ({"method": "atcd", "atcd_T": T, "atcd_K": K, "reuse_grad": True},
-                   {"input_grad": T * (K - 1), "weight": T, "forward": T}, T),
+                   {"input_grad": T * (K - 1), "weight": T, "forward": T, "weight_with_input_grad": T - 1}, T),
 }
 
 
@@ -76,7 +76,7 @@ def test_pass_count_per_minibatch_matches_formula(name, mnist_test_batch):
         before = method.passes.as_dict()
         method.step(ctx, x, y)
         counted = {k.replace("_passes", ""): v - before[k] for k, v in method.passes.as_dict().items()}
-        want = {k: expected.get(k, 0) for k in ("input_grad", "weight", "forward", "stem")}
+        want = {k: expected.get(k, 0) for k in ("input_grad", "weight", "forward", "stem", "weight_with_input_grad")}
         assert counted == want, (name, batch, counted)
         # the method's own count agrees with the network calls that really happened
         assert model.full == want["input_grad"] + want["weight"] + want["forward"]
@@ -166,7 +166,8 @@ def test_atcd_reuse_grad_k1_is_free_within_a_minibatch(mnist_test_batch):
     m_atcd = copy.deepcopy(m_free)
     free.step(_ctx(m_free, 0.9), x, y)
     atcd.step(_ctx(m_atcd, 0.9), x, y)
-    assert atcd.passes.as_dict() == free.passes.as_dict()  # 3 weight passes, nothing else
+    # 3 weight passes, nothing else; Free's last one also returns the input gradient (its step after the last update)
+    assert atcd.passes.as_dict() == {**free.passes.as_dict(), "weight_with_input_grad": 2}
     assert len(m_atcd.inputs) == 3 and all(torch.equal(a, b) for a, b in zip(m_atcd.inputs, m_free.inputs))
     assert not torch.equal(m_atcd.inputs[1], m_atcd.inputs[0])  # the reused gradient really moved delta
     for a, b in zip(m_atcd.parameters(), m_free.parameters()):
@@ -229,7 +230,7 @@ def test_atcd_reuse_grad_mh_tests_against_the_previous_replays_end(mnist_test_ba
     model.inner.model.head.register_forward_hook(lambda _m, _i, o: outs.append(o.detach().float()))
     method.step(_ctx(model), x, y)
     assert method.passes.as_dict() == {"input_grad_passes": 0, "weight_passes": 3, "forward_passes": 3,
-                                       "stem_passes": 0}
+                                       "stem_passes": 0, "weight_with_input_grad": 2}
     torch.rand(x.shape, generator=draws)  # the first minibatch's random start
     ce_start = None
     rejected = 0

@@ -17,6 +17,8 @@ class PassCounter:
 
     input_grad: forward + backward to the input only; weight: forward + backward producing weight gradients;
     forward: forward only (no backward); stem: forward + backward through the first layer only (YOPO).
+    weight_with_input_grad: how many of the weight passes also returned the input gradient (Free's trick: the
+    backward goes on through the first layer to the input, a few per cent more than a plain weight pass).
     """
 
     def __init__(self):
@@ -24,6 +26,7 @@ class PassCounter:
         self.weight = 0
         self.forward = 0
         self.stem = 0
+        self.weight_with_input_grad = 0
 
     def total(self) -> int:
         """Full-network passes (a stem pass is a fraction of one and is reported apart)."""
@@ -31,7 +34,7 @@ class PassCounter:
 
     def as_dict(self):
         return {"input_grad_passes": self.input_grad, "weight_passes": self.weight, "forward_passes": self.forward,
-                "stem_passes": self.stem}
+                "stem_passes": self.stem, "weight_with_input_grad": self.weight_with_input_grad}
 
 
 def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:

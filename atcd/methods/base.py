@@ -95,6 +95,7 @@ class TrainMethod:
         g = d.grad.detach() if input_grad else None
         self.apply_update(ctx)
         self.passes.weight += 1
+        self.passes.weight_with_input_grad += int(input_grad)
         self.record(res, loss, logits, y)
         return g, logits
 
