@@ -14,7 +14,8 @@ def run_script(*args, env=None, timeout=1800):
     """Run a repo script as a user would; returns CompletedProcess (text)."""
     e = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=ROOT)
     e.update(env or {})
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def run_main(script: str, *args) -> subprocess.CompletedProcess:

@@ -1,5 +1,7 @@
 """The attack suite on real MNIST digits and a normally trained small CNN: every attack stays in the eps-ball and
 [0,1]; eps=0 gives clean accuracy; accuracy falls with eps and with iterations; AutoAttack is the package's own."""
+import itertools
+
 import pytest
 import torch
 
@@ -46,7 +48,7 @@ def test_accuracy_non_increasing_in_eps(name, standard_model, mnist_test_batch):
     x, y = mnist_test_batch
     accs = [_acc(standard_model, _x(get_attack(name)(standard_model, x, y, _cfg(e, steps=20))), y)
             for e in (0.0, 0.02, 0.05, 0.1, 0.2)]
-    assert all(a >= b for a, b in zip(accs, accs[1:])), accs
+    assert all(a >= b for a, b in itertools.pairwise(accs)), accs
     assert accs[0] > 0.9 and accs[-1] < 0.5, accs  # a normally trained model loses most of its accuracy
 
 
@@ -78,7 +80,7 @@ def test_hmc_returns_the_whole_trajectory_with_mh(standard_model, mnist_test_bat
     for s in states:
         assert (s - x).abs().max() <= 0.1 + 1e-6 and s.min() >= 0 and s.max() <= 1
     assert 0.0 < stats["acceptance"] < 1.0  # a cold chain rejects some proposals ...
-    moved = [(a != b).flatten(1).any(1) for a, b in zip(states, states[1:])]
+    moved = [(a != b).flatten(1).any(1) for a, b in itertools.pairwise(states)]
     assert not torch.stack(moved).all()  # ... and a rejected example stays where it was
     fooled = stats["fooled_at"] >= 0
     with torch.no_grad():

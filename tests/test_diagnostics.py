@@ -1,6 +1,8 @@
 """The paper's diagnostics on tiny real inputs: trajectory shift between k and k is exactly 0 (cosine 1), and
 differs from 0 between k and k' > k."""
 
+import itertools
+
 from atcd.diagnostics import TrajectoryConfig, trajectory_shift
 
 
@@ -41,7 +43,7 @@ def test_sweeps_are_non_increasing_and_written(standard_model, mnist_test_batch,
     by_steps = run_sweep(standard_model, loader, cfg, "pgd", "steps", [5, 10, 20])
     for rows in (by_eps, by_steps):
         accs = [r["top1"] for r in rows]
-        assert all(a >= b for a, b in zip(accs, accs[1:])), accs
+        assert all(a >= b for a, b in itertools.pairwise(accs)), accs
     assert by_eps[0]["top1"] > 90 and by_eps[-1]["top1"] < by_eps[0]["top1"] - 20
     csv_path, _ = write_sweep(by_eps, str(tmp_path), "eps")
     assert [r["top1"] for r in read_sweep(csv_path)] == [r["top1"] for r in by_eps]
