@@ -93,6 +93,7 @@ class TrainConfig:
     output: str = "output/train"
     experiment: str | None = None
     resume: str | None = None
+    overwrite: bool = False
     checkpoint_keep: int = 2
     checkpoint_every_steps: int = 0
     max_bad_steps: int = 10
@@ -150,6 +151,7 @@ class TrainConfig:
             (self.eval_attack_steps >= 1, f"--eval-attack-steps must be >= 1 (got {self.eval_attack_steps})"),
             (self.resume in (None, "", "auto") or os.path.isdir(self.resume),
              f"--resume {self.resume!r}: no such checkpoint directory (give a checkpoint-* dir or 'auto')"),
+            (not (self.overwrite and self.resume), "--overwrite replaces the run that --resume continues: give one"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -377,6 +379,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", default=d.output)
     g.add_argument("--experiment", default=d.experiment)
     g.add_argument("--resume", default=d.resume, help="checkpoint dir, or 'auto' for the newest complete one")
+    g.add_argument("--overwrite", action="store_true",
+                   help="the experiment folder holds an earlier run: delete its checkpoints, weights and summary and "
+                        "train afresh (without it such a run is refused; --resume auto continues it)")
     g.add_argument("--checkpoint-keep", type=int, default=d.checkpoint_keep,
                    help="complete checkpoints kept (the oldest is pruned only after a new one is in place)")
     g.add_argument("--checkpoint-every-steps", type=int, default=d.checkpoint_every_steps,

@@ -32,7 +32,7 @@ from .checkpoint import (
     save_state_dir,
     save_weights,
 )
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, split_holdout
 from .engine import evaluate_attacks, train_one_epoch
 from .faults import FiniteGuard, Preemption
@@ -82,6 +82,16 @@ def _write_summary(path: str, row: dict):
         if new:
             w.writeheader()
         w.writerow(row)
+
+
+_RUN_FILES = ("summary.csv", "model.safetensors", "model_best.safetensors", "data_keys.json")
+
+
+def _earlier_run(out_dir: str) -> list[str]:
+    """The files of an earlier training run in `out_dir` (what a fresh run would mix with or overwrite)."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(n for n in os.listdir(out_dir) if n in _RUN_FILES or n.startswith("checkpoint-"))
 
 
 def _trim_summary(path: str, start_epoch: int):
@@ -253,6 +263,11 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, preemption: Preemption) -
     rank = accelerator.process_index
     set_seed(cfg.seed, device_specific=False)  # the same initial weights on every process
     out_dir = run_dir_for(cfg)
+    earlier = _earlier_run(out_dir)
+    if earlier and not cfg.resume and not cfg.overwrite:  # appending to its summary would mix two runs
+        raise ConfigError(f"{out_dir} already holds a training run ({', '.join(earlier[:3])}"
+                          f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume auto, replace it with "
+                          f"--overwrite, or choose another --experiment")
 
     model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans)
     pcfg = unwrap_timm(model).pretrained_cfg
@@ -264,8 +279,9 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, preemption: Preemption) -
     if accelerator.is_main_process:
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_text(os.path.join(out_dir, "args.yaml"), yaml.safe_dump(asdict(cfg), sort_keys=False))
-        for name in os.listdir(out_dir):  # half-written files of a run killed mid-write: never complete, drop them
-            if name.startswith(".tmp-"):
+        # half-written files of a run killed mid-write (never complete), and with --overwrite the earlier run
+        for name in os.listdir(out_dir):
+            if name.startswith(".tmp-") or (cfg.overwrite and name in earlier):
                 p = os.path.join(out_dir, name)
                 shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
     accelerator.wait_for_everyone()
@@ -319,8 +335,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, preemption: Preemption) -
         faults.update({k: meta[k] for k in faults if k in meta})
         _load_method_state(method, resume_dir, rank)
         _logger.info("resumed from %s at epoch %d, batch %d", resume_dir, start_epoch, start_batch)
-        if accelerator.is_main_process:
-            _trim_summary(os.path.join(out_dir, "summary.csv"), start_epoch)
+    if accelerator.is_main_process:  # rows of epochs trained again (none kept when no checkpoint was found)
+        _trim_summary(os.path.join(out_dir, "summary.csv"), start_epoch)
 
     def clip():
         if cfg.clip_grad and accelerator.sync_gradients:

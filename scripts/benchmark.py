@@ -187,7 +187,7 @@ def train_and_validate(method: str, seed: int, a) -> dict:
     exp = f"{method}-s{seed}".replace(":", "_").replace(" ", "").replace("--", "-")
     run_dir = os.path.join(a.out, "runs", exp)
     train = ["train_atcd.py", "-c", f"recipes/mnist_{recipe}.yaml", *flags, "--seed", str(seed), "--output",
-             os.path.join(a.out, "runs"), "--experiment", exp, "--no-progress"] + a.train_args.split()
+             os.path.join(a.out, "runs"), "--experiment", exp, "--overwrite", "--no-progress"] + a.train_args.split()
     t0 = time.time()
     _run(train, os.path.join(a.out, f"{exp}.train.log"))
     wall = time.time() - t0

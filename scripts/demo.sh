@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements.txt -e .
 OUT=${OUT:-output/demo}
-python train_atcd.py -c recipes/mnist_atcd.yaml --output "$OUT" --experiment atcd
+python train_atcd.py -c recipes/mnist_atcd.yaml --output "$OUT" --experiment atcd --overwrite
 python validate.py --model smallcnn_mnist --checkpoint "$OUT/atcd/model.safetensors" --dataset mnist-mini \
     --eps 0.3 --attacks clean,pgd,autoattack --num-samples 200 --results-file "$OUT/atcd/results.json"

@@ -125,6 +125,28 @@ def test_train_bad_config(tmp_path, extra, needle):
     _assert_no_weights(tmp_path / "x", config_error="--dataset" not in extra)
 
 
+def test_train_into_a_folder_holding_a_run_is_refused_or_replaced(tmp_path):
+    """A second run into the same experiment folder would append its epochs to the first run's summary.csv and
+    prune between two runs' checkpoints: refused, the earlier run untouched; --overwrite replaces it whole."""
+    first = run_main("train_atcd.py", *TRAIN, "--output", str(tmp_path), "--experiment", "x")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "x"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "args.yaml"}
+    again = run_main("train_atcd.py", *TRAIN, "--lr", "0.5", "--output", str(tmp_path), "--experiment", "x")
+    _assert_one_line_error(again, "--overwrite")
+    assert "already holds a training run" in again.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "args.yaml"} == before
+    both = run_main("train_atcd.py", *TRAIN, "--overwrite", "--resume", "auto", "--output", str(tmp_path),
+                    "--experiment", "x")
+    _assert_one_line_error(both, "--overwrite")
+    fresh = run_main("train_atcd.py", *TRAIN, "--epochs", "2", "--overwrite", "--output", str(tmp_path),
+                     "--experiment", "x")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    rows = (run / "summary.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]  # this run's epochs only, one header
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0000", "checkpoint-0001"]
+
+
 def test_train_unknown_yaml_key(tmp_path):
     cfg = tmp_path / "typo.yaml"
     cfg.write_text("epsilon: 0.3\n")
