@@ -54,9 +54,11 @@ def method_label(cfg) -> str:
 def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int = 0, rounds: int = 3) -> list[dict]:
     """Seconds per minibatch and passes per minibatch of each recipe's method (smallcnn on mnist-mini).
 
-    Timing is interleaved: in each of `rounds` rounds every method (and every pass kind of `unit_costs`) times the
-    same `batches` minibatches; a method's seconds are its fastest round (as `timeit` does: the other rounds measure
-    the same work plus interference from the rest of the machine).
+    Timing is interleaved minibatch by minibatch: in each of `rounds` rounds, every minibatch is stepped by every
+    method and run through every pass kind of `unit_passes` back to back, so a slow spell of the machine (a busy
+    neighbour on a shared VM) hits all of them alike. Each (method or pass kind, minibatch) keeps its fastest round
+    (as `timeit` does: the other rounds measure the same work plus interference); the seconds per minibatch are the
+    mean of those over the minibatches.
     """
     import torch
 
@@ -80,19 +82,26 @@ def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int =
         for x, y in data[:2]:  # warm-up (allocator, first-call overheads)
             method.step(ctx, x, y)
         runners.append((name, cfg, method, ctx))
-    best = {name: float("inf") for name in methods}
-    counted = {}
-    unit = {}
+    units = unit_passes(seed)
+    for fn in units.values():
+        for x, y in data[:2]:
+            fn(x, y)
+    timed = [(name, lambda x, y, m=method, c=ctx: m.step(c, x, y)) for name, _cfg, method, ctx in runners]
+    timed += [(f"unit:{k}", fn) for k, fn in units.items()]
+    p0 = {name: method.passes.as_dict() for name, _cfg, method, _ctx in runners}
+    fastest = {}
     for _ in range(rounds):
-        for name, _cfg, method, ctx in runners:
-            p0 = method.passes.as_dict()
-            t0 = time.perf_counter()
-            for x, y in data[2:]:
-                method.step(ctx, x, y)
-            best[name] = min(best[name], (time.perf_counter() - t0) / batches)
-            counted[name] = {k: (v - p0[k]) / batches for k, v in method.passes.as_dict().items()}
-        for k, v in unit_costs(data[2:], seed).items():
-            unit[k] = min(unit.get(k, float("inf")), v)
+        for b, (x, y) in enumerate(data[2:]):
+            for name, fn in timed:
+                t0 = time.perf_counter()
+                fn(x, y)
+                dt = time.perf_counter() - t0
+                fastest[name, b] = min(fastest.get((name, b), float("inf")), dt)
+    sec = {name: sum(fastest[name, b] for b in range(batches)) / batches for name, _fn in timed}
+    unit = {k: sec[f"unit:{k}"] for k in units}
+    best = {name: sec[name] for name in methods}
+    counted = {name: {k: (v - p0[name][k]) / (rounds * batches) for k, v in method.passes.as_dict().items()}
+               for name, _cfg, method, _ctx in runners}
     rows = []
     for name, cfg, _method, _ctx in runners:
         passes = counted[name]
@@ -116,9 +125,9 @@ def predict_seconds(passes: dict, unit: dict) -> float:
             + (passes["weight_passes"] - with_input) * unit["weight"] + with_input * unit["weight_input"])
 
 
-def unit_costs(data: list, seed: int = 0) -> dict[str, float]:
-    """Seconds of one pass of each kind on these minibatches: weight (a standard training step), weight_input (one
-    that also returns the input gradient), input_grad, forward (no grad), stem (YOPO's first-layer pass)."""
+def unit_passes(seed: int = 0) -> dict:
+    """One pass of each kind, as functions of a minibatch (x, y): weight (a standard training step), weight_input
+    (one that also returns the input gradient), input_grad, forward (no grad), stem (YOPO's first-layer pass)."""
     import torch
     import torch.nn.functional as F
 
@@ -160,15 +169,7 @@ def unit_costs(data: list, seed: int = 0) -> dict[str, float]:
         p = torch.ones(1)
         yopo._stem_grad(model, stem, x, torch.zeros_like(x), p)
 
-    out = {}
-    for name, fn in (("weight", weight), ("weight_input", weight_input), ("input_grad", ig), ("forward", fwd),
-                     ("stem", stem_pass)):
-        fn(*data[0])
-        t0 = time.perf_counter()
-        for x, y in data:
-            fn(x, y)
-        out[name] = (time.perf_counter() - t0) / len(data)
-    return out
+    return {"weight": weight, "weight_input": weight_input, "input_grad": ig, "forward": fwd, "stem": stem_pass}
 
 
 def _run(args: list[str], log: str) -> subprocess.CompletedProcess:
@@ -278,7 +279,7 @@ def write_report(costs: list[dict], runs: list[dict], a):
     lines = [f"# Benchmark ({time.strftime('%Y-%m-%d')})", "", f"Hardware: {hardware()}.", "",
              f"Command: `python scripts/benchmark.py {' '.join(a.argv)}`", "",
              (f"## Cost per minibatch (one process, the same {a.cost_batches} minibatches of {a.batch_size}, fastest "
-              f"of {a.rounds} interleaved rounds)"), "",
+              f"of {a.rounds} rounds per minibatch, methods and pass kinds interleaved minibatch by minibatch)"), "",
              ("| method (recipe) | passes/minibatch (in-grad + weight + fwd; stem) | s/minibatch | × standard | "
               "predicted from passes (s) | measured/predicted |"), "|---|---|---|---|---|---|"]
     for r in costs:
@@ -336,7 +337,7 @@ def main(argv=None) -> int:
                    help="entries timed in the cost table (default: --methods), e.g. adding free8 (Free at m = T*K); "
                         "an entry may add flags to its recipe: atcd_reuse:--no-mh")
     p.add_argument("--cost-batches", type=int, default=10, help="timed minibatches per method and round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the fastest counts)")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds (per minibatch, the fastest counts)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--cost-only", action="store_true", help="skip training and validation")
     p.add_argument("--train-args", default="", help="extra train_atcd.py flags, e.g. '--epochs 2'")
