@@ -4,7 +4,7 @@
 # loss) and AutoAttack (standard) accuracy, next to each method's measured cost and training time. TRADES is in the
 # cost table only (its training + validation would add ~10 min to the 40-minute budget: METHODS=... to add it).
 # Writes reports/mnist-mini/ (README.md with the tables and findings, benchmark.png, benchmark.csv, costs.csv);
-# the training runs and logs go to output/reproduce_mnist/. About 35 min on 2 CPU cores (robust models dominate the
+# the training runs and logs go to output/reproduce_mnist/. About 39 min on 2 CPU cores (robust models dominate the
 # validation time: AutoAttack's Square runs its full 5,000 queries on every image it cannot break).
 #   SEEDS=0 NUM_SAMPLES=32 bash scripts/reproduce_mnist.sh   # a quicker, noisier version
 set -euo pipefail
