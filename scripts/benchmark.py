@@ -19,6 +19,7 @@ training time, one point per method and seed); ends with a RESULT line.
 """
 import argparse
 import csv
+import functools
 import json
 import os
 import statistics
@@ -142,17 +143,11 @@ def unit_passes(seed: int = 0) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     stem, yopo = find_stem(model), YOPO(TrainConfig())
 
-    def weight(x, y):
+    def weight(x, y, with_input=False):  # with_input: the backward also returns the input gradient (Free's trick)
         model.train()
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    def weight_input(x, y):  # a weight pass whose backward also returns the input gradient (Free's trick)
-        model.train()
-        opt.zero_grad()
-        d = torch.zeros_like(x).requires_grad_(True)
-        F.cross_entropy(model(x + d), y).backward()
+        xin = x + torch.zeros_like(x).requires_grad_(True) if with_input else x
+        F.cross_entropy(model(xin), y).backward()
         opt.step()
 
     def ig(x, y):
@@ -169,7 +164,7 @@ def unit_passes(seed: int = 0) -> dict:
         p = torch.ones(1)
         yopo._stem_grad(model, stem, x, torch.zeros_like(x), p)
 
-    return {"weight": weight, "weight_input": weight_input, "input_grad": ig, "forward": fwd, "stem": stem_pass}
+    return {"weight": weight, "weight_input": functools.partial(weight, with_input=True), "input_grad": ig, "forward": fwd, "stem": stem_pass}
 
 
 def _run(args: list[str], log: str) -> subprocess.CompletedProcess:
