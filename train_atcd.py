@@ -14,24 +14,15 @@ import json
 import logging
 import sys
 
-from atcd.checkpoint import CheckpointError
-from atcd.config import ConfigError, die, parse_train_args
-from atcd.data.factory import DataError
+from atcd.cli import user_errors
+from atcd.config import parse_train_args
 from atcd.faults import EXIT_BAD_STEPS
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cfg = parse_train_args(argv)
-        from atcd.trainer import run
-        result = run(cfg)
-    except (ConfigError, DataError, CheckpointError) as e:
-        die(str(e))
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            die(str(e))
-        raise
+    from atcd.trainer import run
+    result = user_errors(lambda: run(parse_train_args(argv)))
     from accelerate import PartialState
     if PartialState().is_main_process:  # every process returns the same (reduced) result
         print("RESULT " + json.dumps(result))

@@ -8,23 +8,14 @@ import json
 import logging
 import sys
 
-from atcd.checkpoint import CheckpointError
-from atcd.config import ConfigError, die, parse_eval_args
-from atcd.data.factory import DataError
+from atcd.cli import user_errors
+from atcd.config import parse_eval_args
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        cfg = parse_eval_args(argv)
-        from atcd.evaluator import run
-        out = run(cfg)
-    except (ConfigError, DataError, CheckpointError) as e:
-        die(str(e))
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            die(str(e))
-        raise
+    from atcd.evaluator import run
+    out = user_errors(lambda: run(parse_eval_args(argv)))
     if out.get("is_main_process", True):  # one RESULT line under `accelerate launch` too
         print("RESULT " + json.dumps({k: v["top1"] for k, v in out["results"].items()}))
 

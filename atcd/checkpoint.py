@@ -9,6 +9,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .errors import CheckpointError
+
 __all__ = [
     "PICKLE_SUFFIXES",
     "STATE_MARKER",
@@ -21,10 +23,6 @@ __all__ = [
 ]
 
 STATE_MARKER = "state.json"  # written last inside a state dir: its presence means the dir is complete
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (missing, corrupt, pickle, wrong architecture)."""
 
 
 def _umask_mode(is_dir: bool = False) -> int:

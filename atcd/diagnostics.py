@@ -8,37 +8,33 @@ the trajectory shift is the L2 distance ||g_k - g_k'|| and the cosine similarity
 Gradients are taken with the model in eval mode so the measurement changes nothing (no BN statistics updates).
 """
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attacks import AttackConfig
 from .attacks.core import perturb, random_init
 from .attacks.losses import jcd_loss
+from .methods.atcd import ATCD
 
-__all__ = ["TrajectoryConfig", "layer_gradients", "trajectory_delta", "trajectory_shift"]
+__all__ = ["layer_gradients", "trajectory_delta", "trajectory_shift"]
 
-
-@dataclass(frozen=True)
-class TrajectoryConfig:
-    eps: float = 0.3
-    step_size: float = 0.1
-    cd_lambda: float = 2.0
-    cd_rho: float = 1.0
-    momentum: float = 0.0
-    seed: int = 0
+_ATCD_DEFAULTS = ATCD.Options()
 
 
-def trajectory_delta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, cfg: TrajectoryConfig,
-                     start: torch.Tensor) -> torch.Tensor:
-    """End of a k-step ATCD trajectory from `start` (p_ref = the model's output at the start)."""
+def trajectory_delta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, cfg: AttackConfig,
+                     start: torch.Tensor, opts: ATCD.Options = _ATCD_DEFAULTS) -> torch.Tensor:
+    """End of a k-step ATCD trajectory from `start` (p_ref = the model's output at the start).
+
+    `cfg` gives eps, step size and seed; `opts` ATCD's lambda, rho and momentum.
+    """
     if k == 0:
         return start
     with torch.no_grad():
         p_ref = F.softmax(model(x + start).float(), 1)
-    loss = lambda z, yy: jcd_loss(z.float(), yy, p_ref, cfg.cd_lambda, cfg.cd_rho)
-    return perturb(model, x, y, loss, cfg.eps, cfg.step_size, k, start, cfg.momentum)
+    loss = lambda z, yy: jcd_loss(z.float(), yy, p_ref, opts.cd_lambda, opts.cd_rho)
+    return perturb(model, x, y, loss, cfg.eps, cfg.step_size, k, start, opts.momentum_decay)
 
 
 def layer_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -50,7 +46,8 @@ def layer_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[
     return {n: g.detach() for (n, _), g in zip(named, grads)}
 
 
-def trajectory_shift(model: nn.Module, batches: Iterable, k: int, k2: int, cfg: TrajectoryConfig) -> list[dict]:
+def trajectory_shift(model: nn.Module, batches: Iterable, k: int, k2: int, cfg: AttackConfig,
+                     opts: ATCD.Options = _ATCD_DEFAULTS) -> list[dict]:
     """Per layer: {layer, l2, cosine, norm_k, norm_k2} between the data-averaged gradients of k and k2 trajectories."""
     was_training = model.training
     model.eval()
@@ -61,7 +58,7 @@ def trajectory_shift(model: nn.Module, batches: Iterable, k: int, k2: int, cfg: 
         for x, y in batches:
             start = random_init(x, cfg.eps, gen)  # one start shared by both trajectory lengths
             for kk in {k, k2}:
-                g = layer_gradients(model, x + trajectory_delta(model, x, y, kk, cfg, start), y)
+                g = layer_gradients(model, x + trajectory_delta(model, x, y, kk, cfg, start, opts), y)
                 for name, v in g.items():
                     sums[kk][name] = sums[kk].get(name, 0) + v.double()
             n += len(y)

@@ -3,21 +3,20 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 from accelerate import Accelerator
 
-from .attacks import AttackConfig, list_attacks
 from .checkpoint import atomic_write_text, load_weights
-from .config import ConfigError, EvalConfig
+from .config import EvalConfig
 from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, unwrap_timm
 from .sanity import model_fingerprint, probe_checks, summarize
 from .sweep import run_sweep, write_sweep
 
-__all__ = ["attack_config", "format_table", "load_model_for_eval", "run"]
+__all__ = ["format_table", "load_model_for_eval", "run"]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,13 +29,6 @@ def load_model_for_eval(cfg: EvalConfig) -> NormalizedModel:
     return model.eval()
 
 
-def attack_config(cfg: EvalConfig) -> AttackConfig:
-    return AttackConfig(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.attack_steps, restarts=cfg.attack_restarts,
-                        loss=cfg.attack_loss, seed=cfg.seed, step_schedule=cfg.attack_step_schedule,
-                        aa_version=cfg.aa_version, aa_attacks=tuple(cfg.aa_attacks), hmc_momentum=cfg.hmc_momentum,
-                        hmc_temperature=cfg.hmc_temperature)
-
-
 def format_table(results: dict[str, dict], eps: float) -> str:
     lines = [f"{'attack':<14}{'top1 (%)':>10}{'n':>7}", "-" * 31]
     for name, r in results.items():
@@ -46,9 +38,6 @@ def format_table(results: dict[str, dict], eps: float) -> str:
 
 
 def run(cfg: EvalConfig) -> dict:
-    unknown = [a for a in cfg.attacks if a not in list_attacks()]
-    if unknown:
-        raise ConfigError(f"unknown attack(s) {unknown}; available: {list_attacks()}")
     accelerator = Accelerator()
     if not cfg.no_progress and accelerator.is_main_process:  # AutoAttack reports its progress at DEBUG level
         logging.getLogger("auto-attack").setLevel(logging.DEBUG)
@@ -68,15 +57,15 @@ def run(cfg: EvalConfig) -> dict:
         loader = create_atcd_loader(ds, cfg.batch_size, False, num_workers=cfg.workers, num_samples=cfg.num_samples)
         model, loader = accelerator.prepare(model, loader)
     model = accelerator.unwrap_model(model).eval()
-    acfg = attack_config(cfg)
+    acfg = cfg.attack
     t0 = time.time()
     fingerprint = model_fingerprint(model)
     sanity = _probe(model, loader, cfg, acfg) if cfg.sanity_samples else {}
     res = evaluate_attacks(model, loader, list(cfg.attacks), acfg, accelerator, progress=not cfg.no_progress)
     out = {
         "model": cfg.model, "checkpoint": cfg.checkpoint, "dataset": cfg.dataset or cfg.data_dir,
-        "split": cfg.split, "num_samples": res[cfg.attacks[0]]["n"], "eps": cfg.eps, "norm": "Linf",
-        "attack_config": asdict(acfg),
+        "split": cfg.split, "num_samples": res[cfg.attacks[0]]["n"], "eps": acfg.eps, "norm": "Linf",
+        "attack_config": acfg.as_dict(),
         "results": strip_private(res), "seconds": round(time.time() - t0, 1),
         "num_skipped": int(getattr(loader, "num_skipped", 0) or getattr(getattr(loader, "dataset", None),
                                                                         "num_skipped", 0) or 0),
@@ -96,7 +85,7 @@ def run(cfg: EvalConfig) -> dict:
             if accelerator.is_main_process:
                 out[f"sweep_{param}_files"] = write_sweep(rows, sweep_dir, param)
     if accelerator.is_main_process:
-        print(format_table(out["results"], cfg.eps))
+        print(format_table(out["results"], acfg.eps))
         for msg in summarize(sanity):
             _logger.warning(msg)
         if cfg.results_file:

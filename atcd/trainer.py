@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 import yaml
@@ -32,9 +32,10 @@ from .checkpoint import (
     save_state_dir,
     save_weights,
 )
-from .config import ConfigError, TrainConfig
+from .config import TrainConfig
 from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, split_holdout
 from .engine import evaluate_attacks, train_one_epoch
+from .errors import ConfigError
 from .faults import FiniteGuard, Preemption
 from .methods import StepContext, create_method, get_method_class
 from .models import build_model, unwrap_timm
@@ -53,7 +54,7 @@ def num_epochs(cfg: TrainConfig) -> int:
     """Passes over the data. With --epochs-as-budget, divided by the method's replays (paper convention)."""
     if not cfg.epochs_as_budget:
         return cfg.epochs
-    return max(1, math.ceil(cfg.epochs / get_method_class(cfg.method).budget_divisor(cfg)))
+    return max(1, math.ceil(cfg.epochs / get_method_class(cfg.method).budget_divisor(cfg.method_opts)))
 
 
 class _Scheduled:
@@ -278,7 +279,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, preemption: Preemption) -
     # the run dir appears only once model and data are known good: bad input leaves no partial output behind
     if accelerator.is_main_process:
         os.makedirs(out_dir, exist_ok=True)
-        atomic_write_text(os.path.join(out_dir, "args.yaml"), yaml.safe_dump(asdict(cfg), sort_keys=False))
+        atomic_write_text(os.path.join(out_dir, "args.yaml"), yaml.safe_dump(cfg.flat(), sort_keys=False))
         # half-written files of a run killed mid-write (never complete), and with --overwrite the earlier run
         for name in os.listdir(out_dir):
             if name.startswith(".tmp-") or (cfg.overwrite and name in earlier):
@@ -305,7 +306,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, preemption: Preemption) -
         if holdout_loader is not None:
             holdout_loader = accelerator.prepare(holdout_loader)
     # len() is per process for both kinds of loader (prepared: its shard; streamed: the fixed batch count)
-    updates_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum_steps) * method.updates_per_batch()
+    updates_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum_steps) * type(method).updates_per_batch(cfg.method_opts)
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs,
                                        warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
                                        step_on_epochs=False, updates_per_epoch=updates_per_epoch)

@@ -141,7 +141,7 @@ def unit_passes(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     model = build_model("smallcnn_mnist")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    stem, yopo = find_stem(model), YOPO(TrainConfig())
+    stem, yopo = find_stem(model), YOPO(TrainConfig.of())
 
     def weight(x, y, with_input=False):  # with_input: the backward also returns the input gradient (Free's trick)
         model.train()

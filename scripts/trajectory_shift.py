@@ -56,12 +56,16 @@ def plot(rows: list[dict], path: str, k: int, k2: int):
 
 
 def main(argv=None) -> int:
-    from atcd.checkpoint import CheckpointError, atomic_write_text, load_weights
-    from atcd.config import ConfigError, check_model_name, die, parse_fraction
+    from atcd.attacks import AttackConfig
+    from atcd.checkpoint import atomic_write_text, load_weights
+    from atcd.cli import user_errors
+    from atcd.config import check_model_name
     from atcd.data import create_atcd_dataset, create_atcd_loader
-    from atcd.data.factory import DataError
-    from atcd.diagnostics import TrajectoryConfig, trajectory_shift
+    from atcd.diagnostics import trajectory_shift
+    from atcd.errors import ConfigError
+    from atcd.methods.atcd import ATCD
     from atcd.models import build_model, unwrap_timm
+    from atcd.options import parse_fraction
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smallcnn_mnist")
@@ -81,7 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="output/trajectory_shift")
     a = p.parse_args(argv)
-    try:
+
+    def measure() -> list[dict]:
         if a.k < 0 or a.k2 < 0:
             raise ConfigError(f"--k/--k2 must be >= 0 (got {a.k}, {a.k2})")
         check_model_name(a.model)
@@ -93,17 +98,18 @@ def main(argv=None) -> int:
         ds = create_atcd_dataset(a.dataset, a.split, data_dir=a.data_dir,
                                  input_size=tuple(pcfg.get("input_size", (3, 224, 224))))
         batches = list(create_atcd_loader(ds, a.batch_size, False, num_samples=a.num_samples))
-        tcfg = TrajectoryConfig(eps=a.eps, step_size=a.attack_step, cd_lambda=a.cd_lambda, cd_rho=a.cd_rho,
-                                seed=a.seed)
-        rows = []
+        acfg = AttackConfig(eps=a.eps, step_size=a.attack_step, seed=a.seed)
+        opts = ATCD.Options(cd_lambda=a.cd_lambda, cd_rho=a.cd_rho)
+        out = []
         for ck in cks:
             load_weights(unwrap_timm(model), ck)
             name = _label(ck)
-            for r in trajectory_shift(model, batches, a.k, a.k2, tcfg):
-                rows.append({"checkpoint": name, **r})
+            for r in trajectory_shift(model, batches, a.k, a.k2, acfg, opts):
+                out.append({"checkpoint": name, **r})
                 print(f"{name:<20} {r['layer']:<28} l2 {r['l2']:.3e}  cos {r['cosine']:.4f}")
-    except (ConfigError, CheckpointError, DataError) as e:
-        die(str(e))
+        return out
+
+    rows = user_errors(measure)
     os.makedirs(a.out, exist_ok=True)
     csv_path = os.path.join(a.out, "trajectory_shift.csv")
     tmp = csv_path + ".tmp"
@@ -113,7 +119,7 @@ def main(argv=None) -> int:
         w.writerows(rows)
     os.replace(tmp, csv_path)
     plot(rows, os.path.join(a.out, "trajectory_shift.png"), a.k, a.k2)
-    summary = {"csv": csv_path, "png": os.path.join(a.out, "trajectory_shift.png"), "checkpoints": len(cks),
+    summary = {"csv": csv_path, "png": os.path.join(a.out, "trajectory_shift.png"), "checkpoints": len({r["checkpoint"] for r in rows}),
                "min_cosine": min(r["cosine"] for r in rows), "max_l2": max(r["l2"] for r in rows)}
     atomic_write_text(os.path.join(a.out, "trajectory_shift.json"), json.dumps(summary, indent=2))
     print("RESULT " + json.dumps(summary))

@@ -59,7 +59,7 @@ def _run_step(cfg, x, y, model=None, method=None):
 
 def test_trajectory_stays_in_eps_ball_and_pixel_box(mnist_test_batch):
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
-    cfg = TrainConfig(eps=0.3, attack_step=0.2, atcd_T=3, atcd_K=3, momentum_decay=0.5)
+    cfg = TrainConfig.of(eps=0.3, attack_step=0.2, atcd_T=3, atcd_K=3, momentum_decay=0.5)
     _, _, rec = _run_step(cfg, x, y)
     assert len(rec.calls) > 0
     for xin, _ in rec.calls:
@@ -79,7 +79,7 @@ def test_project_and_random_init(mnist_test_batch):
 @pytest.mark.parametrize("T,K,mh", [(1, 1, True), (4, 2, True), (3, 5, False)])
 def test_pass_counts(mnist_test_batch, T, K, mh):
     x, y = mnist_test_batch[0][:16], mnist_test_batch[1][:16]
-    method, res, rec = _run_step(TrainConfig(atcd_T=T, atcd_K=K, mh=mh), x, y)
+    method, res, rec = _run_step(TrainConfig.of(atcd_T=T, atcd_K=K, mh=mh), x, y)
     assert method.passes.input_grad == T * K
     assert method.passes.weight == T
     assert method.passes.forward == (T if mh else 0)
@@ -90,7 +90,7 @@ def test_pass_counts(mnist_test_batch, T, K, mh):
 def test_mh_forced_rejection_keeps_start_state(mnist_test_batch):
     x, y = mnist_test_batch[0][:16], mnist_test_batch[1][:16]
     # a huge kinetic weight makes H(end) >> H(start) (v_start = 0): every proposal is rejected
-    cfg = TrainConfig(atcd_T=3, atcd_K=2, mh_kinetic=1e9, seed=7)
+    cfg = TrainConfig.of(atcd_T=3, atcd_K=2, mh_kinetic=1e9, seed=7)
     method, _, rec = _run_step(cfg, x, y)
     d0 = random_init(x, cfg.eps, torch.Generator().manual_seed(7))
     weight_inputs = [xin for xin, training in rec.calls if training]
@@ -102,7 +102,7 @@ def test_mh_forced_rejection_keeps_start_state(mnist_test_batch):
 
 def test_mh_accepts_loss_raising_trajectories(mnist_test_batch):
     x, y = mnist_test_batch[0][:64], mnist_test_batch[1][:64]
-    method, _, _ = _run_step(TrainConfig(atcd_T=2, atcd_K=2, mh_kinetic=0.0), x, y)
+    method, _, _ = _run_step(TrainConfig.of(atcd_T=2, atcd_K=2, mh_kinetic=0.0), x, y)
     assert 0.0 < method.acceptance_rate() <= 1.0
 
 
@@ -117,7 +117,7 @@ def test_bn_untouched_by_attack_steps(mnist_test_batch):
             break
     T, K = 2, 3
     before = model.model.bn1.num_batches_tracked.item() if hasattr(model.model, "bn1") else None
-    _run_step(TrainConfig(atcd_T=T, atcd_K=K), x, y, model=model)
+    _run_step(TrainConfig.of(atcd_T=T, atcd_K=K), x, y, model=model)
     assert bn_modes.count(True) == T            # only the weight passes run BN in train mode
     assert bn_modes.count(False) == T * K + T   # trajectory steps + M-H forwards in eval mode
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
@@ -126,7 +126,7 @@ def test_bn_untouched_by_attack_steps(mnist_test_batch):
 
 def test_attack_bn_train_flag_is_honoured(mnist_test_batch):
     x, y = mnist_test_batch[0][:8], mnist_test_batch[1][:8]
-    _, _, rec = _run_step(TrainConfig(atcd_T=1, atcd_K=2, attack_bn="train", mh=False), x, y)
+    _, _, rec = _run_step(TrainConfig.of(atcd_T=1, atcd_K=2, attack_bn="train", mh=False), x, y)
     assert all(training for _, training in rec.calls)
 
 
@@ -137,7 +137,7 @@ def test_q0_prev_differs_from_start(mnist_test_batch):
         model = _model()
         with torch.no_grad():  # sharpen the untrained net's softmax so p moves along the trajectory
             model.model.head.weight.mul_(200.0)
-        cfg = TrainConfig(atcd_T=1, atcd_K=3, atcd_q0=q0, mh=False, attack_step=0.05, cd_lambda=2.0, cd_rho=1.9)
+        cfg = TrainConfig.of(atcd_T=1, atcd_K=3, atcd_q0=q0, mh=False, attack_step=0.05, cd_lambda=2.0, cd_rho=1.9)
         _, _, rec = _run_step(cfg, x, y, model=model)
         outs[q0] = rec.calls[-1][0]
     assert not torch.equal(outs["start"], outs["prev"])
@@ -146,7 +146,7 @@ def test_q0_prev_differs_from_start(mnist_test_batch):
 def test_atcd_state_round_trip_replays_same_draws(mnist_test_batch):
     from safetensors.torch import load_file, save_file
     x, y = mnist_test_batch[0][:8], mnist_test_batch[1][:8]
-    cfg = TrainConfig(atcd_T=2, atcd_K=1, seed=3)
+    cfg = TrainConfig.of(atcd_T=2, atcd_K=1, seed=3)
     m1 = create_method("atcd", cfg)
     m1.gen.manual_seed(123)
     import os

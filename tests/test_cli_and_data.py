@@ -14,7 +14,7 @@ def test_yaml_defaults_cli_overrides_and_unknown_key_is_error(tmp_path):
     good = tmp_path / "a.yaml"
     good.write_text("eps: 8/255\nattack_step: 2/255\nlr: 0.5\natcd_T: 3\n")
     cfg = parse_train_args(["-c", str(good), "--lr", "0.1"])
-    assert abs(cfg.eps - 8 / 255) < 1e-12 and cfg.lr == 0.1 and cfg.atcd_T == 3
+    assert abs(cfg.eps - 8 / 255) < 1e-12 and cfg.lr == 0.1 and cfg.method_opts.atcd_T == 3
     bad = tmp_path / "b.yaml"
     bad.write_text("epsilon: 0.3\n")
     with pytest.raises(ConfigError, match="epsilon"):

@@ -3,13 +3,14 @@ differs from 0 between k and k' > k."""
 
 import itertools
 
-from atcd.diagnostics import TrajectoryConfig, trajectory_shift
+from atcd.attacks import AttackConfig
+from atcd.diagnostics import trajectory_shift
 
 
 def test_trajectory_shift_k_vs_k_is_zero_and_k_vs_k2_is_not(standard_model, mnist_test_batch):
     x, y = mnist_test_batch
     batches = [(x[:50], y[:50]), (x[50:], y[50:])]
-    cfg = TrajectoryConfig(eps=0.3, step_size=0.1)
+    cfg = AttackConfig(eps=0.3, step_size=0.1)
     same = trajectory_shift(standard_model, batches, 2, 2, cfg)
     assert len(same) == 7  # 4 conv + 3 linear weight tensors of the small CNN
     for r in same:

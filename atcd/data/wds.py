@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from .factory import DataError
+from .registry import get_dataset_spec, register_dataset
 from .transforms import create_pixel_transform
 
 __all__ = ["WdsLoader", "WdsSource", "create_wds_loader", "is_wds", "resolve_wds_source"]
@@ -49,9 +50,15 @@ _SPLIT_ALIASES = {"val": ("val", "validation", "test"), "validation": ("validati
                   "test": ("test", "val", "validation")}
 
 
+register_dataset("wds", "WebDataset shards streamed from --data-dir (a directory with _info.json from "
+                 "scripts/make_shards.py, or a shard pattern/URL); timm-style wds/NAME too", needs_data_dir=True,
+                 streamed=True, prefix=True)
+
+
 def is_wds(name: str | None) -> bool:
-    """True for the WebDataset dataset names: `wds` and timm-style `wds/NAME`."""
-    return bool(name) and (name == "wds" or name.startswith("wds/"))
+    """True for the streamed (WebDataset) dataset names: `wds` and timm-style `wds/NAME`."""
+    spec = get_dataset_spec(name)
+    return spec is not None and spec.streamed
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,14 @@ Cost with --reuse-grad: T*(K-1) input-gradient passes + T weight passes = T*K pa
 M-H forwards. With --atcd-restart a replay's fresh start also stands in for its first step (the reused gradient
 belongs to another state and is dropped).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..attacks.core import input_grad, project, random_init, sign_step
 from ..attacks.losses import jcd_loss
+from ..options import option
 from .base import StepResult, TrainMethod, attack_mode
 from .registry import register_method
 
@@ -52,6 +55,26 @@ def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @register_method("atcd")
 class ATCD(TrainMethod):
+    sign_steps = True
+
+    @dataclass(frozen=True)
+    class Options:
+        atcd_T: int = option(4, "T: replays per minibatch", flag="--atcd-T", check=lambda v: v >= 1,
+                             why="must be >= 1")
+        atcd_K: int = option(2, "K: transitions per trajectory", flag="--atcd-K", check=lambda v: v >= 1,
+                             why="must be >= 1")
+        cd_lambda: float = option(2.0, "lambda in J_cd", check=lambda v: v > 0, why="must be > 0")
+        cd_rho: float = option(1.0, "rho in J_cd (0 = plain CE ascent)")
+        momentum_decay: float = option(0.0, "mu: 0 PGD-like, 1 MI-FGSM-like")
+        mh: bool = option(True, "Metropolis-Hastings accept/reject per example (--no-mh: ablation)")
+        mh_temperature: float = option(1.0, "tau", check=lambda v: v > 0, why="must be > 0")
+        mh_kinetic: float = option(1.0, "kappa_H, weight of K(v)=mean|v|", check=lambda v: v >= 0,
+                                   why="must be >= 0")
+        atcd_q0: str = option("start", "Q0 = output at the trajectory start (spec) or at the previous transition",
+                              choices=("start", "prev"))
+        atcd_restart: bool = option(False, "ablation: fresh noise per replay instead of warm start")
+        reuse_grad: bool = option(False, "the weight pass of replay t also gives the input gradient of replay t+1's "
+                                  "first step (Free's trick): T*K passes per minibatch instead of T*(K+1)")
 
     def __init__(self, cfg, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)
@@ -59,35 +82,36 @@ class ATCD(TrainMethod):
         self.proposed = 0
         self.delta: torch.Tensor | None = None  # --reuse-grad only: the chain state carried across minibatches
 
-    def updates_per_batch(self) -> int:
-        return self.cfg.atcd_T
+    @classmethod
+    def updates_per_batch(cls, opts) -> int:
+        return opts.atcd_T
 
     @classmethod
-    def budget_divisor(cls, cfg) -> int:
-        return cfg.atcd_T * cfg.atcd_K
+    def budget_divisor(cls, opts) -> int:
+        return opts.atcd_T * opts.atcd_K
 
     def step(self, ctx, x, y):
-        if self.cfg.reuse_grad:
+        if self.opts.reuse_grad:
             return self._step_reuse(ctx, x, y)
-        c = self.cfg
+        c, o = self.cfg, self.opts
         res = StepResult()
         amodel = ctx.attack_model
         delta = random_init(x, c.eps, self.gen)
         v = torch.zeros_like(x)
-        for t in range(c.atcd_T):
-            if c.atcd_restart and t > 0:  # ablation: fresh noise per replay instead of the warm-started chain
+        for t in range(o.atcd_T):
+            if o.atcd_restart and t > 0:  # ablation: fresh noise per replay instead of the warm-started chain
                 delta, v = random_init(x, c.eps, self.gen), torch.zeros_like(x)
             d_start, v_start = delta, v
             with attack_mode(amodel, c.attack_bn):
-                delta, v, ce_start, _ = self._trajectory(ctx, x, y, delta, v, None, c.atcd_K)
-                if c.mh:
+                delta, v, ce_start, _ = self._trajectory(ctx, x, y, delta, v, None, o.atcd_K)
+                if o.mh:
                     delta, v, *_ = self._metropolis(ctx, x, y, d_start, v_start, ce_start, delta, v)
             self.weight_update(ctx, x, y, res, delta)
         return res
 
     def _step_reuse(self, ctx, x, y):
         """--reuse-grad: T*(K-1) attack passes; each weight pass also gives the next replay's first step."""
-        c = self.cfg
+        c, o = self.cfg, self.opts
         res = StepResult()
         amodel = ctx.attack_model
         if self.delta is None or self.delta.shape != x.shape:
@@ -95,22 +119,22 @@ class ATCD(TrainMethod):
         delta = project(x, self.delta.to(x.device, x.dtype), c.eps)
         v = torch.zeros_like(x)
         g = ce_start = p_start = None  # g: CE input gradient at this replay's start, from the last weight pass
-        for t in range(c.atcd_T):
-            if c.atcd_restart and t > 0:  # ablation: the fresh start stands in for the first step
+        for t in range(o.atcd_T):
+            if o.atcd_restart and t > 0:  # ablation: the fresh start stands in for the first step
                 delta, v, g = random_init(x, c.eps, self.gen), torch.zeros_like(x), None
             d_start, v_start = delta, v
             with attack_mode(amodel, c.attack_bn):
                 if g is None:  # the start's own first attack pass gives Q0 and its CE (none when K = 1)
-                    delta, v, ce_start, p_start = self._trajectory(ctx, x, y, delta, v, None, c.atcd_K - 1)
+                    delta, v, ce_start, p_start = self._trajectory(ctx, x, y, delta, v, None, o.atcd_K - 1)
                 else:  # J_cd's gradient at the start is (lam - rho) x CE's
-                    delta, v = sign_step(x, delta, v, (c.cd_lambda - c.cd_rho) * g.float(), c.eps, c.attack_step,
-                                         c.momentum_decay)
-                    delta, v, _, _ = self._trajectory(ctx, x, y, delta, v, p_start, c.atcd_K - 1)
-                if c.mh:
+                    delta, v = sign_step(x, delta, v, (o.cd_lambda - o.cd_rho) * g.float(), c.eps, c.attack_step,
+                                         o.momentum_decay)
+                    delta, v, _, _ = self._trajectory(ctx, x, y, delta, v, p_start, o.atcd_K - 1)
+                if o.mh:
                     delta, v, acc, ce_end, p_end = self._metropolis(ctx, x, y, d_start, v_start, ce_start, delta, v)
-            last = t == c.atcd_T - 1
+            last = t == o.atcd_T - 1
             g, logits = self.weight_update(ctx, x, y, res, delta, input_grad=not last)  # + next replay's first step
-            if c.mh:  # the next replay starts at the accepted states: their CE and output are known already
+            if o.mh:  # the next replay starts at the accepted states: their CE and output are known already
                 ce_start = torch.where(acc, ce_end, ce_start if ce_start is not None else ce_end)
                 p_start = torch.where(_rows(acc, p_end), p_end, p_start if p_start is not None else p_end)
             else:
@@ -124,7 +148,7 @@ class ATCD(TrainMethod):
         With `p_ref` None the first pass is at the trajectory's start and gives Q0 (and the start's CE for M-H).
         Returns (delta, v, ce_start, p_start); the last two are None when `p_ref` was given or `steps` is 0.
         """
-        c = self.cfg
+        c, o = self.cfg, self.opts
         ce_start = p_start = None
         for k in range(steps):
             # p_ref: 'start' = output at the trajectory's start; 'prev' = output at transition k-1.
@@ -134,16 +158,16 @@ class ATCD(TrainMethod):
             def loss_fn(z, yy, _p=p_ref, _h=holder):
                 p = F.softmax(z.float(), 1).detach()
                 _h["p"], _h["ce"] = p, F.cross_entropy(z.float(), yy, reduction="none").detach()
-                return jcd_loss(z.float(), yy, p if _p is None else _p, c.cd_lambda, c.cd_rho)
+                return jcd_loss(z.float(), yy, p if _p is None else _p, o.cd_lambda, o.cd_rho)
 
             with ctx.autocast():
                 g, _, _ = input_grad(ctx.attack_model, x, delta, y, loss_fn, self.passes)
             if p_ref is None:
                 ce_start = holder["ce"]
                 p_ref = p_start = holder["p"]
-            elif c.atcd_q0 == "prev":
+            elif o.atcd_q0 == "prev":
                 p_ref = holder["p"]
-            delta, v = sign_step(x, delta, v, g.float(), c.eps, c.attack_step, c.momentum_decay)
+            delta, v = sign_step(x, delta, v, g.float(), c.eps, c.attack_step, o.momentum_decay)
         return delta, v, ce_start, p_start
 
     def _metropolis(self, ctx, x, y, d_start, v_start, ce_start, delta, v):
@@ -151,13 +175,13 @@ class ATCD(TrainMethod):
 
         Returns (delta, v, accepted, ce_end, p_end); `ce_start` None means the start is the end (no step taken).
         """
-        c = self.cfg
+        o = self.opts
         with torch.no_grad(), ctx.autocast():
             z = ctx.attack_model(x + delta).float()
             ce_end = F.cross_entropy(z, y, reduction="none")
         self.passes.forward += 1
-        h0 = hamiltonian(ce_end if ce_start is None else ce_start, v_start, c.mh_temperature, c.mh_kinetic)
-        h1 = hamiltonian(ce_end, v, c.mh_temperature, c.mh_kinetic)
+        h0 = hamiltonian(ce_end if ce_start is None else ce_start, v_start, o.mh_temperature, o.mh_kinetic)
+        h1 = hamiltonian(ce_end, v, o.mh_temperature, o.mh_kinetic)
         acc = mh_accept(h0, h1, self.gen)
         self.accepted += int(acc.sum())
         self.proposed += acc.numel()

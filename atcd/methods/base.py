@@ -2,6 +2,7 @@
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,27 +44,43 @@ def attack_mode(model: nn.Module, bn_mode: str):
         model.train(was_training)
 
 
-class TrainMethod:
-    """Base class. Subclasses implement `step(ctx, x, y) -> StepResult`.
+@dataclass(frozen=True)
+class NoOptions:
+    """A method without options of its own."""
 
+
+class TrainMethod:
+    """Base class. Subclasses implement `step(ctx, x, y) -> StepResult` and declare their own options.
+
+    A method's options are a frozen dataclass `Options` whose fields are `atcd.options.option(...)`: the flags,
+    help, defaults and checks of `--help`, `args.yaml` and the model card all come from it. `self.cfg` is the
+    run-wide `TrainConfig` (eps, attack step, BN mode, seed), `self.opts` the method's own options.
     `self.gen` draws the method's randomness (random starts, M-H tests); it is saved with the resumable state so a
     resumed run draws what the uninterrupted one would.
     """
     name = "base"
+    Options: ClassVar[type] = NoOptions
+    sign_steps: ClassVar[bool] = False  # the attack takes --attack-step sign steps (checked against --eps)
 
     def __init__(self, cfg, generator: torch.Generator | None = None):
         self.cfg = cfg
+        self.opts = cfg.method_opts if isinstance(cfg.method_opts, self.Options) else self.Options()
         self.passes = PassCounter()
         self.gen = generator or torch.Generator().manual_seed(cfg.seed)
 
-    def updates_per_batch(self) -> int:
+    @classmethod
+    def updates_per_batch(cls, opts) -> int:
         """Optimizer steps per minibatch (the scheduler steps per update)."""
         return 1
 
     @classmethod
-    def budget_divisor(cls, cfg) -> int:
+    def budget_divisor(cls, opts) -> int:
         """With --epochs-as-budget, passes over the data = epochs / this (paper convention: Free-m: m, ATCD: T*K)."""
         return 1
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Checks across the method's options and the run-wide ones; raise `ConfigError` (one line)."""
 
     @staticmethod
     def apply_update(ctx: StepContext):

@@ -3,10 +3,13 @@
 Cost per minibatch: 1 input-gradient pass + 1 weight pass. Catastrophic overfitting is watched by the trainer's
 `--co-guard` (holdout PGD accuracy collapsing -> restore the best weights and stop), as in the paper's early stop.
 """
+from dataclasses import dataclass
+
 import torch
 
 from ..attacks.core import input_grad, project, random_init
 from ..attacks.losses import ce_loss
+from ..options import option, parse_fraction
 from .base import StepResult, TrainMethod, attack_mode
 from .registry import register_method
 
@@ -16,9 +19,14 @@ __all__ = ["FastAT"]
 @register_method("fast")
 class FastAT(TrainMethod):
 
+    @dataclass(frozen=True)
+    class Options:
+        fast_alpha: float | None = option(None, "Fast-AT FGSM step (default 1.25*eps)", type=parse_fraction,
+                                          check=lambda v: v is None or v > 0, why="must be > 0")
+
     def __init__(self, cfg, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)
-        self.alpha = cfg.fast_alpha if cfg.fast_alpha is not None else 1.25 * cfg.eps
+        self.alpha = self.opts.fast_alpha if self.opts.fast_alpha is not None else 1.25 * cfg.eps
 
     def step(self, ctx, x, y):
         c = self.cfg

@@ -6,9 +6,12 @@ pixel box). It is per-rank state, saved with the resumable checkpoint. The attac
 weight pass, so it is taken with BatchNorm in train mode (the method's definition; --attack-bn does not apply).
 Cost per minibatch: m weight passes.
 """
+from dataclasses import dataclass
+
 import torch
 
 from ..attacks.core import project
+from ..options import option
 from .base import StepResult, TrainMethod
 from .registry import register_method
 
@@ -18,16 +21,21 @@ __all__ = ["FreeAT"]
 @register_method("free")
 class FreeAT(TrainMethod):
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    @dataclass(frozen=True)
+    class Options:
+        free_m: int = option(8, "Free-AT m: replays per minibatch", check=lambda v: v >= 1, why="must be >= 1")
+
+    def __init__(self, cfg, generator: torch.Generator | None = None):
+        super().__init__(cfg, generator)
         self.delta: torch.Tensor | None = None
 
-    def updates_per_batch(self) -> int:
-        return self.cfg.free_m
+    @classmethod
+    def updates_per_batch(cls, opts) -> int:
+        return opts.free_m
 
     @classmethod
-    def budget_divisor(cls, cfg) -> int:
-        return cfg.free_m
+    def budget_divisor(cls, opts) -> int:
+        return opts.free_m
 
     def step(self, ctx, x, y):
         c = self.cfg
@@ -35,7 +43,7 @@ class FreeAT(TrainMethod):
         if self.delta is None or self.delta.shape != x.shape:
             self.delta = torch.zeros_like(x)  # the original starts from zero noise
         delta = project(x, self.delta.to(x.device, x.dtype), c.eps)
-        for _ in range(c.free_m):
+        for _ in range(self.opts.free_m):
             g, _ = self.weight_update(ctx, x, y, res, delta, input_grad=True)
             delta = project(x, delta + c.eps * g.float().sign(), c.eps)
         self.delta = delta.detach()

@@ -3,8 +3,11 @@
 Cost per minibatch: r input-gradient passes + 1 weight pass.
 """
 
+from dataclasses import dataclass
+
 from ..attacks.core import perturb, random_init
 from ..attacks.losses import ce_loss
+from ..options import option
 from .base import StepResult, TrainMethod, attack_mode
 from .registry import register_method
 
@@ -13,12 +16,17 @@ __all__ = ["PGDAT"]
 
 @register_method("pgd")
 class PGDAT(TrainMethod):
+    sign_steps = True
+
+    @dataclass(frozen=True)
+    class Options:
+        attack_steps: int = option(10, "r: PGD-AT / TRADES attack steps", check=lambda v: v >= 1, why="must be >= 1")
 
     def step(self, ctx, x, y):
         c = self.cfg
         res = StepResult()
         with attack_mode(ctx.attack_model, c.attack_bn), ctx.autocast():
-            delta = perturb(ctx.attack_model, x, y, ce_loss, c.eps, c.attack_step, c.attack_steps,
+            delta = perturb(ctx.attack_model, x, y, ce_loss, c.eps, c.attack_step, self.opts.attack_steps,
                             random_init(x, c.eps, self.gen), counter=self.passes)
         self.weight_update(ctx, x, y, res, delta)
         return res

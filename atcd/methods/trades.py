@@ -4,11 +4,15 @@ CE(f(x), y) + beta * KL(p(x) || p(x')).
 Cost per minibatch: 1 forward (p(x) for the attack) + r input-gradient passes + 2 weight passes (the natural and
 the adversarial batch go through the network separately, as in the original, so BatchNorm sees each on its own).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..attacks.core import perturb, project
+from ..options import option
 from .base import StepResult, TrainMethod, attack_mode
+from .pgd import PGDAT
 from .registry import register_method
 
 __all__ = ["TRADES", "trades_kl"]
@@ -21,9 +25,14 @@ def trades_kl(logits_adv: torch.Tensor, p_nat: torch.Tensor) -> torch.Tensor:
 
 @register_method("trades")
 class TRADES(TrainMethod):
+    sign_steps = True
+
+    @dataclass(frozen=True)
+    class Options(PGDAT.Options):
+        trades_beta: float = option(6.0, "TRADES beta (robust KL weight)", check=lambda v: v >= 0, why="must be >= 0")
 
     def step(self, ctx, x, y):
-        c = self.cfg
+        c, o = self.cfg, self.opts
         res = StepResult()
         amodel = ctx.attack_model
         with attack_mode(amodel, c.attack_bn), ctx.autocast():
@@ -32,12 +41,12 @@ class TRADES(TrainMethod):
             self.passes.forward += 1
             start = project(x, 0.001 * torch.randn(x.shape, generator=self.gen).to(x.device, x.dtype), c.eps)
             delta = perturb(amodel, x, y, lambda z, _y: trades_kl(z, p_nat), c.eps, c.attack_step,
-                            c.attack_steps, start, counter=self.passes)
+                            o.attack_steps, start, counter=self.passes)
         ctx.model.train()
         with ctx.autocast():
             logits_nat = ctx.model(x)
             logits_adv = ctx.model(x + delta)
-            loss = F.cross_entropy(logits_nat.float(), y) + c.trades_beta * trades_kl(
+            loss = F.cross_entropy(logits_nat.float(), y) + o.trades_beta * trades_kl(
                 logits_adv, F.softmax(logits_nat.float(), 1)).mean()
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.backward(loss)

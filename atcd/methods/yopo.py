@@ -7,12 +7,15 @@ steps of size --attack-step). The first layer is the timm model's stem (`pretrai
 first convolution), found generically.
 Cost per minibatch: m weight passes + m*n first-layer passes (counted as `stem_passes`).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.core import project, random_init
 from ..models import unwrap_timm
+from ..options import option
 from .base import StepResult, TrainMethod, attack_mode
 from .registry import register_method
 
@@ -57,6 +60,13 @@ class _StopForward(Exception):
 
 @register_method("yopo")
 class YOPO(TrainMethod):
+    sign_steps = True
+
+    @dataclass(frozen=True)
+    class Options:
+        yopo_m: int = option(5, "YOPO m: full passes per minibatch", check=lambda v: v >= 1, why="must be >= 1")
+        yopo_n: int = option(3, "YOPO n: first-layer steps per full pass", check=lambda v: v >= 1,
+                             why="must be >= 1")
 
     def _stem_grad(self, amodel: nn.Module, stem: nn.Module, x, eta, p) -> torch.Tensor:
         """d/d eta of sum(p * stem(x + eta)): forward stops right after the stem (first-layer pass only)."""
@@ -81,20 +91,20 @@ class YOPO(TrainMethod):
         return g
 
     def step(self, ctx, x, y):
-        c = self.cfg
+        c, o = self.cfg, self.opts
         res = StepResult()
         stem = find_stem(ctx.attack_model)
         eta = random_init(x, c.eps, self.gen)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss_sum, logits = 0.0, None
-        for _ in range(c.yopo_m):
+        for _ in range(o.yopo_m):
             holder = {}
             h = stem.register_forward_hook(lambda _m, _i, o, _h=holder: _Tap.apply(o, _h))
             try:
                 ctx.model.train()
                 with ctx.autocast():
                     logits = ctx.model(x + eta)
-                    loss = F.cross_entropy(logits.float(), y) / c.yopo_m
+                    loss = F.cross_entropy(logits.float(), y) / o.yopo_m
                 ctx.backward(loss)  # accumulates the weight gradient and fills holder["p"]
             finally:
                 h.remove()
@@ -102,7 +112,7 @@ class YOPO(TrainMethod):
             loss_sum = loss_sum + loss.detach()
             p = holder["p"].float()
             with attack_mode(ctx.attack_model, c.attack_bn):
-                for _ in range(c.yopo_n):
+                for _ in range(o.yopo_n):
                     g = self._stem_grad(ctx.attack_model, stem, x, eta, p)
                     eta = project(x, eta + c.attack_step * g.sign(), c.eps)
         self.apply_update(ctx)

@@ -1,0 +1,113 @@
+"""Options declared once, next to the code that reads them.
+
+A frozen dataclass whose fields are made with `option(...)` carries, per field, the flag name, help text, default
+and check. `add_options` turns it into an argparse group, `check_options` validates an instance, `option_rows`
+lists it for a model card. Run-wide settings (`atcd.config.TrainConfig`) and each training method's and attack's
+own `Options` class are written this way, so `--help`, `args.yaml`, the model card and validation all read one
+declaration.
+"""
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterable
+from fractions import Fraction
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["add_options", "check_options", "comma_list", "flag_of", "option", "option_fields", "option_rows",
+           "parse_fraction"]
+
+
+def parse_fraction(s) -> float:
+    """'8/255' -> 0.0313..., '0.3' -> 0.3."""
+    try:
+        return float(Fraction(str(s).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {s!r}") from None
+
+
+def comma_list(s) -> tuple:
+    """'a, b,c' -> ('a', 'b', 'c'); a list or tuple (from yaml) passes through as a tuple."""
+    if isinstance(s, (list, tuple)):
+        return tuple(s)
+    return tuple(a.strip() for a in str(s).split(",") if a.strip())
+
+
+def option(default: Any, help: str = "", *, flag: str | None = None, short: str | None = None,
+           type: Callable | None = None, choices: Iterable | None = None, action: str | None = None,
+           check: Callable[[Any], bool] | None = None, why: str = "", metavar: str | None = None,
+           nargs: str | None = None, const: Any = None, group: str = "") -> Any:
+    """A dataclass field that is also a command-line option.
+
+    Args:
+        default: the default value (also the dataclass default).
+        help: help text; name the paper's symbol where there is one.
+        flag: the long flag (default: `--` + the field name with `_` as `-`).
+        short: an extra short flag, e.g. `-b`.
+        type: argparse type (default: from the default's type; needed when the default is None).
+        choices: allowed values (checked by argparse).
+        action: an argparse action, e.g. 'store_true' (booleans default to `--x/--no-x`).
+        check: `check(value) -> bool`; False raises `ConfigError` with `why`.
+        why: the rule that `check` enforces, e.g. 'must be >= 1'; the message is `<flag> <why> (got <value>)`.
+        metavar, nargs, const: passed to argparse.
+        group: the parser group the option belongs to (run-wide options only).
+    """
+    meta = {"help": help, "flag": flag, "short": short, "type": type, "choices": tuple(choices) if choices else None,
+            "action": action, "check": check, "why": why, "metavar": metavar, "nargs": nargs, "const": const,
+            "group": group}
+    return dataclasses.field(default=default, metadata={"option": meta})
+
+
+def option_fields(cls) -> list[dataclasses.Field]:
+    """The fields of `cls` (a class or an instance) that are options."""
+    return [f for f in dataclasses.fields(cls) if "option" in f.metadata]
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata["option"]["flag"] or "--" + f.name.replace("_", "-")
+
+
+def add_options(group, cls, *, suppress: bool = False, help_prefix: str = "", skip: Iterable[str] = (),
+                only_group: str | None = None) -> list[str]:
+    """Add the options of dataclass `cls` to an argparse parser or group; returns their dests.
+
+    With `suppress` an option that is not given is absent from the parsed namespace (its dataclass default then
+    applies), so the caller can tell which options the user set.
+    """
+    dests = []
+    for f in option_fields(cls):
+        m = f.metadata["option"]
+        if f.name in skip or (only_group is not None and m["group"] != only_group):
+            continue
+        names = [flag_of(f)] + ([m["short"]] if m["short"] else [])
+        shown = f" (default: {f.default})" if suppress else ""  # argparse shows no default it never sets
+        kw: dict[str, Any] = {"dest": f.name, "help": help_prefix + m["help"] + shown}
+        kw["default"] = argparse.SUPPRESS if suppress else f.default
+        if m["action"]:
+            kw["action"] = m["action"]
+        elif isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = m["type"] or (type(f.default) if f.default is not None else str)
+            for k in ("choices", "metavar", "nargs", "const"):
+                if m[k] is not None:
+                    kw[k] = m[k]
+        group.add_argument(*names, **kw)
+        dests.append(f.name)
+    return dests
+
+
+def check_options(obj) -> None:
+    """Run every option's own check; the first failure raises `ConfigError('<flag> <why> (got <value>)')`."""
+    for f in option_fields(obj):
+        m = f.metadata["option"]
+        value = getattr(obj, f.name)
+        if m["check"] is not None and not m["check"](value):
+            raise ConfigError(f"{flag_of(f)} {m['why']} (got {value})")
+
+
+def option_rows(obj, names: Iterable[str] | None = None) -> list[tuple[str, Any, str]]:
+    """(flag, value, help) of an options instance (all fields, or those named), for model cards and logs."""
+    keep = None if names is None else set(names)
+    return [(flag_of(f), getattr(obj, f.name), f.metadata["option"]["help"]) for f in option_fields(obj)
+            if keep is None or f.name in keep]

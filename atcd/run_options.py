@@ -1,0 +1,129 @@
+"""Run-wide options of train_atcd.py and validate.py, declared once (flag, help, default, check: `atcd.options`).
+
+A training method's own options live in its `Options` class (`atcd/methods/`), an attack's in its registration
+(`atcd/attacks/`), the attack settings every attack shares in `atcd.attacks.AttackConfig`.
+"""
+from dataclasses import dataclass
+
+from .options import comma_list, option, parse_fraction
+
+__all__ = ["EVAL_GROUPS", "TRAIN_GROUPS", "EvalOptions", "TrainOptions"]
+
+TRAIN_GROUPS = ("model", "data", "optimisation", "adversary (every adversarial method)",
+                "model selection (on a holdout carved from the training split)", "evaluation during training",
+                "output")
+EVAL_GROUPS = ("model", "data", "evaluation", "output")
+_M, _D, _O, _A, _S, _E, _OUT = TRAIN_GROUPS
+_GE1, _GE0 = (lambda v: v >= 1), (lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    model: str = option("smallcnn_mnist", "timm model name (e.g. resnet50, smallcnn_mnist)", group=_M)
+    pretrained: bool = option(False, "start from timm's pretrained weights", group=_M)
+    num_classes: int | None = option(None, "classes of the model's head", type=int, group=_M)
+    in_chans: int | None = option(None, "input channels", type=int, group=_M)
+    dataset: str = option("mnist-mini", "dataset (see the registry listing)", group=_D)
+    data_dir: str | None = option(None, "root with train/ and val/ class sub-folders; for wds: a shard directory "
+                                  "with _info.json (scripts/make_shards.py) or a shard pattern/URL", group=_D)
+    batch_size: int = option(128, "per-process batch size", short="-b", check=_GE1, why="must be >= 1", group=_D)
+    workers: int = option(0, "loader worker processes per process", short="-j", check=_GE0, why="must be >= 0",
+                          group=_D)
+    shuffle_buffer: int = option(2048, "wds: per-worker sample shuffle buffer (1 = shard order)", check=_GE1,
+                                 why="must be >= 1", group=_D)
+    strict_data: bool = option(False, "fail on the first corrupt image or shard member (default: skip it, count it, "
+                               "warn)", action="store_true", group=_D)
+    epochs: int = option(10, "passes over the data (see --epochs-as-budget)", check=_GE1, why="must be >= 1",
+                         group=_O)
+    epochs_as_budget: bool = option(False, "paper convention: run epochs/(T*K) passes over the data (Free-m: "
+                                    "epochs/m). Off by default: --epochs counts passes over the data", group=_O)
+    opt: str = option("sgd", "timm optimizer name", group=_O)
+    lr: float = option(0.05, "learning rate", check=lambda v: v > 0, why="must be > 0", group=_O)
+    weight_decay: float = option(5e-4, "weight decay", group=_O)
+    momentum: float = option(0.9, "optimizer momentum", group=_O)
+    sched: str = option("cosine", "timm scheduler name (stepped per update)", group=_O)
+    warmup_epochs: int = option(0, "learning-rate warm-up epochs", group=_O)
+    min_lr: float = option(0.0, "lowest learning rate of the schedule", group=_O)
+    clip_grad: float | None = option(None, "clip the gradient norm to this", type=float, group=_O)
+    mixed_precision: str = option("no", "autocast precision", choices=("no", "bf16", "fp16"), group=_O)
+    seed: int = option(42, "seed of weights, data order and the methods' random draws", group=_O)
+    train_samples_per_epoch: int | None = option(
+        None, "samples drawn per (nominal) epoch over all processes; default: the whole training split. With wds "
+        "every process runs the same number of steps whatever the shard sizes", type=int, group=_O)
+    grad_accum_steps: int = option(1, "minibatches per optimizer update (Accelerate gradient accumulation); only for "
+                                   "methods with one update per minibatch", check=_GE1, why="must be >= 1", group=_O)
+    channels_last: bool = option(False, "channels-last memory format for the model and inputs", group=_O)
+    torch_compile: str | None = option(None, "torch.compile the model (training and attack passes) with this "
+                                       "backend (default inductor)", nargs="?", const="inductor", metavar="BACKEND",
+                                       type=str, group=_O)
+    method: str = option("atcd", "training method", group=_A)
+    eps: float = option(0.3, "L-inf radius in [0,1] pixels (8/255 ok)", type=parse_fraction,
+                        check=lambda v: 0 <= v <= 1, why="must be in [0,1] pixel units; use e.g. 8/255", group=_A)
+    attack_step: float = option(0.1, "step size alpha", type=parse_fraction, check=lambda v: v > 0,
+                                why="must be > 0", group=_A)
+    attack_bn: str = option("eval", "BN mode in attack steps", choices=("eval", "train"), group=_A)
+    holdout: int | None = option(None, "training images held out for selection (default 500 if a rule below is on, "
+                                 "else 0)", type=int, check=lambda v: v is None or v >= 0, why="must be >= 0",
+                                 group=_S)
+    early_stop: str = option("none", "robust: keep the best holdout-PGD checkpoint as model_best.safetensors (Rice "
+                             "et al. 2020)", choices=("none", "robust"), group=_S)
+    co_guard: bool = option(False, "catastrophic-overfitting guard: when holdout PGD accuracy falls more than "
+                            "--co-drop points below its best, restore the best weights and stop", group=_S)
+    co_drop: float = option(20.0, "points of holdout PGD accuracy", check=lambda v: v > 0, why="must be > 0 points",
+                            group=_S)
+    eval_samples: int = option(500, "test images evaluated per epoch (0 = the whole split)", check=_GE0,
+                               why="must be >= 0 (0 = the whole split)", group=_E)
+    eval_attack_steps: int = option(10, "PGD steps of the per-epoch evaluation", check=_GE1, why="must be >= 1",
+                                    group=_E)
+    output: str = option("output/train", "output root", group=_OUT)
+    experiment: str | None = option(None, "run folder name under --output", type=str, group=_OUT)
+    resume: str | None = option(None, "checkpoint dir, or 'auto' for the newest complete one", type=str, group=_OUT)
+    overwrite: bool = option(False, "the experiment folder holds an earlier run: delete its checkpoints, weights and "
+                             "summary and train afresh (without it such a run is refused; --resume auto continues it)",
+                             action="store_true", group=_OUT)
+    checkpoint_keep: int = option(2, "complete checkpoints kept (the oldest is pruned only after a new one is in "
+                                  "place)", check=_GE1, why="must be >= 1", group=_OUT)
+    checkpoint_every_steps: int = option(0, "also checkpoint every N minibatches inside an epoch (0: at epoch ends "
+                                         "only)", check=_GE0, why="must be >= 0 (0 = at epoch ends only)", group=_OUT)
+    max_bad_steps: int = option(10, "non-finite losses/gradients skipped before the run stops (keeps the checkpoint "
+                                "from before the first one)", check=_GE1, why="must be >= 1", group=_OUT)
+    no_progress: bool = option(False, "no progress bars", action="store_true", group=_OUT)
+    log_data_keys: bool = option(False, "debug (wds): write the shard keys each process trained on to "
+                                 "data_keys.json", action="store_true", group=_OUT)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    model: str = option("smallcnn_mnist", "timm name, hf-hub:org/name or local-dir:PATH", group="model")
+    checkpoint: str | None = option(None, "weights (.safetensors) or a training run dir", type=str, group="model")
+    pretrained: bool = option(False, "load the model's own pretrained weights", group="model")
+    num_classes: int | None = option(None, "classes of the model's head", type=int, group="model")
+    in_chans: int | None = option(None, "input channels", type=int, group="model")
+    allow_pickle: bool = option(False, "accept a non-safetensors --checkpoint (.pth/.pt/.bin), loaded with "
+                                "torch.load(weights_only=True)", action="store_true", group="model")
+    dataset: str = option("mnist-mini", "dataset", group="data")
+    data_dir: str | None = option(None, "dataset root (folder) or shard directory/pattern (wds)", type=str,
+                                  group="data")
+    split: str = option("test", "split to evaluate", group="data")
+    batch_size: int = option(200, "per-process batch size", short="-b", check=_GE1, why="must be >= 1", group="data")
+    workers: int = option(0, "loader worker processes", short="-j", check=_GE0, why="must be >= 0", group="data")
+    num_samples: int | None = option(None, "evaluate a fixed class-mixed subset", type=int,
+                                     check=lambda v: v is None or v >= 1, why="must be >= 1", group="data")
+    strict_data: bool = option(False, "fail on the first corrupt image or shard member (default: skip it, count it, "
+                               "warn)", action="store_true", group="data")
+    attacks: tuple = option(("clean", "pgd"), "comma list of attacks", type=comma_list, group="evaluation")
+    sanity_samples: int = option(32, "probe images for the sanity checks (eps=0, monotonicity, white-box vs Square, "
+                                 "model unchanged); 0 turns them off", check=_GE0, why="must be >= 0",
+                                 group="evaluation")
+    sweep_steps: tuple = option((), "robustness curve over attack steps, e.g. 10,20,50,100,200 (writes "
+                                "sweep_steps.csv/.png)", type=lambda s: tuple(int(v) for v in comma_list(s)),
+                                group="evaluation")
+    sweep_eps: tuple = option((), "robustness curve over eps, e.g. 0,2/255,4/255,8/255",
+                              type=lambda s: tuple(parse_fraction(v) for v in comma_list(s)), group="evaluation")
+    sweep_attack: str = option("pgd", "attack used by the sweeps", group="evaluation")
+    results_file: str | None = option(None, "write the results JSON here", type=str, group="output")
+    update_card: str | None = option(None, "a model card (README.md path, folder, or org/name) to add these results "
+                                     "to", type=str, group="output")
+    push_card: bool = option(False, "with --update-card org/name: push the updated card to the Hub",
+                             action="store_true", group="output")
+    no_progress: bool = option(False, "no progress bars", action="store_true", group="output")
