@@ -1,5 +1,6 @@
 """Safetensors weights and resumable training state, every write atomic (tmp in same dir, fsync, rename)."""
 import json
+import logging
 import os
 import re
 import shutil
@@ -13,14 +14,21 @@ from .errors import CheckpointError
 
 __all__ = [
     "PICKLE_SUFFIXES",
+    "RUN_FILES",
     "STATE_MARKER",
     "CheckpointError",
     "atomic_write_text",
+    "earlier_run",
     "find_latest_state",
+    "load_run_state",
     "load_weights",
+    "read_state_meta",
+    "save_run_state",
     "save_state_dir",
     "save_weights",
 ]
+
+_logger = logging.getLogger(__name__)
 
 STATE_MARKER = "state.json"  # written last inside a state dir: its presence means the dir is complete
 
@@ -208,3 +216,65 @@ def save_state_dir(run_dir: str, name: str, write_fn, meta: dict, keep: int, pro
     for old in states[:-keep] if keep > 0 else []:
         shutil.rmtree(os.path.join(run_dir, old), ignore_errors=True)
 
+
+
+RUN_FILES = ("summary.csv", "model.safetensors", "model_best.safetensors", "data_keys.json")
+
+
+def earlier_run(out_dir: str) -> list[str]:
+    """The files of an earlier training run in `out_dir` (what a fresh run would mix with or overwrite)."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(n for n in os.listdir(out_dir) if n in RUN_FILES or n.startswith("checkpoint-"))
+
+
+def _save_rank_state(accelerator, method, tmp: str | None):
+    """Every process: save its part of the state into the main process's temporary checkpoint dir.
+
+    `accelerator.save_state` must run on all processes (each writes its own RNG state; weights, optimizer and
+    registered objects come from the main one); the method's state (ATCD generator, Free's delta) is per rank.
+    """
+    from accelerate.utils import broadcast_object_list
+    tmp = broadcast_object_list([tmp])[0]  # the main process made the dir; the others learn its name
+    accelerator.save_state(tmp)
+    state = method.state_dict()
+    if state:
+        save_file(state, os.path.join(tmp, f"method_{accelerator.process_index}.safetensors"))
+    accelerator.wait_for_everyone()  # all parts written before the main process adds the marker and renames
+
+
+def save_run_state(accelerator, method, run_dir: str, name: str, meta: dict, keep: int, protect: tuple = ()) -> str:
+    """Atomic resumable checkpoint of a training run, written by all processes; returns its path."""
+    if accelerator.is_main_process:
+        save_state_dir(run_dir, name, lambda tmp: _save_rank_state(accelerator, method, tmp), meta, keep, protect)
+    else:
+        _save_rank_state(accelerator, method, None)
+    accelerator.wait_for_everyone()
+    return os.path.join(run_dir, name)
+
+
+def read_state_meta(state_dir: str, num_processes: int) -> dict:
+    """The marker of a complete checkpoint; a mid-epoch one must be resumed with as many processes as wrote it."""
+    with open(os.path.join(state_dir, STATE_MARKER)) as f:
+        meta = json.load(f)
+    if not meta.get("epoch_done", True) and meta.get("num_processes", 1) != num_processes:
+        raise CheckpointError(f"{state_dir} was written mid-epoch by {meta['num_processes']} process(es); resume it "
+                              f"with as many (a mid-epoch position is per process), or from an epoch-end checkpoint")
+    return meta
+
+
+def load_run_state(accelerator, method, state_dir: str) -> dict:
+    """Restore weights, optimizer, RNG and sampler states (Accelerate) and this rank's method state; returns the
+    checkpoint's marker (epoch, position, counters)."""
+    meta = read_state_meta(state_dir, accelerator.num_processes)
+    accelerator.load_state(state_dir)
+    rank = accelerator.process_index
+    path = os.path.join(state_dir, f"method_{rank}.safetensors")
+    if not os.path.exists(path):
+        path = os.path.join(state_dir, "method.safetensors")  # single-file layout of older checkpoints
+    if os.path.exists(path):
+        method.load_state_dict(load_file(path))
+    elif method.state_dict():
+        _logger.warning("no method state for rank %d in %s (fewer processes saved it?): starting it afresh",
+                        rank, state_dir)
+    return meta

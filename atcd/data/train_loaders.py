@@ -1,0 +1,47 @@
+"""The loaders of a training run: train, per-epoch eval and (optionally) the holdout carved from the train split."""
+import logging
+import math
+
+from .factory import create_atcd_dataset, create_atcd_loader, split_holdout
+from .wds import create_wds_loader
+
+__all__ = ["create_train_loaders"]
+
+_logger = logging.getLogger(__name__)
+
+
+def create_train_loaders(cfg, rank: int, world_size: int, input_size: tuple, pcfg: dict) -> tuple:
+    """(train, eval, holdout or None); map-style loaders are not yet prepared, WebDataset ones never are."""
+    tf = {"input_size": input_size, "interpolation": pcfg.get("interpolation", "bilinear"),
+          "crop_pct": pcfg.get("crop_pct", 1.0)}
+    if cfg.streamed:  # rank-sharded: prepare() would shard them a second time
+        shard = {"name": cfg.dataset, "seed": cfg.seed, "num_workers": cfg.workers, "rank": rank,
+                 "world_size": world_size, "strict": cfg.strict_data, **tf}
+
+        def train_loader_for(samples_per_epoch):
+            return create_wds_loader(cfg.data_dir, "train", cfg.batch_size, True, samples_per_epoch=samples_per_epoch,
+                                     shuffle_buffer=cfg.shuffle_buffer, with_keys=cfg.log_data_keys, **shard)
+
+        train_loader = train_loader_for(cfg.train_samples_per_epoch)
+        n = cfg.grad_accum_steps
+        if len(train_loader) % n:  # whole accumulation groups per epoch: no update straddles a checkpoint
+            batches = math.ceil(len(train_loader) / n) * n
+            train_loader = train_loader_for(batches * world_size * cfg.batch_size)
+            _logger.info("--grad-accum-steps %d: a streamed epoch is rounded up to %d batches per process", n, batches)
+        eval_loader = create_wds_loader(cfg.data_dir, "val", 250, False, num_samples=cfg.eval_samples or None, **shard)
+        return train_loader, eval_loader, None
+    ds_kw = {"data_dir": cfg.data_dir, "strict": cfg.strict_data, **tf}
+    train_ds, _ = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=True, **ds_kw),
+                                cfg.holdout_size, cfg.seed)
+    eval_ds = create_atcd_dataset(cfg.dataset, "val", is_training=False, **ds_kw)
+    train_loader = create_atcd_loader(train_ds, cfg.batch_size, True, seed=cfg.seed, num_workers=cfg.workers,
+                                      samples_per_epoch=cfg.train_samples_per_epoch)
+    eval_loader = create_atcd_loader(eval_ds, 250, False, num_workers=cfg.workers,
+                                     num_samples=cfg.eval_samples or None)
+    holdout_loader = None
+    if cfg.holdout_size:  # the same carve, with the eval transform
+        _, holdout_ds = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=False, **ds_kw),
+                                      cfg.holdout_size, cfg.seed)
+        holdout_loader = create_atcd_loader(holdout_ds, 250, False, num_workers=cfg.workers)
+    return train_loader, eval_loader, holdout_loader
+
