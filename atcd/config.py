@@ -8,17 +8,25 @@ attack that is not run: nothing given is silently ignored.
 import argparse
 import dataclasses
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import yaml
 
 from .attacks import AttackConfig, attack_options_class, list_attacks
 from .data import describe_datasets, is_wds
 from .errors import ConfigError
 from .methods import get_method_class, list_methods
-from .options import add_options, check_options, flag_of, option_fields, option_rows
+from .options import (
+    add_options,
+    add_owned_groups,
+    check_options,
+    flag_of,
+    option_fields,
+    option_rows,
+    owners_of,
+    parse_with_yaml,
+    refuse_foreign,
+    set_help,
+)
 from .run_options import EVAL_GROUPS, TRAIN_GROUPS, EvalOptions, TrainOptions
 
 __all__ = ["ConfigError", "EvalConfig", "TrainConfig", "option_table", "parse_eval_args", "parse_train_args"]
@@ -136,39 +144,15 @@ def check_model_name(name: str):
         raise ConfigError(f"unknown model {name!r} (timm has no such architecture; similar: {close})")
 
 
-def _owned_options(owners: dict[str, type]) -> dict[str, list[str]]:
-    """option dest -> the registered names (methods or attacks) whose Options declare it."""
-    out: dict[str, list[str]] = {}
-    for name, cls in owners.items():
-        for f in option_fields(cls) if cls is not None else ():
-            out.setdefault(f.name, []).append(name)
-    return out
-
-
-def _add_owned_groups(p: argparse.ArgumentParser, owners: dict[str, type], kind: str) -> dict[str, list[str]]:
-    """One argparse group per method/attack with options; a flag several of them share is added once."""
-    owned, seen = _owned_options(owners), set()
-    for name, cls in owners.items():
-        if cls is None or not option_fields(cls):
-            continue
-        g = p.add_argument_group(f"{kind} {name}")
-        new = [f.name for f in option_fields(cls) if f.name not in seen]
-        for dest in new:
-            add_options(g, cls, suppress=True, help_prefix=f"[{', '.join(owned[dest])}] ",
-                        skip=[f.name for f in option_fields(cls) if f.name != dest])
-        seen.update(new)
-    return owned
-
-
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Adversarial training (ATCD and baselines) of any timm model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-c", "--config", default="", help="yaml file of defaults (keys = option names)")
     for title in TRAIN_GROUPS:
         add_options(p.add_argument_group(title), TrainOptions, only_group=title)
-    _set_help(p, "method", f"training method: {', '.join(list_methods())} (each one's options: groups below)")
-    _set_help(p, "dataset", f"dataset: {describe_datasets()}")
-    _add_owned_groups(p, {m: get_method_class(m).Options for m in list_methods()}, "method")
+    set_help(p, "method", f"training method: {', '.join(list_methods())} (each one's options: groups below)")
+    set_help(p, "dataset", f"dataset: {describe_datasets()}")
+    add_owned_groups(p, {m: get_method_class(m).Options for m in list_methods()}, "method")
     return p
 
 
@@ -179,45 +163,10 @@ def eval_parser() -> argparse.ArgumentParser:
     for title in EVAL_GROUPS:
         add_options(p.add_argument_group(title), EvalOptions, only_group=title)
     add_options(p.add_argument_group("attack settings shared by the attacks"), AttackConfig)
-    _set_help(p, "attacks", f"comma list of: {', '.join(list_attacks())}")
-    _set_help(p, "dataset", f"dataset: {describe_datasets()}")
-    _add_owned_groups(p, {a: attack_options_class(a) for a in list_attacks()}, "attack")
+    set_help(p, "attacks", f"comma list of: {', '.join(list_attacks())}")
+    set_help(p, "dataset", f"dataset: {describe_datasets()}")
+    add_owned_groups(p, {a: attack_options_class(a) for a in list_attacks()}, "attack")
     return p
-
-
-def _set_help(p: argparse.ArgumentParser, dest: str, text: str):
-    next(a for a in p._actions if a.dest == dest).help = text
-
-
-def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[dict, set[str]]:
-    """(merged option values, names given on the CLI or in the yaml)."""
-    pre, _ = parser.parse_known_args(argv)
-    y = {}
-    if pre.config:
-        try:
-            with open(pre.config) as f:
-                y = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config {pre.config!r}: {e.strerror}") from None
-        if not isinstance(y, dict):
-            raise ConfigError(f"config {pre.config!r} must be a mapping of option: value")
-        y = {k.replace("-", "_"): v for k, v in y.items()}
-        unknown = sorted(set(y) - {a.dest for a in parser._actions})
-        if unknown:
-            raise ConfigError(f"config {pre.config!r}: unknown option(s) {unknown}")
-        for a in parser._actions:  # yaml values go through the same type conversion as the CLI
-            if a.dest in y and a.type is not None and isinstance(y[a.dest], (str, list)):
-                y[a.dest] = a.type(y[a.dest])
-        parser.set_defaults(**y)
-    args = vars(parser.parse_args(argv))
-    args.pop("config")
-    given = set(y) | {a.dest for a in parser._actions if a.default is argparse.SUPPRESS and a.dest in args}
-    return args, given
-
-
-def _foreign(given: set[str], owned: dict[str, list[str]], mine: set[str], kind: str, chosen: str, flags: dict):
-    for dest in sorted(given & set(owned) - mine):
-        raise ConfigError(f"{flags[dest]} is an option of {kind} {', '.join(owned[dest])}; {chosen} does not use it")
 
 
 def _split_method_options(flat: dict, given: set[str]) -> TrainConfig:
@@ -228,7 +177,7 @@ def _split_method_options(flat: dict, given: set[str]) -> TrainConfig:
     classes = {m: get_method_class(m).Options for m in list_methods()}
     mine = {f.name for f in option_fields(classes[method])}
     flags = {f.name: flag_of(f) for c in classes.values() for f in option_fields(c)}
-    _foreign(given, _owned_options(classes), mine, "--method", f"--method {method}", flags)
+    refuse_foreign(given, owners_of(classes), mine, "--method", f"--method {method}", flags)
     unknown = sorted(set(flat) - set(run) - set(flags))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}")
@@ -237,19 +186,19 @@ def _split_method_options(flat: dict, given: set[str]) -> TrainConfig:
 
 
 def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
-    args, given = _parse(train_parser(), argv)
+    args, given = parse_with_yaml(train_parser(), argv)
     return _split_method_options(args, given).validate()
 
 
 def parse_eval_args(argv: list[str] | None = None) -> EvalConfig:
-    args, given = _parse(eval_parser(), argv)
+    args, given = parse_with_yaml(eval_parser(), argv)
     run = {f.name: args[f.name] for f in option_fields(EvalOptions)}
     classes = {a: attack_options_class(a) for a in list_attacks()}
-    owned = _owned_options(classes)
+    owned = owners_of(classes)
     flags = {f.name: flag_of(f) for c in classes.values() if c is not None for f in option_fields(c)}
     ran = [a for a in dict.fromkeys((*run["attacks"], run["sweep_attack"])) if a in classes]
     mine = {f.name for a in ran if classes[a] is not None for f in option_fields(classes[a])}
-    _foreign(given, owned, mine, "attack", f"--attacks {','.join(run['attacks'])}", flags)
+    refuse_foreign(given, owned, mine, "attack", f"--attacks {','.join(run['attacks'])}", flags)
     options = {a: classes[a](**{k: v for k, v in args.items() if k in {f.name for f in option_fields(classes[a])}})
                for a in ran if classes[a] is not None}
     attack = AttackConfig(**{f.name: args[f.name] for f in option_fields(AttackConfig)}, options=options)

@@ -8,14 +8,16 @@ declaration.
 """
 import argparse
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from typing import Any
 
+import yaml
+
 from .errors import ConfigError
 
-__all__ = ["add_options", "check_options", "comma_list", "flag_of", "option", "option_fields", "option_rows",
-           "parse_fraction"]
+__all__ = ["add_options", "add_owned_groups", "check_options", "comma_list", "flag_of", "option", "option_fields",
+           "option_rows", "owners_of", "parse_fraction", "parse_with_yaml", "refuse_foreign", "set_help"]
 
 
 def parse_fraction(s) -> float:
@@ -111,3 +113,64 @@ def option_rows(obj, names: Iterable[str] | None = None) -> list[tuple[str, Any,
     keep = None if names is None else set(names)
     return [(flag_of(f), getattr(obj, f.name), f.metadata["option"]["help"]) for f in option_fields(obj)
             if keep is None or f.name in keep]
+
+
+def owners_of(owners: dict[str, type]) -> dict[str, list[str]]:
+    """option dest -> the registered names (methods or attacks) whose Options declare it."""
+    out: dict[str, list[str]] = {}
+    for name, cls in owners.items():
+        for f in option_fields(cls) if cls is not None else ():
+            out.setdefault(f.name, []).append(name)
+    return out
+
+
+def add_owned_groups(p: argparse.ArgumentParser, owners: dict[str, type], kind: str) -> dict[str, list[str]]:
+    """One argparse group per method/attack with options; a flag several of them share is added once."""
+    owned, seen = owners_of(owners), set()
+    for name, cls in owners.items():
+        if cls is None or not option_fields(cls):
+            continue
+        g = p.add_argument_group(f"{kind} {name}")
+        new = [f.name for f in option_fields(cls) if f.name not in seen]
+        for dest in new:
+            add_options(g, cls, suppress=True, help_prefix=f"[{', '.join(owned[dest])}] ",
+                        skip=[f.name for f in option_fields(cls) if f.name != dest])
+        seen.update(new)
+    return owned
+
+
+def set_help(p: argparse.ArgumentParser, dest: str, text: str):
+    """Replace the help of option `dest` (e.g. with a listing built from a registry)."""
+    next(a for a in p._actions if a.dest == dest).help = text
+
+
+def parse_with_yaml(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[dict, set[str]]:
+    """(merged option values, names given on the CLI or in the yaml)."""
+    pre, _ = parser.parse_known_args(argv)
+    y = {}
+    if pre.config:
+        try:
+            with open(pre.config) as f:
+                y = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {pre.config!r}: {e.strerror}") from None
+        if not isinstance(y, dict):
+            raise ConfigError(f"config {pre.config!r} must be a mapping of option: value")
+        y = {k.replace("-", "_"): v for k, v in y.items()}
+        unknown = sorted(set(y) - {a.dest for a in parser._actions})
+        if unknown:
+            raise ConfigError(f"config {pre.config!r}: unknown option(s) {unknown}")
+        for a in parser._actions:  # yaml values go through the same type conversion as the CLI
+            if a.dest in y and a.type is not None and isinstance(y[a.dest], (str, list)):
+                y[a.dest] = a.type(y[a.dest])
+        parser.set_defaults(**y)
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    given = set(y) | {a.dest for a in parser._actions if a.default is argparse.SUPPRESS and a.dest in args}
+    return args, given
+
+
+def refuse_foreign(given: set[str], owned: dict[str, list[str]], mine: set[str], kind: str, chosen: str, flags: dict):
+    """An option given for a method/attack that the run does not use is an error, never silently ignored."""
+    for dest in sorted(given & set(owned) - mine):
+        raise ConfigError(f"{flags[dest]} is an option of {kind} {', '.join(owned[dest])}; {chosen} does not use it")

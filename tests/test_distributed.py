@@ -23,6 +23,7 @@ from atcd.data.shards import write_dataset_shards
 LAUNCH_2PROC = ("-m", "accelerate.commands.launch", "--config_file", "hfconfigs/cpu_2proc.yaml", "train_atcd.py")
 # ACCELERATE_USE_CPU=1 is what makes the MULTI_GPU launcher start a real 2-process gloo group on a CPU-only host
 ENV_2PROC = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.slow  # every test here launches processes (the 2-process runs start ~7 s each)
 QUICK = ("--eval-samples", "200", "--eval-attack-steps", "2", "--no-progress")
 
 
@@ -255,22 +256,10 @@ def test_bad_scale_out_input_one_line_error(tmp_path, even_shards, capsys, args,
 
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory):
-    """A few Adam steps on real digits: accuracy well away from chance and from 100%, so agreement is informative."""
-    from atcd.models import build_model
-    torch.manual_seed(0)
-    model = build_model("smallcnn_mnist")
-    images, labels = _mnist_cached("train")
-    x, y = torch.from_numpy(images).float().div(255).unsqueeze(1), torch.from_numpy(labels)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    order = torch.randperm(len(y))
-    for i in range(40):
-        idx = order[i * 64:(i + 1) * 64]
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
+def trained_checkpoint(tmp_path_factory, standard_model):
+    """The suite's one trained small CNN (conftest) as a safetensors file."""
     path = str(tmp_path_factory.mktemp("ckpt") / "model.safetensors")
-    save_weights(model.model, path)
+    save_weights(standard_model.model, path)
     return path
 
 

@@ -4,7 +4,6 @@ The Hub itself is out of reach here, so `hf-hub:` names are served from a Huggin
 `snapshot_download` leaves it (blobs / snapshots / refs), with HF_HUB_OFFLINE=1: the code paths of timm and
 huggingface_hub are the real ones.
 """
-import dataclasses
 import hashlib
 import json
 import os
@@ -149,7 +148,7 @@ def test_card_parses_and_holds_the_measured_numbers(pub):
 
 def test_card_method_table_comes_from_the_train_parser(pub):
     """An ATCD run's args.yaml (as the trainer writes it) gives a table of ATCD options, not other methods'."""
-    args = dataclasses.asdict(parse_train_args(["--method", "atcd", "--atcd-T", "3", "--atcd-K", "2", "--eps", "0.3"]))
+    args = parse_train_args(["--method", "atcd", "--atcd-T", "3", "--atcd-K", "2", "--eps", "0.3"]).flat()
     args = yaml.safe_load(yaml.safe_dump(args, sort_keys=False))
     config = json.loads((pub.folder / "config.json").read_text())
     card = build_model_card(REPO, args, pub.results, config, hardware="test CPU")

@@ -60,7 +60,8 @@ def test_an_option_of_another_method_or_attack_is_refused(tmp_path):
 def test_model_card_lists_only_the_methods_own_and_run_wide_options(runs, method, own, foreign):
     from atcd.publish import export_run
     folder = export_run(str(runs / method), f"me/{method}", out_dir=str(runs / f"{method}-export"))
-    card = open(f"{folder}/README.md").read()
+    with open(f"{folder}/README.md") as f:
+        card = f.read()
     rows = [ln for ln in card.splitlines() if ln.startswith("| `--")]
     flags = {ln.split("`")[1] for ln in rows}
     assert set(own) <= flags, (own, flags)

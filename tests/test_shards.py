@@ -21,7 +21,6 @@ from PIL import Image
 from atcd.data import MnistMini, create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds, load_mnist_mini
 from atcd.data.factory import DataError
 from atcd.data.shards import write_dataset_shards, write_info
-from atcd.models import NormalizedModel
 
 MNIST = {"input_size": (1, 28, 28)}
 TRAIN_COUNT = 1500  # a strided subset of the 4,000 training images keeps the module fast
@@ -136,21 +135,8 @@ def test_timm_wds_reader_reads_the_shards(mnist_shards):
 
 
 @pytest.fixture(scope="module")
-def trained_model():
-    torch.manual_seed(0)
-    model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")).eval()
-    images, labels = _mnist("train")
-    images, labels = torch.from_numpy(images).float().div(255).unsqueeze(1), torch.from_numpy(labels)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    model.train()
-    order = torch.randperm(len(labels))
-    for i in range(30):  # a few steps: accuracy well away from chance, so agreement is informative
-        idx = order[i * 64:(i + 1) * 64]
-        x, y = images[idx], labels[idx]
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+def trained_model(standard_model):
+    return standard_model  # the suite's one trained small CNN (conftest)
 
 
 @torch.no_grad()
