@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="cache folder (default: HF_HUB_CACHE)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from atcd.hub import download_model
+    from atcd.models.hub import download_model
     try:
         path = download_model(a.model, revision=a.revision, cache_dir=a.cache_dir)
     except CheckpointError as e:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--revision", default=None, help="branch to push to (created if missing; default main)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from atcd.hub import export_run, push_folder
+    from atcd.publish import export_run, push_folder
     try:
         folder = export_run(a.run_dir, a.repo_id, out_dir=a.out, results_path=a.results, license=a.license,
                             hardware=a.hardware, dataset_id=a.dataset_id)

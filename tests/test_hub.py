@@ -23,8 +23,9 @@ from safetensors.torch import load_file, save_file
 
 from atcd.checkpoint import load_weights
 from atcd.config import parse_eval_args, parse_train_args
-from atcd.hub import HubError, add_folder_to_hf_cache, build_model_card, push_folder, update_card_with_results
 from atcd.models import NormalizedModel, build_model, unwrap_timm
+from atcd.models.hub import HubError, add_folder_to_hf_cache
+from atcd.publish import build_model_card, push_folder, update_card_with_results
 
 REPO = "atcd-test/smallcnn-mnist-standard"
 TOKEN = "hf_FAKEtoken123abcDEF456ghiJKL789"
@@ -320,7 +321,7 @@ def test_autoattack_on_hub_model_lands_in_the_card(pub, tmp_path):
     _ok(run_script("validate.py", "--model", f"hf-hub:{REPO}", "--attacks", "clean,autoattack", "--num-samples", "20",
                    "--no-progress", "--results-file", str(res), env=pub.env))
     results = json.loads(res.read_text())
-    code = ("import json, sys\nfrom atcd.hub import update_card_with_results\n"
+    code = ("import json, sys\nfrom atcd.publish import update_card_with_results\n"
             "update_card_with_results(sys.argv[1], json.load(open(sys.argv[2])), out_path=sys.argv[3])\n")
     # the card of the repo itself, read through the (offline) Hugging Face cache
     _ok(run_script("-c", code, REPO, str(res), str(tmp_path / "README.md"), env=pub.env))

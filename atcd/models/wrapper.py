@@ -5,6 +5,8 @@ import timm
 import torch
 from torch import nn
 
+from .hub import create_hub_model
+
 __all__ = ["NormalizedModel", "build_model", "unwrap_timm"]
 
 
@@ -44,10 +46,9 @@ def build_model(
 
     An `hf-hub:` / `local-dir:` name designates published weights: they are loaded whatever `pretrained` says,
     strictly (a `num_classes` / `in_chans` that does not fit them is an error), and failures raise
-    `atcd.hub.HubError` (a `CheckpointError`) with a one-line reason.
+    `atcd.models.hub.HubError` (a `CheckpointError`) with a one-line reason.
     """
     if timm.models.parse_model_name(name)[0] is not None:
-        from ..hub import create_hub_model  # imported here: atcd.hub builds models with this module
         return NormalizedModel.from_timm(create_hub_model(name, num_classes, in_chans, **kwargs), in_chans)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

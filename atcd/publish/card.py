@@ -1,0 +1,367 @@
+"""The model card of a published run: Hub metadata with a `model-index`, and the human sections around it."""
+import logging
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+
+from .. import __version__
+from ..checkpoint import atomic_write_text
+from ..models.hub import _NETWORK_ERRORS, HubError, _hub_error, _one_line, _unreachable
+from .auth import _require_token
+from .labels import _DATASETS, _attack_label, _dataset_ids, _eps_text
+from .results import RESULTS_BEGIN, RESULTS_END, _result_key, _results_block, eval_results_from_validate
+
+__all__ = ["CARD_NAME", "build_model_card", "update_card_with_results"]
+
+_logger = logging.getLogger(__name__)
+
+CARD_NAME = "README.md"
+_METHODS = {
+    "atcd": "ATCD (Adversarial Training using Contrastive Divergence)",
+    "standard": "standard training (no adversarial examples)",
+    "pgd": "PGD adversarial training (Madry et al. 2018)",
+    "trades": "TRADES (Zhang et al. 2019)",
+    "free": "Free adversarial training (Shafahi et al. 2019)",
+    "fast": "Fast adversarial training, FGSM with random start (Wong et al. 2020)",
+    "yopo": "YOPO (Zhang et al. 2019)",
+}
+
+_ATCD_BIBTEX = """@misc{atcd,
+  title = {Adversarial Training Using Contrastive Divergence},
+  author = {Anonymous},
+  note = {Under review as a conference paper at ICLR 2021},
+}"""
+_AUTOATTACK_BIBTEX = """@inproceedings{croce2020autoattack,
+  title = {Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks},
+  author = {Croce, Francesco and Hein, Matthias},
+  booktitle = {International Conference on Machine Learning (ICML)},
+  year = {2020},
+}"""
+
+
+def _card(data: ModelCardData, body: str) -> ModelCard:
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _reproduce_command(model: str, results: dict) -> str:
+    acfg = results.get("attack_config", {})
+    attacks = [a for a in results["results"] if a != "worst_case"]
+    dataset = results.get("dataset") or "folder"
+    parts = ["python validate.py", f"--model {model}"]
+    parts += [f"--dataset {dataset}"] if dataset in _DATASETS else ["--dataset folder --data-dir DATA_DIR"]
+    parts += [f"--split {results.get('split', 'test')}", f"--eps {_eps_text(float(results['eps']))}",
+              f"--attacks {','.join(attacks)}", f"--num-samples {results['num_samples']}"]
+    if any(a not in ("clean", "fgsm", "autoattack") for a in attacks):
+        steps = acfg.get("steps", 40)
+        parts.append(f"--attack-steps {steps}")
+        if "step_size" in acfg and abs(acfg["step_size"] - 2.5 * float(results["eps"]) / steps) > 1e-12:
+            parts.append(f"--attack-step {acfg['step_size']!r}")
+        parts += [f"--attack-restarts {acfg.get('restarts', 1)}", f"--attack-loss {acfg.get('loss', 'ce')}"]
+        if acfg.get("step_schedule", "constant") != "constant":
+            parts.append(f"--attack-step-schedule {acfg['step_schedule']}")
+    if "autoattack" in attacks and acfg.get("aa_version", "standard") != "standard":
+        parts.append(f"--aa-version {acfg['aa_version']}")
+        if acfg.get("aa_attacks"):
+            parts.append(f"--aa-attacks {','.join(acfg['aa_attacks'])}")
+    if "hmc" in attacks:
+        parts += [f"--hmc-momentum {acfg.get('hmc_momentum', 1.0)}",
+                  f"--hmc-temperature {acfg.get('hmc_temperature', 1.0)}"]
+    parts.append(f"--seed {acfg.get('seed', 0)}")
+    return " ".join(parts)
+
+
+def _option_rows(train_args: dict, groups: Sequence[str]) -> list[tuple[str, Any, str]]:
+    """(flag, value, help) of the training options in the named parser groups, read from the train parser."""
+    from ..config import train_parser
+    from ..methods import list_methods
+    method = train_args.get("method")
+    others = [m for m in list_methods() if m != method]
+    rows = []
+    for group in train_parser()._action_groups:
+        if not any(group.title and group.title.startswith(g) for g in groups):
+            continue
+        for action in group._group_actions:
+            dest = action.dest
+            if dest not in train_args or dest == "method" or any(dest.startswith(o + "_") for o in others):
+                continue
+            help_text = (action.help or "").replace("%%", "%").replace("|", "\\|")
+            rows.append((next(o for o in action.option_strings if o.startswith("--")), train_args[dest], help_text))
+    return rows
+
+
+def _summary_cost(rows: list[dict]) -> dict:
+    by_epoch = {r.get("epoch"): r for r in rows}  # a resumed run may repeat an epoch: the last row wins
+    rows = list(by_epoch.values())
+    cost: dict[str, Any] = {"epochs": len(rows), "seconds": sum(float(r.get("seconds") or 0) for r in rows)}
+    for key in rows[0] if rows else ():
+        if key.endswith("_passes"):
+            cost[key] = sum(int(float(r.get(key) or 0)) for r in rows)
+    if rows and rows[-1].get("num_updates"):
+        cost["num_updates"] = int(float(rows[-1]["num_updates"]))
+    cost["last"] = rows[-1] if rows else {}
+    return cost
+
+
+def _this_machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def _usage_section(repo_id: str, arch: str, pcfg: dict) -> str:
+    mean, std = tuple(pcfg.get("mean", ())), tuple(pcfg.get("std", ()))
+    input_size = tuple(pcfg.get("input_size", ()))
+    identity = all(m == 0 for m in mean) and all(v == 1 for v in std)
+    note = " (the identity for this model; keep the step, it is what other timm models need)" if identity else ""
+    from_atcd = not (timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__.startswith("timm."))
+    register = f"import atcd  # registers the architecture `{arch}` with timm\n" if from_atcd else ""
+    return f"""## How to use
+
+**timm models take normalised input.** Give the model `(x - mean) / std`, where `x` holds float pixels in
+[0, 1] of shape (N, {", ".join(map(str, input_size))}) and mean = {mean}, std = {std} come from
+`model.pretrained_cfg`{note}. Resize / centre-crop to `input_size` first (interpolation
+'{pcfg.get("interpolation")}', crop_pct {pcfg.get("crop_pct")}). ε is in [0, 1] pixel units: perturb `x`, not the
+normalised tensor.
+
+```python
+import timm
+import torch
+{register}
+model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()
+cfg = model.pretrained_cfg
+mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
+std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
+x = torch.rand(8, *cfg["input_size"])  # your images: float pixels in [0, 1]
+logits = model((x - mean) / std)
+```
+
+With the ATCD suite, `atcd.models.build_model("hf-hub:{repo_id}")` returns the same weights wrapped so that the
+model itself takes [0, 1] pixels (normalisation inside, as attacks need). Offline use:
+`python scripts/download.py hf-hub:{repo_id}` once, then set `HF_HUB_OFFLINE=1`.
+"""
+
+
+def _training_section(train_args: dict, arch: str, summary_rows: list[dict] | None, hardware: str | None) -> str:
+    method = train_args.get("method", "unknown")
+    lines = ["## Training", "",
+             (f"Method: {_METHODS.get(method, method)} (`--method {method}`), model `{arch}`, data "
+             f"`{train_args.get('dataset') or train_args.get('data_dir')}`. `args.yaml` holds the exact configuration "
+             "(`python train_atcd.py -c args.yaml` runs it again)."), ""]
+    tables = (("Method options", _option_rows(train_args, ("method",) if method != "standard" else ())),
+              ("Optimisation", _option_rows(train_args, ("optimisation",))))
+    for title, rows in tables:
+        if rows:
+            lines += [f"{title}:", "", "| option | value | meaning |", "|---|---|---|"]
+            lines += [f"| `{flag}` | `{value}` | {help_text} |" for flag, value, help_text in rows]
+            lines.append("")
+    lines += ["Training cost (from `summary.csv`):", ""]
+    if summary_rows:
+        cost = _summary_cost(summary_rows)
+        passes = {k: v for k, v in cost.items() if k.endswith("_passes")}
+        total = sum(v for k, v in passes.items() if k != "stem_passes")  # a stem pass is a fraction of one
+        last = cost["last"]
+        lines += [
+            (f"- epochs: {cost['epochs']}; optimizer updates: {cost.get('num_updates', 'n/a')}; batch size "
+            f"{train_args.get('batch_size')} per process"),
+            "- network passes over minibatches: "
+            + ", ".join(f"{k.removesuffix('_passes').replace('_', '-')} {v:,}" for k, v in passes.items())
+            + f" (total {total:,})",
+            (f"- wall time of the training loop: {cost['seconds']:.1f} s (without start-up and the per-epoch "
+            "monitoring evaluation)"),
+            (f"- last epoch's monitoring numbers on {train_args.get('eval_samples')} test images (never used for "
+            f"selection): clean {last.get('eval_top1')}%, PGD-{train_args.get('eval_attack_steps')} "
+            f"{last.get('eval_pgd_top1')}%"),
+        ]
+    else:
+        lines.append("- the run folder had no `summary.csv`")
+    lines.append(f"- hardware: {hardware}" if hardware else
+                 f"- hardware: not recorded by the training run (publish.py ran on: {_this_machine()})")
+    return "\n".join(lines) + "\n"
+
+
+def _limitations_section(results: dict, eval_results: list[EvalResult]) -> str:
+    n = int(results["num_samples"])
+    p = min((er.metric_value for er in eval_results), default=0.0) / 100
+    se = max(100 * (p * (1 - p) / n) ** 0.5, 50 / n)  # binomial standard error, floored at half a sample
+    lines = ["## Limitations", "",
+             (f"- Robustness is measured only against {results['norm']} attacks at ε = "
+             f"{_eps_text(float(results['eps']))}, on {n} images (standard error about ±{se:.1f} points at the "
+             "lowest number). Other norms, larger ε and distribution shift were not evaluated. These are empirical "
+             "numbers, not certified bounds."),
+             ("- Gradient attacks such as PGD overstate robustness on small models; AutoAttack is the number to "
+             "compare, and only with results at the same ε, norm and test set."),
+             "- One training run (one seed); no variance across seeds is reported."]
+    if results.get("dataset") in _DATASETS:
+        lines.append(f"- The test set is {_DATASETS[results['dataset']][1]}, not the full 10,000-image MNIST test "
+                     "set: the numbers are not directly comparable with published MNIST tables.")
+    lines.append("- Inputs must be preprocessed as above: fed unnormalised or 0-255 inputs, or attacked in normalised "
+                 "space, the model sees a different ε.")
+    return "\n".join(lines) + "\n"
+
+
+def build_model_card(
+        repo_id: str,
+        train_args: dict,
+        results: dict,
+        model_config: dict,
+        summary_rows: list[dict] | None = None,
+        license: str = "apache-2.0",
+        hardware: str | None = None,
+        weights_sha256: str | None = None,
+        dataset_id: str | None = None,
+) -> ModelCard:
+    """The model card of a published run: Hub metadata with a `model-index` plus the human sections.
+
+    Args:
+        repo_id: `org/name` the card is for.
+        train_args: the run's args.yaml.
+        results: validate.py's results JSON for these weights.
+        model_config: the config.json written by `timm.models.save_for_hf`.
+        summary_rows: rows of the run's summary.csv (training cost), if any.
+        license: license id of the weights.
+        hardware: what training ran on (the run folder does not record it).
+        weights_sha256: sha256 of the published model.safetensors.
+        dataset_id: Hub dataset id (default: derived from the dataset name).
+    """
+    eval_results = eval_results_from_validate(results, dataset_id)
+    method, arch = train_args.get("method", "unknown"), model_config["architecture"]
+    train_ds = train_args.get("dataset") or train_args.get("data_dir")
+    hub_datasets = {_dataset_ids(train_ds, dataset_id)[0], eval_results[0].dataset_type}
+    tags = list(dict.fromkeys(["image-classification", "timm", "adversarial-robustness", "atcd", method]))
+    data = ModelCardData(library_name="timm", license=license, tags=tags, pipeline_tag="image-classification",
+                         datasets=sorted(d for d in hub_datasets if "/" in d) or None,
+                         model_name=repo_id.split("/")[-1], eval_results=eval_results)
+    pcfg = model_config.get("pretrained_cfg", {})
+    headline = ", ".join(f"{_attack_label(er.metric_args['attack'], er.metric_args)} {er.metric_value}%"
+                         for er in eval_results if er.metric_args["attack"] != "worst_case")
+    body = f"""
+# {repo_id.split("/")[-1]}
+
+`{arch}` ({model_config.get("num_classes")} classes, input {tuple(pcfg.get("input_size", ()))}) trained with
+**{_METHODS.get(method, method)}** on `{train_ds}` by the ATCD suite (atcd {__version__}, timm {timm.__version__}).
+On {results["num_samples"]} `{results.get("dataset")}` {results.get("split", "test")} images at {results["norm"]}
+ε = {_eps_text(float(results["eps"]))} ([0, 1] pixel units): {headline}.
+
+## Robustness
+
+{_results_block(eval_results)}
+
+Reproduce these numbers (same images, attacks and seeds):
+
+```bash
+{_reproduce_command("hf-hub:" + repo_id, results)}
+```
+
+{_usage_section(repo_id, arch, pcfg)}
+{_training_section(train_args, arch, summary_rows, hardware)}
+## Files
+
+- `model.safetensors`: weights of the bare timm model, sha256 `{weights_sha256}` (no pickle files)
+- `config.json`: timm's config (`architecture`, `num_classes`, `label_names`, `pretrained_cfg` with mean / std /
+  input_size / crop)
+- `args.yaml`: the exact training configuration; `summary.csv`: the per-epoch training log
+- `results.json`: the validate.py output the numbers above come from
+
+{_limitations_section(results, eval_results)}
+## Citation
+
+```bibtex
+{_ATCD_BIBTEX}
+```
+
+Robustness evaluated with AutoAttack:
+
+```bibtex
+{_AUTOATTACK_BIBTEX}
+```
+"""
+    return _card(data, body)
+
+
+def update_card_with_results(
+        card_path_or_repo: str,
+        results: dict,
+        push: bool = False,
+        *,
+        out_path: str | None = None,
+        repo_id: str | None = None,
+        revision: str | None = None,
+        dataset_id: str | None = None,
+) -> ModelCard:
+    """Add (or replace) the eval results of a validate.py run in a model card.
+
+    A result replaces an existing one with the same dataset, split, attack, norm and ε (a worst-case row also
+    by the attacks it covers); the others are appended. The card's robustness table is re-rendered from the
+    updated `model-index`.
+
+    Args:
+        card_path_or_repo: a README.md, a folder holding one, or a repo id `org/name` (its README.md at
+            `revision`, read from the Hub or the local cache).
+        results: the dict validate.py writes with `--results-file`.
+        push: upload the updated card to the Hub (token from `get_token()`, never printed).
+        out_path: where to write the card (default: back to `card_path_or_repo` when that is a local path).
+        repo_id: the repo to push to when `card_path_or_repo` is a local path.
+        revision: branch of the repo to read the card from and push it to (default main).
+        dataset_id: Hub dataset id the results are filed under.
+
+    Returns:
+        The updated card.
+
+    Raises:
+        HubError: the card cannot be read or written, or there is nowhere to write it.
+    """
+    path = Path(card_path_or_repo)
+    local = path.exists()
+    push_repo = repo_id or (None if local else card_path_or_repo)
+    if push and push_repo is None:
+        raise HubError("push=True needs repo_id when the card is a local file")
+    if path.is_dir():
+        path = path / CARD_NAME
+    elif not local and (card_path_or_repo.endswith(".md") or card_path_or_repo.count("/") != 1):
+        raise HubError(f"{card_path_or_repo}: no such card file (and not an org/name repo id)")
+    try:
+        if not local:  # the card of a repo at a revision, through the cache
+            from huggingface_hub import hf_hub_download
+            path = Path(hf_hub_download(card_path_or_repo, CARD_NAME, revision=revision))
+        card = ModelCard.load(path)
+    except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OfflineModeIsEnabled) as e:
+        raise _hub_error(f"hf-hub:{card_path_or_repo}", e, CARD_NAME) from None
+    except (*_NETWORK_ERRORS, ValueError) as e:
+        raise HubError(f"{card_path_or_repo}: cannot read a model card ({type(e).__name__}: {_one_line(e)})") \
+            from None
+    new = eval_results_from_validate(results, dataset_id)
+    keys = {_result_key(er) for er in new}
+    old = [er for er in (card.data.eval_results or []) if _result_key(er) not in keys]
+    card.data.eval_results = old + new
+    card.data.model_name = card.data.model_name or (repo_id or card_path_or_repo).rstrip("/").split("/")[-1]
+    block = _results_block(card.data.eval_results)
+    text = card.text
+    if RESULTS_BEGIN in text and RESULTS_END in text:
+        head, rest = text.split(RESULTS_BEGIN, 1)
+        text = head + block + rest.split(RESULTS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Robustness\n\n" + block + "\n"
+    card = _card(card.data, text)
+    target = out_path or (str(path) if local else None)
+    if target is None and not push:
+        raise HubError(f"{card_path_or_repo} is a repo id: give out_path to write the card locally, or push=True")
+    if target is not None:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, str(card))
+    if push:
+        _require_token()
+        try:
+            card.push_to_hub(push_repo, revision=revision, commit_message="Update eval results (validate.py)")
+        except (HfHubHTTPError, OfflineModeIsEnabled) as e:
+            raise _hub_error(f"hf-hub:{push_repo}", e) from None
+        except _NETWORK_ERRORS as e:
+            raise _unreachable(f"hf-hub:{push_repo}", e) from None
+    return card
+
