@@ -22,7 +22,7 @@ from atcd.faults import EXIT_BAD_STEPS
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from atcd.trainer import run
-    result = user_errors(lambda: run(parse_train_args(argv)))
+    result = user_errors(run, user_errors(parse_train_args, argv))
     from accelerate import PartialState
     if PartialState().is_main_process:  # every process returns the same (reduced) result
         print("RESULT " + json.dumps(result))

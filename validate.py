@@ -15,8 +15,12 @@ from atcd.config import parse_eval_args
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from atcd.evaluator import run
-    out = user_errors(lambda: run(parse_eval_args(argv)))
+    cfg = user_errors(parse_eval_args, argv)
+    out = user_errors(run, cfg)
     if out.get("is_main_process", True):  # one RESULT line under `accelerate launch` too
+        if cfg.update_card:
+            from atcd.publish import update_card_with_results
+            user_errors(update_card_with_results, cfg.update_card, out, push=cfg.push_card)
         print("RESULT " + json.dumps({k: v["top1"] for k, v in out["results"].items()}))
 
 

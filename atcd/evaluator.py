@@ -91,9 +91,6 @@ def run(cfg: EvalConfig) -> dict:
         if cfg.results_file:
             os.makedirs(os.path.dirname(os.path.abspath(cfg.results_file)), exist_ok=True)
             atomic_write_text(cfg.results_file, json.dumps(out, indent=2))
-        if cfg.update_card:
-            from .publish import update_card_with_results
-            update_card_with_results(cfg.update_card, out, push=cfg.push_card)
     out["is_main_process"] = accelerator.is_main_process
     accelerator.end_training()
     return out

@@ -50,24 +50,24 @@ CONFIG_NAME = "config.json"
 _LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".msgpack", ".npz", ".tar", ".zip")
 _LFS_MIN_BYTES = 10 * 1024 * 1024
 # connection failures: the HTTP client's base error (HfHubHTTPError derives from it: httpx2 in huggingface_hub 2.x)
-_NETWORK_ERRORS = (next(c for c in HfHubHTTPError.__mro__[1:] if c.__name__ == "HTTPError"), OSError)
+NETWORK_ERRORS = (next(c for c in HfHubHTTPError.__mro__[1:] if c.__name__ == "HTTPError"), OSError)
 
 
 class HubError(CheckpointError):
     """A hub / local-dir model that cannot be loaded, or a run that cannot be published (reported in one line)."""
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
+def one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def _unreachable(name: str, exc: BaseException) -> HubError:
-    """A connection failure (one of `_NETWORK_ERRORS`) in one line."""
-    return HubError(f"{name}: could not reach the Hub ({type(exc).__name__}: {_one_line(exc)})")
+def unreachable(name: str, exc: BaseException) -> HubError:
+    """A connection failure (one of `NETWORK_ERRORS`) in one line."""
+    return HubError(f"{name}: could not reach the Hub ({type(exc).__name__}: {one_line(exc)})")
 
 
-def _hub_error(name: str, exc: BaseException, filename: str = CONFIG_NAME) -> HubError:
+def hub_error(name: str, exc: BaseException, filename: str = CONFIG_NAME) -> HubError:
     """Translate a huggingface_hub / timm failure into one sentence that says what to do."""
     if isinstance(exc, GatedRepoError):
         return HubError(f"{name}: the repository is gated; accept its terms on the Hub and log in (hf auth login)")
@@ -85,7 +85,7 @@ def _hub_error(name: str, exc: BaseException, filename: str = CONFIG_NAME) -> Hu
         return HubError(f"{name}: not a valid repository id (expected hf-hub:org/name[@revision])")
     if isinstance(exc, OfflineModeIsEnabled):
         return HubError(f"{name}: HF_HUB_OFFLINE=1 is set, so the Hub cannot be reached")
-    return HubError(f"{name}: {type(exc).__name__}: {_one_line(exc)}")
+    return HubError(f"{name}: {type(exc).__name__}: {one_line(exc)}")
 
 
 def _split_hub_id(model_id: str) -> tuple[str, str | None]:
@@ -123,12 +123,12 @@ def _resolve(name: str, cache_dir: str | None = None) -> tuple[dict, str, dict]:
             if _cached_repo_exists(repo_id, cache_dir):  # the repo is cached, the file is not
                 raise HubError(f"{name}: the cached repository has no {WEIGHTS_NAME} (only safetensors weights are "
                                f"loaded: pickle checkpoints can run code)") from None
-            raise _hub_error(name, e) from None
+            raise hub_error(name, e) from None
         except EntryNotFoundError:
             raise HubError(f"{name}: the repository has no {WEIGHTS_NAME} (only safetensors weights are loaded: "
                            f"pickle checkpoints can run code)") from None
-        except (HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, *_NETWORK_ERRORS) as e:
-            raise _hub_error(name, e) from None
+        except (HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, *NETWORK_ERRORS) as e:
+            raise hub_error(name, e) from None
         reader = load_model_config_from_hf
         args = (model_id, cache_dir)
     try:
@@ -137,11 +137,11 @@ def _resolve(name: str, cache_dir: str | None = None) -> tuple[dict, str, dict]:
         if source == "hf-hub" and _cached_repo_exists(_split_hub_id(model_id)[0], cache_dir):
             raise HubError(f"{name}: the cached repository has no {CONFIG_NAME} (not a timm model repository)") \
                 from None
-        raise _hub_error(name, e) from None
+        raise hub_error(name, e) from None
     except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OfflineModeIsEnabled) as e:
-        raise _hub_error(name, e) from None
+        raise hub_error(name, e) from None
     except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
-        raise HubError(f"{name}: {CONFIG_NAME} is not a timm model config ({type(e).__name__}: {_one_line(e)})") \
+        raise HubError(f"{name}: {CONFIG_NAME} is not a timm model config ({type(e).__name__}: {one_line(e)})") \
             from None
 
 
@@ -190,9 +190,9 @@ def create_hub_model(
     try:
         return timm.create_model(name, pretrained=True, cache_dir=cache_dir, **kwargs)
     except (RuntimeError, SafetensorError) as e:  # strict load_state_dict: missing keys / shape mismatch
-        raise HubError(f"{name}: the weights do not fit architecture {arch!r}: {_one_line(e)}") from None
+        raise HubError(f"{name}: the weights do not fit architecture {arch!r}: {one_line(e)}") from None
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise _hub_error(name, e) from None
+        raise hub_error(name, e) from None
 
 
 def download_model(name: str, revision: str | None = None, cache_dir: str | None = None) -> str:
@@ -213,9 +213,9 @@ def download_model(name: str, revision: str | None = None, cache_dir: str | None
         raise HubError(f"hf-hub:{repo_id}: not in the local Hugging Face cache and the Hub cannot be reached "
                        f"(offline, or HF_HUB_OFFLINE=1 is set)") from None
     except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OfflineModeIsEnabled) as e:
-        raise _hub_error(f"hf-hub:{repo_id}", e) from None
-    except _NETWORK_ERRORS as e:
-        raise _unreachable(f"hf-hub:{repo_id}", e) from None
+        raise hub_error(f"hf-hub:{repo_id}", e) from None
+    except NETWORK_ERRORS as e:
+        raise unreachable(f"hf-hub:{repo_id}", e) from None
     missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not os.path.isfile(os.path.join(path, f))]
     if missing:
         raise HubError(f"hf-hub:{repo_id}: downloaded to {path}, but it has no {' or '.join(missing)} "

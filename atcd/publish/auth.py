@@ -11,14 +11,14 @@ __all__: list[str] = []
 _logger = logging.getLogger(__name__)
 
 
-def _require_token() -> str:
+def require_token() -> str:
     token = get_token()
     if not token:
         raise HubError("pushing needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
     return token
 
 
-def _assert_no_token(folder: str):
+def assert_no_token(folder: str):
     """Refuse to publish a folder in which the Hub token appears (it is not printed, not even in the error)."""
     token = get_token()
     if not token:

@@ -2,7 +2,6 @@
 import logging
 import os
 import platform
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,11 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidat
 
 from .. import __version__
 from ..checkpoint import atomic_write_text
-from ..models.hub import _NETWORK_ERRORS, HubError, _hub_error, _one_line, _unreachable
-from .auth import _require_token
-from .labels import _DATASETS, _attack_label, _dataset_ids, _eps_text
-from .results import RESULTS_BEGIN, RESULTS_END, _result_key, _results_block, eval_results_from_validate
+from ..config import option_table
+from ..models.hub import NETWORK_ERRORS, HubError, hub_error, one_line, unreachable
+from .auth import require_token
+from .labels import HUB_DATASETS, attack_label, dataset_ids, eps_text
+from .results import RESULTS_BEGIN, RESULTS_END, eval_results_from_validate, result_key, results_block
 
 __all__ = ["CARD_NAME", "build_model_card", "update_card_with_results"]
 
@@ -55,8 +55,8 @@ def _reproduce_command(model: str, results: dict) -> str:
     attacks = [a for a in results["results"] if a != "worst_case"]
     dataset = results.get("dataset") or "folder"
     parts = ["python validate.py", f"--model {model}"]
-    parts += [f"--dataset {dataset}"] if dataset in _DATASETS else ["--dataset folder --data-dir DATA_DIR"]
-    parts += [f"--split {results.get('split', 'test')}", f"--eps {_eps_text(float(results['eps']))}",
+    parts += [f"--dataset {dataset}"] if dataset in HUB_DATASETS else ["--dataset folder --data-dir DATA_DIR"]
+    parts += [f"--split {results.get('split', 'test')}", f"--eps {eps_text(float(results['eps']))}",
               f"--attacks {','.join(attacks)}", f"--num-samples {results['num_samples']}"]
     if any(a not in ("clean", "fgsm", "autoattack") for a in attacks):
         steps = acfg.get("steps", 40)
@@ -77,23 +77,10 @@ def _reproduce_command(model: str, results: dict) -> str:
     return " ".join(parts)
 
 
-def _option_rows(train_args: dict, groups: Sequence[str]) -> list[tuple[str, Any, str]]:
-    """(flag, value, help) of the training options in the named parser groups, read from the train parser."""
-    from ..config import train_parser
-    from ..methods import list_methods
-    method = train_args.get("method")
-    others = [m for m in list_methods() if m != method]
-    rows = []
-    for group in train_parser()._action_groups:
-        if not any(group.title and group.title.startswith(g) for g in groups):
-            continue
-        for action in group._group_actions:
-            dest = action.dest
-            if dest not in train_args or dest == "method" or any(dest.startswith(o + "_") for o in others):
-                continue
-            help_text = (action.help or "").replace("%%", "%").replace("|", "\\|")
-            rows.append((next(o for o in action.option_strings if o.startswith("--")), train_args[dest], help_text))
-    return rows
+def _option_rows(train_args: dict, section: str) -> list[tuple[str, Any, str]]:
+    """(flag, value, help) of a run's options for a card table, from the method's and the run-wide declarations."""
+    return [(flag, value, help_text.replace("%%", "%").replace("|", "\\|"))
+            for flag, value, help_text in option_table(train_args, section)]
 
 
 def _summary_cost(rows: list[dict]) -> dict:
@@ -154,8 +141,8 @@ def _training_section(train_args: dict, arch: str, summary_rows: list[dict] | No
              (f"Method: {_METHODS.get(method, method)} (`--method {method}`), model `{arch}`, data "
              f"`{train_args.get('dataset') or train_args.get('data_dir')}`. `args.yaml` holds the exact configuration "
              "(`python train_atcd.py -c args.yaml` runs it again)."), ""]
-    tables = (("Method options", _option_rows(train_args, ("method",) if method != "standard" else ())),
-              ("Optimisation", _option_rows(train_args, ("optimisation",))))
+    tables = (("Method options", _option_rows(train_args, "method")),
+              ("Optimisation", _option_rows(train_args, "optimisation")))
     for title, rows in tables:
         if rows:
             lines += [f"{title}:", "", "| option | value | meaning |", "|---|---|---|"]
@@ -192,14 +179,14 @@ def _limitations_section(results: dict, eval_results: list[EvalResult]) -> str:
     se = max(100 * (p * (1 - p) / n) ** 0.5, 50 / n)  # binomial standard error, floored at half a sample
     lines = ["## Limitations", "",
              (f"- Robustness is measured only against {results['norm']} attacks at ε = "
-             f"{_eps_text(float(results['eps']))}, on {n} images (standard error about ±{se:.1f} points at the "
+             f"{eps_text(float(results['eps']))}, on {n} images (standard error about ±{se:.1f} points at the "
              "lowest number). Other norms, larger ε and distribution shift were not evaluated. These are empirical "
              "numbers, not certified bounds."),
              ("- Gradient attacks such as PGD overstate robustness on small models; AutoAttack is the number to "
              "compare, and only with results at the same ε, norm and test set."),
              "- One training run (one seed); no variance across seeds is reported."]
-    if results.get("dataset") in _DATASETS:
-        lines.append(f"- The test set is {_DATASETS[results['dataset']][1]}, not the full 10,000-image MNIST test "
+    if results.get("dataset") in HUB_DATASETS:
+        lines.append(f"- The test set is {HUB_DATASETS[results['dataset']][1]}, not the full 10,000-image MNIST test "
                      "set: the numbers are not directly comparable with published MNIST tables.")
     lines.append("- Inputs must be preprocessed as above: fed unnormalised or 0-255 inputs, or attacked in normalised "
                  "space, the model sees a different ε.")
@@ -233,13 +220,13 @@ def build_model_card(
     eval_results = eval_results_from_validate(results, dataset_id)
     method, arch = train_args.get("method", "unknown"), model_config["architecture"]
     train_ds = train_args.get("dataset") or train_args.get("data_dir")
-    hub_datasets = {_dataset_ids(train_ds, dataset_id)[0], eval_results[0].dataset_type}
+    hub_datasets = {dataset_ids(train_ds, dataset_id)[0], eval_results[0].dataset_type}
     tags = list(dict.fromkeys(["image-classification", "timm", "adversarial-robustness", "atcd", method]))
     data = ModelCardData(library_name="timm", license=license, tags=tags, pipeline_tag="image-classification",
                          datasets=sorted(d for d in hub_datasets if "/" in d) or None,
                          model_name=repo_id.split("/")[-1], eval_results=eval_results)
     pcfg = model_config.get("pretrained_cfg", {})
-    headline = ", ".join(f"{_attack_label(er.metric_args['attack'], er.metric_args)} {er.metric_value}%"
+    headline = ", ".join(f"{attack_label(er.metric_args['attack'], er.metric_args)} {er.metric_value}%"
                          for er in eval_results if er.metric_args["attack"] != "worst_case")
     body = f"""
 # {repo_id.split("/")[-1]}
@@ -247,11 +234,11 @@ def build_model_card(
 `{arch}` ({model_config.get("num_classes")} classes, input {tuple(pcfg.get("input_size", ()))}) trained with
 **{_METHODS.get(method, method)}** on `{train_ds}` by the ATCD suite (atcd {__version__}, timm {timm.__version__}).
 On {results["num_samples"]} `{results.get("dataset")}` {results.get("split", "test")} images at {results["norm"]}
-ε = {_eps_text(float(results["eps"]))} ([0, 1] pixel units): {headline}.
+ε = {eps_text(float(results["eps"]))} ([0, 1] pixel units): {headline}.
 
 ## Robustness
 
-{_results_block(eval_results)}
+{results_block(eval_results)}
 
 Reproduce these numbers (same images, attacks and seeds):
 
@@ -332,16 +319,16 @@ def update_card_with_results(
             path = Path(hf_hub_download(card_path_or_repo, CARD_NAME, revision=revision))
         card = ModelCard.load(path)
     except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OfflineModeIsEnabled) as e:
-        raise _hub_error(f"hf-hub:{card_path_or_repo}", e, CARD_NAME) from None
-    except (*_NETWORK_ERRORS, ValueError) as e:
-        raise HubError(f"{card_path_or_repo}: cannot read a model card ({type(e).__name__}: {_one_line(e)})") \
+        raise hub_error(f"hf-hub:{card_path_or_repo}", e, CARD_NAME) from None
+    except (*NETWORK_ERRORS, ValueError) as e:
+        raise HubError(f"{card_path_or_repo}: cannot read a model card ({type(e).__name__}: {one_line(e)})") \
             from None
     new = eval_results_from_validate(results, dataset_id)
-    keys = {_result_key(er) for er in new}
-    old = [er for er in (card.data.eval_results or []) if _result_key(er) not in keys]
+    keys = {result_key(er) for er in new}
+    old = [er for er in (card.data.eval_results or []) if result_key(er) not in keys]
     card.data.eval_results = old + new
     card.data.model_name = card.data.model_name or (repo_id or card_path_or_repo).rstrip("/").split("/")[-1]
-    block = _results_block(card.data.eval_results)
+    block = results_block(card.data.eval_results)
     text = card.text
     if RESULTS_BEGIN in text and RESULTS_END in text:
         head, rest = text.split(RESULTS_BEGIN, 1)
@@ -356,12 +343,12 @@ def update_card_with_results(
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, str(card))
     if push:
-        _require_token()
+        require_token()
         try:
             card.push_to_hub(push_repo, revision=revision, commit_message="Update eval results (validate.py)")
         except (HfHubHTTPError, OfflineModeIsEnabled) as e:
-            raise _hub_error(f"hf-hub:{push_repo}", e) from None
-        except _NETWORK_ERRORS as e:
-            raise _unreachable(f"hf-hub:{push_repo}", e) from None
+            raise hub_error(f"hf-hub:{push_repo}", e) from None
+        except NETWORK_ERRORS as e:
+            raise unreachable(f"hf-hub:{push_repo}", e) from None
     return card
 

