@@ -50,32 +50,14 @@ def _fsync_dir(path: str):
         pass
 
 
-def atomic_write_text(path: str, text: str):
+def _atomic_write(path: str, write) -> None:
+    """`write(tmp)` fills a temp file beside `path`; it is fsynced, given the user's usual permissions (mkstemp makes
+    0600) and renamed over `path`, and the folder fsynced: `path` is either the old file or the complete new one."""
     d = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; final files get the user's usual permissions
-        os.replace(tmp, path)
-        _fsync_dir(d)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_weights(model: nn.Module, path: str, metadata: dict[str, str] | None = None):
-    """Write `model.state_dict()` as safetensors atomically."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
     os.close(fd)
     try:
-        save_file(sd, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
@@ -85,6 +67,20 @@ def save_weights(model: nn.Module, path: str, metadata: dict[str, str] | None = 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str, text: str):
+    def write(tmp: str):
+        with open(tmp, "w") as f:
+            f.write(text)
+    _atomic_write(path, write)
+
+
+def save_weights(model: nn.Module, path: str, metadata: dict[str, str] | None = None):
+    """Write `model.state_dict()` as safetensors atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(sd, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()}))
 
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".tar")  # torch.save / pickle checkpoints

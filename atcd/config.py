@@ -144,27 +144,27 @@ def check_model_name(name: str):
         raise ConfigError(f"unknown model {name!r} (timm has no such architecture; similar: {close})")
 
 
-def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Adversarial training (ATCD and baselines) of any timm model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _parser(description: str, cls, groups: tuple[str, ...]) -> argparse.ArgumentParser:
+    """A parser with `-c CONFIG.yaml` and one group per declared group of the run-wide options `cls`."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-c", "--config", default="", help="yaml file of defaults (keys = option names)")
-    for title in TRAIN_GROUPS:
-        add_options(p.add_argument_group(title), TrainOptions, only_group=title)
-    set_help(p, "method", f"training method: {', '.join(list_methods())} (each one's options: groups below)")
+    for title in groups:
+        add_options(p.add_argument_group(title), cls, only_group=title)
     set_help(p, "dataset", f"dataset: {describe_datasets()}")
+    return p
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = _parser("Adversarial training (ATCD and baselines) of any timm model.", TrainOptions, TRAIN_GROUPS)
+    set_help(p, "method", f"training method: {', '.join(list_methods())} (each one's options: groups below)")
     add_owned_groups(p, {m: get_method_class(m).Options for m in list_methods()}, "method")
     return p
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Clean and adversarial accuracy of a checkpoint or hub model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-c", "--config", default="", help="yaml file of defaults")
-    for title in EVAL_GROUPS:
-        add_options(p.add_argument_group(title), EvalOptions, only_group=title)
+    p = _parser("Clean and adversarial accuracy of a checkpoint or hub model.", EvalOptions, EVAL_GROUPS)
     add_options(p.add_argument_group("attack settings shared by the attacks"), AttackConfig)
     set_help(p, "attacks", f"comma list of: {', '.join(list_attacks())}")
-    set_help(p, "dataset", f"dataset: {describe_datasets()}")
     add_owned_groups(p, {a: attack_options_class(a) for a in list_attacks()}, "attack")
     return p
 

@@ -16,7 +16,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["add_options", "add_owned_groups", "check_options", "comma_list", "flag_of", "option", "option_fields",
+__all__ = ["AT_LEAST_1", "add_options", "add_owned_groups", "check_options", "comma_list", "flag_of", "option", "option_fields",
            "option_rows", "owners_of", "parse_fraction", "parse_with_yaml", "refuse_foreign", "set_help"]
 
 
@@ -33,6 +33,9 @@ def comma_list(s) -> tuple:
     if isinstance(s, (list, tuple)):
         return tuple(s)
     return tuple(a.strip() for a in str(s).split(",") if a.strip())
+
+
+AT_LEAST_1 = {"check": lambda v: v >= 1, "why": "must be >= 1"}  # the commonest rule: option(10, "...", **AT_LEAST_1)
 
 
 def option(default: Any, help: str = "", *, flag: str | None = None, short: str | None = None,

@@ -5,7 +5,7 @@ A training method's own options live in its `Options` class (`atcd/methods/`), a
 """
 from dataclasses import dataclass
 
-from .options import comma_list, option, parse_fraction
+from .options import AT_LEAST_1, comma_list, option, parse_fraction
 
 __all__ = ["EVAL_GROUPS", "TRAIN_GROUPS", "EvalOptions", "TrainOptions"]
 
@@ -14,7 +14,7 @@ TRAIN_GROUPS = ("model", "data", "optimisation", "adversary (every adversarial m
                 "output")
 EVAL_GROUPS = ("model", "data", "evaluation", "output")
 _M, _D, _O, _A, _S, _E, _OUT = TRAIN_GROUPS
-_GE1, _GE0 = (lambda v: v >= 1), (lambda v: v >= 0)
+_GE0 = lambda v: v >= 0
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,13 @@ class TrainOptions:
     dataset: str = option("mnist-mini", "dataset (see the registry listing)", group=_D)
     data_dir: str | None = option(None, "root with train/ and val/ class sub-folders; for wds: a shard directory "
                                   "with _info.json (scripts/make_shards.py) or a shard pattern/URL", group=_D)
-    batch_size: int = option(128, "per-process batch size", short="-b", check=_GE1, why="must be >= 1", group=_D)
+    batch_size: int = option(128, "per-process batch size", short="-b", **AT_LEAST_1, group=_D)
     workers: int = option(0, "loader worker processes per process", short="-j", check=_GE0, why="must be >= 0",
                           group=_D)
-    shuffle_buffer: int = option(2048, "wds: per-worker sample shuffle buffer (1 = shard order)", check=_GE1,
-                                 why="must be >= 1", group=_D)
+    shuffle_buffer: int = option(2048, "wds: per-worker sample shuffle buffer (1 = shard order)", **AT_LEAST_1, group=_D)
     strict_data: bool = option(False, "fail on the first corrupt image or shard member (default: skip it, count it, "
                                "warn)", action="store_true", group=_D)
-    epochs: int = option(10, "passes over the data (see --epochs-as-budget)", check=_GE1, why="must be >= 1",
+    epochs: int = option(10, "passes over the data (see --epochs-as-budget)", **AT_LEAST_1,
                          group=_O)
     epochs_as_budget: bool = option(False, "paper convention: run epochs/(T*K) passes over the data (Free-m: "
                                     "epochs/m). Off by default: --epochs counts passes over the data", group=_O)
@@ -51,7 +50,7 @@ class TrainOptions:
         None, "samples drawn per (nominal) epoch over all processes; default: the whole training split. With wds "
         "every process runs the same number of steps whatever the shard sizes", type=int, group=_O)
     grad_accum_steps: int = option(1, "minibatches per optimizer update (Accelerate gradient accumulation); only for "
-                                   "methods with one update per minibatch", check=_GE1, why="must be >= 1", group=_O)
+                                   "methods with one update per minibatch", **AT_LEAST_1, group=_O)
     channels_last: bool = option(False, "channels-last memory format for the model and inputs", group=_O)
     torch_compile: str | None = option(None, "torch.compile the model (training and attack passes) with this "
                                        "backend (default inductor)", nargs="?", const="inductor", metavar="BACKEND",
@@ -73,7 +72,7 @@ class TrainOptions:
                             group=_S)
     eval_samples: int = option(500, "test images evaluated per epoch (0 = the whole split)", check=_GE0,
                                why="must be >= 0 (0 = the whole split)", group=_E)
-    eval_attack_steps: int = option(10, "PGD steps of the per-epoch evaluation", check=_GE1, why="must be >= 1",
+    eval_attack_steps: int = option(10, "PGD steps of the per-epoch evaluation", **AT_LEAST_1,
                                     group=_E)
     output: str = option("output/train", "output root", group=_OUT)
     experiment: str | None = option(None, "run folder name under --output", type=str, group=_OUT)
@@ -82,11 +81,11 @@ class TrainOptions:
                              "summary and train afresh (without it such a run is refused; --resume auto continues it)",
                              action="store_true", group=_OUT)
     checkpoint_keep: int = option(2, "complete checkpoints kept (the oldest is pruned only after a new one is in "
-                                  "place)", check=_GE1, why="must be >= 1", group=_OUT)
+                                  "place)", **AT_LEAST_1, group=_OUT)
     checkpoint_every_steps: int = option(0, "also checkpoint every N minibatches inside an epoch (0: at epoch ends "
                                          "only)", check=_GE0, why="must be >= 0 (0 = at epoch ends only)", group=_OUT)
     max_bad_steps: int = option(10, "non-finite losses/gradients skipped before the run stops (keeps the checkpoint "
-                                "from before the first one)", check=_GE1, why="must be >= 1", group=_OUT)
+                                "from before the first one)", **AT_LEAST_1, group=_OUT)
     no_progress: bool = option(False, "no progress bars", action="store_true", group=_OUT)
     log_data_keys: bool = option(False, "debug (wds): write the shard keys each process trained on to "
                                  "data_keys.json", action="store_true", group=_OUT)
@@ -105,7 +104,7 @@ class EvalOptions:
     data_dir: str | None = option(None, "dataset root (folder) or shard directory/pattern (wds)", type=str,
                                   group="data")
     split: str = option("test", "split to evaluate", group="data")
-    batch_size: int = option(200, "per-process batch size", short="-b", check=_GE1, why="must be >= 1", group="data")
+    batch_size: int = option(200, "per-process batch size", short="-b", **AT_LEAST_1, group="data")
     workers: int = option(0, "loader worker processes", short="-j", check=_GE0, why="must be >= 0", group="data")
     num_samples: int | None = option(None, "evaluate a fixed class-mixed subset", type=int,
                                      check=lambda v: v is None or v >= 1, why="must be >= 1", group="data")

@@ -9,27 +9,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..options import option, option_fields, parse_fraction
+from ..options import AT_LEAST_1, option, option_fields, parse_fraction
+from ..registry import Registry
 
 __all__ = ["AttackConfig", "attack_options_class", "get_attack", "list_attacks", "register_attack"]
 
-_ATTACKS: dict[str, Callable] = {}
+_ATTACKS = Registry("attack")
 _OPTIONS: dict[str, type] = {}
 
 
 def register_attack(name: str, options: type | None = None):
-    def deco(fn):
-        _ATTACKS[name] = fn
-        if options is not None:
-            _OPTIONS[name] = options
-        return fn
-    return deco
+    """Decorator: register `fn` as attack `name`, with its own `Options` dataclass if it has knobs."""
+    if options is not None:
+        _OPTIONS[name] = options
+    return _ATTACKS.register(name)
 
 
 def get_attack(name: str) -> Callable:
-    if name not in _ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; available: {list_attacks()}")
-    return _ATTACKS[name]
+    return _ATTACKS.get(name)
 
 
 def attack_options_class(name: str) -> type | None:
@@ -38,7 +35,7 @@ def attack_options_class(name: str) -> type | None:
 
 
 def list_attacks():
-    return sorted(_ATTACKS)
+    return _ATTACKS.names()
 
 
 @dataclass(frozen=True)
@@ -49,12 +46,11 @@ class AttackConfig:
     """
     eps: float = option(0.3, "L-inf radius in [0,1] pixels (8/255 ok)", type=parse_fraction,
                         check=lambda v: 0 <= v <= 1, why="is in [0,1] pixel units; use e.g. 8/255")
-    steps: int = option(40, "iterations of the iterative attacks", flag="--attack-steps", check=lambda v: v >= 1,
-                        why="must be >= 1")
+    steps: int = option(40, "iterations of the iterative attacks", flag="--attack-steps", **AT_LEAST_1)
     step_size: float | None = option(None, "step size alpha (default 2.5*eps/steps)", flag="--attack-step",
                                      type=parse_fraction, check=lambda v: v is None or v > 0, why="must be > 0")
     restarts: int = option(1, "random restarts (the strongest result per example counts)", flag="--attack-restarts",
-                           check=lambda v: v >= 1, why="must be >= 1")
+                           **AT_LEAST_1)
     loss: str = option("ce", "loss the iterative attacks ascend", flag="--attack-loss", choices=("ce", "margin"))
     step_schedule: str = option("constant", "PGD step size over iterations (step: halved at 50%% and 75%%)",
                                 flag="--attack-step-schedule", choices=("constant", "cosine", "step"))

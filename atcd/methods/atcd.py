@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..attacks.core import input_grad, project, random_init, sign_step
 from ..attacks.losses import jcd_loss
-from ..options import option
+from ..options import AT_LEAST_1, option
 from .base import StepResult, TrainMethod, attack_mode
 from .registry import register_method
 
@@ -59,10 +59,8 @@ class ATCD(TrainMethod):
 
     @dataclass(frozen=True)
     class Options:
-        atcd_T: int = option(4, "T: replays per minibatch", flag="--atcd-T", check=lambda v: v >= 1,
-                             why="must be >= 1")
-        atcd_K: int = option(2, "K: transitions per trajectory", flag="--atcd-K", check=lambda v: v >= 1,
-                             why="must be >= 1")
+        atcd_T: int = option(4, "T: replays per minibatch", flag="--atcd-T", **AT_LEAST_1)
+        atcd_K: int = option(2, "K: transitions per trajectory", flag="--atcd-K", **AT_LEAST_1)
         cd_lambda: float = option(2.0, "lambda in J_cd", check=lambda v: v > 0, why="must be > 0")
         cd_rho: float = option(1.0, "rho in J_cd (0 = plain CE ascent)")
         momentum_decay: float = option(0.0, "mu: 0 PGD-like, 1 MI-FGSM-like")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attacks.core import project
-from ..options import option
+from ..options import AT_LEAST_1, option
 from .base import StepResult, TrainMethod
 from .registry import register_method
 
@@ -23,7 +23,7 @@ class FreeAT(TrainMethod):
 
     @dataclass(frozen=True)
     class Options:
-        free_m: int = option(8, "Free-AT m: replays per minibatch", check=lambda v: v >= 1, why="must be >= 1")
+        free_m: int = option(8, "Free-AT m: replays per minibatch", **AT_LEAST_1)
 
     def __init__(self, cfg, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)

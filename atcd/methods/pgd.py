@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..attacks.core import perturb, random_init
 from ..attacks.losses import ce_loss
-from ..options import option
+from ..options import AT_LEAST_1, option
 from .base import StepResult, TrainMethod, attack_mode
 from .registry import register_method
 
@@ -16,11 +16,12 @@ __all__ = ["PGDAT"]
 
 @register_method("pgd")
 class PGDAT(TrainMethod):
+    """r sign steps of size --attack-step on CE from a uniform random start, then one weight update."""
     sign_steps = True
 
     @dataclass(frozen=True)
     class Options:
-        attack_steps: int = option(10, "r: PGD-AT / TRADES attack steps", check=lambda v: v >= 1, why="must be >= 1")
+        attack_steps: int = option(10, "r: PGD-AT / TRADES attack steps", **AT_LEAST_1)
 
     def step(self, ctx, x, y):
         c = self.cfg

@@ -1,22 +1,17 @@
 """Training-method registry: `@register_method('name')` on a `TrainMethod` subclass."""
+from ..registry import Registry
 
 __all__ = ["create_method", "get_method_class", "list_methods", "register_method"]
 
-_METHODS: dict[str, type] = {}
+_METHODS = Registry("method")
 
 
 def register_method(name: str):
-    def deco(cls):
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-    return deco
+    return _METHODS.register(name, on_register=lambda cls: setattr(cls, "name", name))
 
 
 def get_method_class(name: str) -> type:
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {list_methods()}")
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def create_method(name: str, cfg, **kwargs):
@@ -24,4 +19,4 @@ def create_method(name: str, cfg, **kwargs):
 
 
 def list_methods():
-    return sorted(_METHODS)
+    return _METHODS.names()

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..attacks.core import project, random_init
 from ..models import unwrap_timm
-from ..options import option
+from ..options import AT_LEAST_1, option
 from .base import StepResult, TrainMethod, attack_mode
 from .registry import register_method
 
@@ -64,9 +64,8 @@ class YOPO(TrainMethod):
 
     @dataclass(frozen=True)
     class Options:
-        yopo_m: int = option(5, "YOPO m: full passes per minibatch", check=lambda v: v >= 1, why="must be >= 1")
-        yopo_n: int = option(3, "YOPO n: first-layer steps per full pass", check=lambda v: v >= 1,
-                             why="must be >= 1")
+        yopo_m: int = option(5, "YOPO m: full passes per minibatch", **AT_LEAST_1)
+        yopo_n: int = option(3, "YOPO n: first-layer steps per full pass", **AT_LEAST_1)
 
     def _stem_grad(self, amodel: nn.Module, stem: nn.Module, x, eta, p) -> torch.Tensor:
         """d/d eta of sum(p * stem(x + eta)): forward stops right after the stem (first-layer pass only)."""

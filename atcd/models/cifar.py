@@ -48,6 +48,17 @@ class _ClassifierMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def _finish(self, stages: list, c: int, num_classes: int):
+        """Stages, the final pre-activation BN and the head (after conv1 and the blocks), then the init."""
+        self.stages = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(c)
+        self.num_features = c
+        self.head = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
+        _init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.stages(self.conv1(x))))
+
 
 class _PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3, 1x1 projection when the shape changes (shared by PreAct-ResNet and the
@@ -89,14 +100,7 @@ class WideResNetCifar(_ClassifierMixin, nn.Module):
                 blocks.append(_PreActBlock(c, widths[i + 1], stride if b == 0 else 1))
                 c = widths[i + 1]
             stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.bn = nn.BatchNorm2d(c)
-        self.num_features = c
-        self.head = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
-        _init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.stages(self.conv1(x))))
+        self._finish(stages, c, num_classes)
 
 
 class PreActResNetCifar(_ClassifierMixin, nn.Module):
@@ -115,14 +119,7 @@ class PreActResNetCifar(_ClassifierMixin, nn.Module):
                 blocks.append(_PreActBlock(c, planes, (1 if i == 0 else 2) if b == 0 else 1))
                 c = planes
             stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.bn = nn.BatchNorm2d(c)
-        self.num_features = c
-        self.head = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
-        _init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.stages(self.conv1(x))))
+        self._finish(stages, c, num_classes)
 
 
 def _cfg(pool_size: tuple[int, int]) -> dict:
