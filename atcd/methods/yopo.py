@@ -60,12 +60,13 @@ class _StopForward(Exception):
 
 @register_method("yopo")
 class YOPO(TrainMethod):
-    sign_steps = True
 
     @dataclass(frozen=True)
     class Options:
         yopo_m: int = option(5, "YOPO m: full passes per minibatch", **AT_LEAST_1)
         yopo_n: int = option(3, "YOPO n: first-layer steps per full pass", **AT_LEAST_1)
+
+    sign_steps = True  # the first-layer steps are --attack-step sign steps
 
     def _stem_grad(self, amodel: nn.Module, stem: nn.Module, x, eta, p) -> torch.Tensor:
         """d/d eta of sum(p * stem(x + eta)): forward stops right after the stem (first-layer pass only)."""
