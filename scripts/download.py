@@ -14,8 +14,7 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from atcd.checkpoint import CheckpointError
-from atcd.config import die
+from atcd.cli import user_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from atcd.models.hub import download_model
-    try:
-        path = download_model(a.model, revision=a.revision, cache_dir=a.cache_dir)
-    except CheckpointError as e:
-        die(str(e))
+    path = user_errors(download_model, a.model, revision=a.revision, cache_dir=a.cache_dir)
     repo_id, _, rev = a.model.split(":", 1)[-1].partition("@")
     name = f"hf-hub:{repo_id}" + (f"@{a.revision or rev}" if (a.revision or rev) else "")
     env = "HF_HUB_OFFLINE=1" + (f" HF_HUB_CACHE={shlex.quote(os.path.abspath(a.cache_dir))}" if a.cache_dir else "")

@@ -16,8 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from atcd.checkpoint import CheckpointError
-from atcd.config import ConfigError, die
+from atcd.cli import user_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,13 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from atcd.publish import export_run, push_folder
-    try:
-        folder = export_run(a.run_dir, a.repo_id, out_dir=a.out, results_path=a.results, license=a.license,
-                            hardware=a.hardware, dataset_id=a.dataset_id)
-        print(f"wrote {folder}: {', '.join(sorted(os.listdir(folder)))}")
-        commit_url = push_folder(folder, a.repo_id, private=a.private, revision=a.revision) if a.push else None
-    except (ConfigError, CheckpointError) as e:
-        die(str(e))
+    folder = user_errors(export_run, a.run_dir, a.repo_id, out_dir=a.out, results_path=a.results,
+                         license=a.license, hardware=a.hardware, dataset_id=a.dataset_id)
+    print(f"wrote {folder}: {', '.join(sorted(os.listdir(folder)))}")
+    commit_url = user_errors(push_folder, folder, a.repo_id, private=a.private, revision=a.revision) if a.push else None
     if commit_url:
         print(f"pushed to https://huggingface.co/{a.repo_id} ({commit_url})")
     else:
