@@ -8,6 +8,10 @@ Layout written under `out_dir`::
 
 `key` is the sample's index in the source (mnist-mini order, or timm's image-folder order: class folders in
 natural order, files sorted), zero-padded; so a shard sample can always be traced back to its source image.
+With `key="filename"` (image folders) it is the file's stem instead (`n01440764_10026`) and a `{key}.json` member
+records `{"filename", "label", "class_name"}`; with `shard_digits="auto"` the shard index has as many digits as
+the last index needs. Together (name `imagenet1k`, splits `train,validation`) that is the layout of the published
+`timm/imagenet-1k-wds` shards: `imagenet1k-train-{0000..1023}.tar`, `imagenet1k-validation-{00..63}.tar`.
 Evaluation splits are written in source order (sample i of the shards is sample i of the folder, so the
 evenly strided `num_samples` subset is the same set of images on both paths); training splits are shuffled
 once with `seed` so every shard mixes the classes.
@@ -18,20 +22,23 @@ an info file that names a missing or half-written shard.
 import io
 import json
 import logging
+import math
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from .factory import DataError
+from .factory import _DECODE_ERRORS, DataError
 
 __all__ = [
     "INFO_NAME",
     "ShardSource",
     "folder_source",
     "mnist_mini_source",
+    "shard_index_digits",
     "torchvision_source",
     "write_dataset_shards",
     "write_shards",
@@ -46,11 +53,15 @@ _RAW_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
 
 @dataclass
 class ShardSource:
-    """One split of a source: `n` samples, `get(i)` -> (image bytes, extension, label), plus class names."""
+    """One split of a source: `n` samples, `get(i)` -> (image bytes, extension, label), plus class names.
+
+    `names` (image folders) are the samples' file names, for `key="filename"`.
+    """
 
     n: int
     get: Callable[[int], tuple[bytes, str, int]]
     classes: list[str]
+    names: Sequence[str] | None = None
 
 
 def _encode(img: Image.Image, fmt: str) -> tuple[bytes, str]:
@@ -102,7 +113,7 @@ def folder_source(data_dir: str, split: str, image_format: str = "keep") -> Shar
             data, ext = _encode(im, "png" if image_format == "keep" else image_format)
         return data, ext, int(label)
 
-    return ShardSource(len(reader.samples), get, classes)
+    return ShardSource(len(reader.samples), get, classes, [os.path.basename(p) for p, _ in reader.samples])
 
 
 def torchvision_source(name: str, root: str, split: str, image_format: str = "png") -> ShardSource:
@@ -150,6 +161,9 @@ def write_shards(
         max_count: int | None = None,
         shuffle_seed: int | None = None,
         progress: bool = False,
+        key: str = "index",
+        shard_digits: int | str = 6,
+        strict: bool = False,
 ) -> dict:
     """Write one split as tar shards of at most `shard_size` samples; return its `_info.json` split entry.
 
@@ -162,9 +176,15 @@ def write_shards(
         max_count: write only an evenly strided subset of this many samples.
         shuffle_seed: shuffle the sample order with this seed before writing (None: source order).
         progress: show a tqdm bar.
+        key: `index` (the zero-padded source index) or `filename` (the file's stem, plus a `json` member with
+            filename, label and class name; needs a source with file names, i.e. an image folder).
+        shard_digits: digits of the shard index in the file name, or `auto`: as many as the last index needs.
+        strict: a source image that cannot be read (only re-encoding reads pixels) raises `DataError` instead of
+            being skipped, counted (`num_skipped`) and logged.
 
     Returns:
-        `{"name", "num_samples", "filenames", "shard_lengths", "shuffle_seed"}` (filenames relative to out_dir).
+        `{"name", "num_samples", "filenames", "shard_lengths", "shuffle_seed", "num_skipped"}` (filenames relative
+        to out_dir).
     """
     import webdataset as wds
     from tqdm import tqdm
@@ -173,11 +193,13 @@ def write_shards(
     order = _select(source.n, max_count, shuffle_seed)
     if not order:
         raise DataError(f"split {split!r} of {name!r} has no samples to write")
+    keys = _sample_keys(source, order, key, split)
+    digits = shard_index_digits(math.ceil(len(order) / shard_size), shard_digits)
     os.makedirs(out_dir, exist_ok=True)
-    width = max(6, len(str(source.n - 1)))
     filenames: list[str] = []
     lengths: list[int] = []
     failed = False
+    skipped = 0
 
     def finalize(tmp_path: str):  # ShardWriter calls this after closing each shard
         if failed:  # an interrupted write leaves no complete-looking shard behind
@@ -188,20 +210,70 @@ def write_shards(
         filenames.append(os.path.basename(final))
         lengths.append(writer.count)
 
-    pattern = os.path.join(out_dir, f"{name}-{split}-%06d.tar.tmp")
+    pattern = os.path.join(out_dir, f"{name}-{split}-%0{digits}d.tar.tmp")
     # mtime fixed: the same inputs give byte-identical shards
     writer = wds.ShardWriter(pattern, maxcount=shard_size, maxsize=float("inf"), post=finalize, verbose=0, mtime=0)
     try:
-        for i in tqdm(order, desc=f"{name}/{split}", disable=not progress, unit="img"):
-            data, ext, label = source.get(i)
-            writer.write({"__key__": f"{i:0{width}d}", ext: data, "cls": str(label).encode()})
+        for i, k in tqdm(zip(order, keys), total=len(order), desc=f"{name}/{split}", disable=not progress,
+                         unit="img"):
+            try:
+                data, ext, label = source.get(i)
+            except _DECODE_ERRORS as e:  # as CheckedImageFolder: skip, count and name it, or fail under strict
+                where = source.names[i] if source.names else f"sample {i}"
+                if strict:
+                    raise DataError(f"corrupt image {where} in split {split!r}: {e} (--strict-data)") from None
+                skipped += 1
+                _logger.warning("skipped corrupt image %s: %s (%d skipped so far)", where, e, skipped)
+                continue
+            sample = {"__key__": k, ext: data, "cls": str(label).encode()}
+            if key == "filename":
+                sample["json"] = json.dumps({"filename": source.names[i], "label": int(label),
+                                             "class_name": source.classes[label]}).encode()
+            writer.write(sample)
     except BaseException:
         failed = True
         raise
     finally:
         writer.close()
-    return {"name": split, "num_samples": len(order), "filenames": filenames, "shard_lengths": lengths,
-            "shuffle_seed": shuffle_seed}
+    if not filenames:
+        raise DataError(f"split {split!r} of {name!r}: none of its {len(order)} images could be read")
+    return {"name": split, "num_samples": sum(lengths), "filenames": filenames, "shard_lengths": lengths,
+            "shuffle_seed": shuffle_seed, "num_skipped": skipped}
+
+
+def shard_index_digits(num_shards: int, shard_digits: int | str = 6) -> int:
+    """Digits of the shard index in shard file names: `shard_digits`, or for `auto` as many as the last index needs
+    (1024 shards -> 4, `0000..1023`; 64 -> 2, `00..63`: the published timm/imagenet-1k-wds names)."""
+    if shard_digits == "auto":
+        return len(str(max(num_shards - 1, 0)))
+    try:
+        digits = int(shard_digits)
+    except (TypeError, ValueError):
+        digits = 0
+    if digits < 1:
+        raise DataError(f"--shard-digits must be a positive number or 'auto' (got {shard_digits!r})")
+    return digits
+
+
+def _sample_keys(source: ShardSource, order: list[int], key: str, split: str) -> list[str]:
+    """`__key__` of each sample to write: the zero-padded source index, or the file stem (unique, dot-free)."""
+    if key == "index":
+        width = max(6, len(str(source.n - 1)))
+        return [f"{i:0{width}d}" for i in order]
+    if key != "filename":
+        raise DataError(f"--key must be index or filename (got {key!r})")
+    if source.names is None:
+        raise DataError("--key filename needs a source with file names (--source folder)")
+    keys = [os.path.splitext(source.names[i])[0] for i in order]
+    # webdataset groups tar members by the name up to the first dot: a dotted or repeated stem would merge samples
+    dotted = next((k for k in keys if "." in k or not k), None)
+    if dotted is not None:
+        raise DataError(f"--key filename: file stem {dotted!r} in split {split!r} is empty or has a dot; "
+                        f"use --key index")
+    dup = next((k for k, n in Counter(keys).items() if n > 1), None)
+    if dup is not None:
+        raise DataError(f"--key filename: two files of split {split!r} share the stem {dup!r}; use --key index")
+    return keys
 
 
 def write_info(out_dir: str, name: str, splits: dict[str, dict], classes: Sequence[str]) -> str:
@@ -239,6 +311,9 @@ def write_dataset_shards(
         seed: int | None = 0,
         image_format: str = "keep",
         progress: bool = False,
+        key: str = "index",
+        shard_digits: int | str = 6,
+        strict: bool = False,
 ) -> dict:
     """Write several splits of a source and then `_info.json`.
 
@@ -253,12 +328,18 @@ def write_dataset_shards(
         seed: shuffle seed for training splits (None: source order).
         image_format: `keep` (copy files as they are / PNG for arrays), `png` or `jpg` (re-encode).
         progress: tqdm bars.
+        key: `index` or `filename` (image folders: the file stem, plus a `json` member), see `write_shards`.
+        shard_digits: digits of the shard index, or `auto` (see `shard_index_digits`).
+        strict: raise `DataError` on an unreadable source image instead of skipping it (see `write_shards`).
 
     Returns:
         the `_info.json` content written.
     """
     if image_format not in ("keep", "png", "jpg"):
         raise DataError(f"image format must be keep, png or jpg (got {image_format!r})")
+    shard_index_digits(1, shard_digits)  # bad options fail before any source is loaded
+    if key == "filename" and source not in ("folder", "imagefolder"):
+        raise DataError("--key filename needs a source with file names (--source folder)")
     if source == "mnist-mini":
         make: Callable[[str], ShardSource] = lambda s: mnist_mini_source(s, image_format)
     elif source in ("folder", "imagefolder"):
@@ -278,7 +359,8 @@ def write_dataset_shards(
         src = make(split)
         classes = classes or src.classes
         entries[split] = write_shards(src, out_dir, name, split, shard_size=shard_size, max_count=max_count,
-                                      shuffle_seed=None if split in EVAL_SPLITS else seed, progress=progress)
+                                      shuffle_seed=None if split in EVAL_SPLITS else seed, progress=progress,
+                                      key=key, shard_digits=shard_digits, strict=strict)
     write_info(out_dir, name, entries, classes)
     for split, e in entries.items():
         _remove_stale(out_dir, name, split, e["filenames"])
