@@ -44,7 +44,10 @@ class TrainOptions:
     warmup_epochs: int = option(0, "learning-rate warm-up epochs", group=_O)
     min_lr: float = option(0.0, "lowest learning rate of the schedule", group=_O)
     clip_grad: float | None = option(None, "clip the gradient norm to this", type=float, group=_O)
-    mixed_precision: str = option("no", "autocast precision", choices=("no", "bf16", "fp16"), group=_O)
+    mixed_precision: str | None = option(None, "autocast precision; not given: what `accelerate launch "
+                                         "--mixed_precision` or `accelerate config` set (else no). The resolved "
+                                         "value is what args.yaml records", type=str, choices=("no", "bf16", "fp16"),
+                                         group=_O)
     seed: int = option(42, "seed of weights, data order and the methods' random draws", group=_O)
     train_samples_per_epoch: int | None = option(
         None, "samples drawn per (nominal) epoch over all processes; default: the whole training split. With wds "

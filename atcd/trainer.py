@@ -169,10 +169,16 @@ def run(cfg: TrainConfig) -> dict:
     the main process writes files and prints.
     """
     # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same data
+    # mixed_precision None: the launcher's or `accelerate config`'s value (ACCELERATE_MIXED_PRECISION) wins
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
                                                                         data_seed=cfg.seed))
     try:
+        cfg = replace(cfg, mixed_precision=accelerator.mixed_precision)  # what runs is what args.yaml records
+        if cfg.mixed_precision == "fp16" and cfg.method != "standard":
+            raise ConfigError(f"fp16 is refused for --method {cfg.method}: attack gradients underflow in fp16 (p - y "
+                              f"~ 1e-7 flushes to 0, so sign steps stop moving); use bf16 (same speed on GPUs that "
+                              f"have it) or no")
         with Preemption() as preemption:
             training = _Training(cfg, accelerator, preemption)
             for epoch in range(training.start_epoch, training.epochs):
@@ -386,7 +392,7 @@ class _Training:
             if self.data_keys:
                 atomic_write_text(os.path.join(self.out_dir, "data_keys.json"), json.dumps(self.data_keys))
         # cheap cross-process checks a launcher test (or a user) can read off the RESULT line
-        checks = {"num_processes": acc.num_processes,
+        checks = {"num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
                   "rank_weights_sha256": gather_object([_weights_sha256(self.model)]),
                   "rank_num_updates": gather_object([self.stepper.num_updates])}
         acc.wait_for_everyone()

@@ -25,6 +25,9 @@ def run_main(script: str, *args) -> subprocess.CompletedProcess:
     import contextlib
     import importlib
     import io
+
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)  # each run picks its own precision, as a new process does
     mod = importlib.import_module(script.removesuffix(".py"))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

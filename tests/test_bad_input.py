@@ -150,11 +150,12 @@ def test_train_into_a_folder_holding_a_run_is_refused_or_replaced(tmp_path):
 def test_train_unknown_yaml_key(tmp_path):
     cfg = tmp_path / "typo.yaml"
     cfg.write_text("epsilon: 0.3\n")
-    r = run_script("train_atcd.py", "-c", str(cfg), *TRAIN, "--output", str(tmp_path), "--experiment", "x")
+    r = run_main("train_atcd.py", "-c", str(cfg), *TRAIN, "--output", str(tmp_path), "--experiment", "x")
     _assert_one_line_error(r, "epsilon")
     _assert_no_weights(tmp_path / "x", config_error=True)
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it (loader workers, real exit code)
 @pytest.mark.parametrize("which,needle", [("empty", "Found 0 images"), ("loose", "outside class sub-folders")])
 def test_train_data_dir_without_classes(tmp_path, folders, which, needle):
     r = run_script("train_atcd.py", *TRAIN, "--dataset", "folder", "--data-dir", str(folders[which]),
@@ -163,6 +164,7 @@ def test_train_data_dir_without_classes(tmp_path, folders, which, needle):
     _assert_no_weights(tmp_path / "x")
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it (loader workers, real exit code)
 def test_train_strict_data_names_the_corrupt_file(tmp_path, folders):
     # 20 images in one batch: the first step reads the corrupt files
     r = run_script("train_atcd.py", "--method", "standard", "--epochs", "1", "--batch-size", "20",
@@ -199,6 +201,7 @@ def test_validate_bad_input(tmp_path, checkpoints, extra, needle):
     assert not checkpoints["canary"].exists()  # the pickle's code never ran
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it (loader workers, real exit code)
 def test_validate_pth_with_allow_pickle_runs(tmp_path, checkpoints):
     results = tmp_path / "results.json"
     r = run_script("validate.py", *VALIDATE, "--checkpoint", str(checkpoints["dir"] / "small.pth"), "--allow-pickle",
@@ -224,6 +227,7 @@ def test_load_weights_pickle_layouts_bit_equal(tmp_path, checkpoints):
         load_weights(timm.create_model("smallcnn_mnist"), str(tmp_path / "odd.pt"), allow_pickle=True)
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it (loader workers, real exit code)
 def test_validate_skips_and_names_corrupt_images(tmp_path, folders):
     """Default: both bad files are skipped (their neighbours stand in), each named once; the run succeeds."""
     results = tmp_path / "results.json"
@@ -238,6 +242,7 @@ def test_validate_skips_and_names_corrupt_images(tmp_path, folders):
     assert results.exists() and '"n": 20' in results.read_text()
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it (loader workers, real exit code)
 @pytest.mark.parametrize("workers,bad_file", [("0", "3/0.png"), ("2", "5/1.png")], ids=["corrupt", "truncated"])
 def test_validate_strict_data_names_the_file(tmp_path, folders, workers, bad_file):
     """--strict-data: the first bad file is an error, also when it is met in a loader worker (-j 2)."""

@@ -2,9 +2,11 @@
 as the methods' formulas say, and the timing model (passes x seconds per pass) is the one it reports."""
 import csv
 
+import pytest
 from conftest import run_script
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it
 def test_benchmark_cost_table(tmp_path):
     r = run_script("scripts/benchmark.py", "--cost-only", "--methods", "standard,fast,pgd,atcd,atcd_reuse:--no-mh",
                    "--cost-batches", "2", "--rounds", "1", "--batch-size", "32", "--out", str(tmp_path))
@@ -26,6 +28,7 @@ def test_benchmark_cost_table(tmp_path):
     assert "measured/predicted" in (tmp_path / "benchmark.md").read_text()
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it
 def test_benchmark_refuses_a_method_without_recipe(tmp_path):
     r = run_script("scripts/benchmark.py", "--methods", "nosuch", "--out", str(tmp_path))
     assert r.returncode == 2 and r.stderr.startswith("error:")

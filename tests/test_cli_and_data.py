@@ -43,6 +43,7 @@ def folder(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it
 def test_folder_export_is_lossless(folder):
     from atcd.data import MnistMini, create_atcd_dataset
     ds = create_atcd_dataset("folder", "val", data_dir=str(folder), input_size=(1, 28, 28))
@@ -63,6 +64,7 @@ def _train(tmp_path, name, *extra):
     return json.loads(r.stdout.strip().splitlines()[-1][len("RESULT "):])
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it
 def test_train_from_image_folder(tmp_path, folder):
     res = _train(tmp_path, "fold", "--dataset", "folder", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "32")
     assert res["eval_top1"] > 80.0  # one epoch of standard training on real digits

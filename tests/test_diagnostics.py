@@ -3,6 +3,8 @@ differs from 0 between k and k' > k."""
 
 import itertools
 
+import pytest
+
 from atcd.attacks import AttackConfig
 from atcd.diagnostics import trajectory_shift
 
@@ -20,6 +22,7 @@ def test_trajectory_shift_k_vs_k_is_zero_and_k_vs_k2_is_not(standard_model, mnis
     assert not standard_model.training
 
 
+@pytest.mark.slow  # a subprocess, as a user runs it
 def test_trajectory_shift_script_writes_csv_and_plot(tmp_path, standard_model):
     from conftest import run_script
     from safetensors.torch import save_file

@@ -27,6 +27,7 @@ from atcd.models import NormalizedModel, build_model, unwrap_timm
 from atcd.models.hub import HubError, add_folder_to_hf_cache
 from atcd.publish import build_model_card, push_folder, update_card_with_results
 
+pytestmark = pytest.mark.slow  # the module fixture trains, validates and publishes through the scripts
 REPO = "atcd-test/smallcnn-mnist-standard"
 TOKEN = "hf_FAKEtoken123abcDEF456ghiJKL789"
 EXPORT_FILES = {"README.md", "config.json", "model.safetensors", "args.yaml", "results.json", "summary.csv"}

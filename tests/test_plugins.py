@@ -33,12 +33,14 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # trains and validates two tiny runs
 def test_plugin_method_trains_from_the_cli_with_its_own_flag(runs):
     args = yaml.safe_load((runs / "toy" / "args.yaml").read_text())
     assert args["method"] == "toy" and args["toy_sigma"] == 0.25
     assert "atcd_T" not in args and "attack_steps" not in args  # only the run's own method's options
 
 
+@pytest.mark.slow  # trains and validates two tiny runs
 def test_plugin_attack_runs_with_its_own_flag(runs):
     res = json.loads((runs / "toy" / "results.json").read_text())
     assert set(res["results"]) >= {"clean", "toy_noise"} and res["attack_config"]["toy_strength"] == 0.5
@@ -52,6 +54,7 @@ def test_an_option_of_another_method_or_attack_is_refused(tmp_path):
     assert r.returncode == 2 and "--toy-strength is an option of attack toy_noise" in r.stderr
 
 
+@pytest.mark.slow  # trains and validates two tiny runs
 @pytest.mark.parametrize("method,own,foreign", [
     ("toy", ["--toy-sigma"], ["--attack-steps", "--atcd-T", "--cd-lambda", "--mh", "--reuse-grad", "--free-m"]),
     ("pgd", ["--attack-steps", "--eps", "--attack-step"],

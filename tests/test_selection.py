@@ -2,10 +2,11 @@
 catastrophic-overfitting guard (restore the best weights and stop)."""
 import json
 
+import pytest
 import timm
 import torch
 from accelerate import Accelerator
-from conftest import run_script
+from conftest import run_main, run_script
 from safetensors.torch import load_file
 
 from atcd.config import TrainConfig
@@ -46,6 +47,7 @@ def test_early_stop_keeps_best_and_co_guard_restores_it(tmp_path):
         assert torch.equal(model.model.state_dict()[k], v), k  # restored after the collapse at epoch 3
 
 
+@pytest.mark.slow
 def test_cli_early_stop_writes_model_best_and_holdout_columns(tmp_path):
     r = run_script("train_atcd.py", "--method", "fast", "--epochs", "2", "--train-samples-per-epoch", "512",
                    "--eval-samples", "100", "--early-stop", "robust", "--holdout", "200", "--opt", "adam",
@@ -60,5 +62,5 @@ def test_cli_early_stop_writes_model_best_and_holdout_columns(tmp_path):
 
 
 def test_selection_without_holdout_is_refused():
-    r = run_script("train_atcd.py", "--early-stop", "robust", "--holdout", "0")
-    assert r.returncode != 0 and "holdout" in r.stderr and "Traceback" not in r.stderr
+    r = run_main("train_atcd.py", "--early-stop", "robust", "--holdout", "0")
+    assert r.returncode == 2 and "holdout" in r.stderr and "Traceback" not in r.stderr
