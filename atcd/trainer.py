@@ -6,7 +6,6 @@ gradients, metrics are reduced over processes and only the main process writes f
 parts of the resumable checkpoint (RNG states, the method's state: `method_{rank}.safetensors`).
 """
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -39,6 +38,7 @@ from .errors import ConfigError
 from .faults import FiniteGuard, Preemption
 from .methods import StepContext, create_method, get_method_class
 from .models import build_model, unwrap_timm
+from .ranks import rank_weight_hashes, sync_buffers
 
 __all__ = ["num_epochs", "run", "run_dir_for"]
 
@@ -122,15 +122,6 @@ def _trim_summary(path: str, start_epoch: int):
         buf = io.StringIO()
         csv.writer(buf).writerows(keep)
         atomic_write_text(path, buf.getvalue())
-
-
-def _weights_sha256(model: torch.nn.Module) -> str:
-    """Hash of the timm model's weights: equal on every rank when gradients are really synchronised."""
-    h = hashlib.sha256()
-    for k, v in sorted(unwrap_timm(model).state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _select(cfg: TrainConfig, row: dict, epoch: int, best: dict, best_path: str, model, accelerator) -> bool:
@@ -348,6 +339,7 @@ class _Training:
     def evaluate(self, epoch: int) -> bool:
         """Per-epoch monitoring (test split) and selection (holdout), summary row; True when the guard stops."""
         cfg, acc = self.cfg, self.accelerator
+        sync_buffers(self.attack_model, acc)  # every rank evaluates the weights rank 0 will save
         ev = evaluate_attacks(self.attack_model, self.eval_loader, ["clean", "pgd"], self.eval_cfg, acc,
                               channels_last=cfg.channels_last)
         row = {"epoch": epoch, **{k: round(v, 5) if isinstance(v, float) else v for k, v in self.stats.items()},
@@ -393,7 +385,7 @@ class _Training:
                 atomic_write_text(os.path.join(self.out_dir, "data_keys.json"), json.dumps(self.data_keys))
         # cheap cross-process checks a launcher test (or a user) can read off the RESULT line
         checks = {"num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
-                  "rank_weights_sha256": gather_object([_weights_sha256(self.model)]),
+                  "rank_weights_sha256": rank_weight_hashes(unwrap_timm(self.model), acc),
                   "rank_num_updates": gather_object([self.stepper.num_updates])}
         acc.wait_for_everyone()
         return {"run_dir": self.out_dir, "status": self.status, **self.row, "bad_steps": self.faults["bad_steps"],

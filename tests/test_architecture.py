@@ -14,7 +14,7 @@ FLOORS = [
     ("atcd.data",),
     ("atcd.attacks",),
     ("atcd.methods",),
-    ("atcd.run_options", "atcd.config", "atcd.faults"),
+    ("atcd.run_options", "atcd.config", "atcd.faults", "atcd.ranks"),
     ("atcd.engine", "atcd.sanity", "atcd.sweep", "atcd.diagnostics"),
     ("atcd.trainer", "atcd.evaluator"),
     ("atcd.publish",),

@@ -289,3 +289,24 @@ def test_validate_wds_equals_folder_and_two_ranks_equal_one(tmp_path, trained_ch
     # 2 ranks (150 samples each, batches of 64: unequal batch counts per worker plan): same samples, same accuracy
     assert out["wds2"]["results"]["clean"] == out["wds"]["results"]["clean"]
     assert out["wds2"]["results"]["pgd"]["n"] == 300
+
+
+def test_weight_check_ignores_unsynchronised_bn_buffers_and_catches_a_diverged_parameter():
+    """preact_resnet18_cifar (BatchNorm) on 2 ranks: after a train-mode forward each rank's BN statistics differ, so
+    a raw hash differs; the check hashes parameters and synchronised buffers (equal), and a parameter changed on one
+    rank makes it differ."""
+    r = run_script("-m", "accelerate.commands.launch", "--config_file", "hfconfigs/cpu_2proc.yaml",
+                   "tests/rank_check.py", env=ENV_2PROC)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RANKS "))[len("RANKS "):])
+    assert res["num_processes"] == 2
+    assert res["raw"][0] != res["raw"][1]  # what the old check compared: a false alarm on every BN model
+    assert res["synced"][0] == res["synced"][1]
+    assert res["diverged"][0] != res["diverged"][1]
+
+
+def test_two_process_bn_model_trains_with_equal_rank_hashes(tmp_path):
+    res = _train_2proc("--model", "preact_resnet18_cifar", "--in-chans", "1", "--method", "standard", "--epochs", "1",
+                       "-b", "16", "--train-samples-per-epoch", "64", "--eval-samples", "32", "--eval-attack-steps", "1",
+                       "--output", str(tmp_path), "--experiment", "bn", "--no-progress")
+    assert res["num_processes"] == 2 and len(set(res["rank_weights_sha256"])) == 1
