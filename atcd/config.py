@@ -38,8 +38,12 @@ class TrainConfig(TrainOptions):
     method_opts: Any = None
 
     def __post_init__(self):
-        if self.method_opts is None and self.method in list_methods():
+        if self.method not in list_methods():
+            return  # validate() says so
+        if self.method_opts is None:
             object.__setattr__(self, "method_opts", get_method_class(self.method).Options())
+        if self.attack_step is None:  # the method's own rule of eps (and of its step count)
+            object.__setattr__(self, "attack_step", get_method_class(self.method).default_attack_step(self))
 
     @classmethod
     def of(cls, **flat) -> "TrainConfig":
@@ -78,12 +82,6 @@ class TrainConfig(TrainOptions):
              ("--holdout/--early-stop/--co-guard carve a holdout from a map-style training split; a streamed "
               "(--dataset wds) split cannot be carved: select on a map-style dataset or drop these options")),
             (not self.log_data_keys or self.streamed, "--log-data-keys needs --dataset wds (shard sample keys)"),
-            # sign steps: alpha > 2*eps saturates the eps-ball on every step, so the step size means nothing
-            (self.eps == 0 or not method.sign_steps or self.attack_step <= 2 * self.eps,
-             (f"--attack-step {self.attack_step:g}"
-              f"{' (the default)' if self.attack_step == TrainOptions.attack_step else ''} > 2 x --eps {self.eps:g}: "
-              f"every sign step of --method {self.method} would jump across the eps-ball; give a step <= eps, "
-              f"e.g. --attack-step {self.eps / 4:.4g}")),
             (self.resume in (None, "", "auto") or os.path.isdir(self.resume),
              f"--resume {self.resume!r}: no such checkpoint directory (give a checkpoint-* dir or 'auto')"),
             (not (self.overwrite and self.resume), "--overwrite replaces the run that --resume continues: give one"),
@@ -91,6 +89,10 @@ class TrainConfig(TrainOptions):
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        if method.sign_steps and self.eps > 0 and self.attack_step > 2 * self.eps:  # the step would saturate the ball
+            raise ConfigError(f"--attack-step {self.attack_step:g} > 2 x --eps {self.eps:g}: every sign step of --method "
+                              f"{self.method} would jump across the eps-ball; give a step <= eps, e.g. --attack-step "
+                              f"{self.eps / 4:.4g} (or leave it out: the method's rule of eps)")
         method.check(self)
         upb = method.updates_per_batch(self.method_opts)
         if self.grad_accum_steps > 1 and upb > 1:  # accumulation would average one minibatch's successive updates

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 
 from .checkpoint import atomic_write_text, load_weights
 from .config import EvalConfig
-from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds
+from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds, resolve_input_size
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, unwrap_timm
 from .sanity import model_fingerprint, probe_checks, summarize
@@ -41,9 +41,10 @@ def run(cfg: EvalConfig) -> dict:
     accelerator = Accelerator()
     if not cfg.no_progress and accelerator.is_main_process:  # AutoAttack reports its progress at DEBUG level
         logging.getLogger("auto-attack").setLevel(logging.DEBUG)
+        logging.getLogger("atcd.attacks.autoattack").setLevel(logging.INFO)  # a line per sub-attack as it starts
     model = load_model_for_eval(cfg)
     pcfg = unwrap_timm(model).pretrained_cfg
-    input_size = tuple(pcfg.get("input_size", (3, 224, 224)))
+    input_size = resolve_input_size(pcfg, cfg.input_size, cfg.in_chans)
     tf = {"input_size": input_size, "interpolation": pcfg.get("interpolation", "bilinear"),
           "crop_pct": pcfg.get("crop_pct", 1.0)}
     if is_wds(cfg.dataset):  # rank-sharded, exact once: never through prepare(); results gathered at the end

@@ -26,6 +26,9 @@ class TrainOptions:
     dataset: str = option("mnist-mini", "dataset (see the registry listing)", group=_D)
     data_dir: str | None = option(None, "root with train/ and val/ class sub-folders; for wds: a shard directory "
                                   "with _info.json (scripts/make_shards.py) or a shard pattern/URL", group=_D)
+    input_size: tuple | None = option(None, "C H W the image-folder / shard transforms produce (timm's flag); "
+                                      "default: the model's pretrained input size", type=int, nargs=3,
+                                      metavar=("C", "H", "W"), group=_D)
     batch_size: int = option(128, "per-process batch size", short="-b", **AT_LEAST_1, group=_D)
     workers: int = option(0, "loader worker processes per process", short="-j", check=_GE0, why="must be >= 0",
                           group=_D)
@@ -61,8 +64,11 @@ class TrainOptions:
     method: str = option("atcd", "training method", group=_A)
     eps: float = option(0.3, "L-inf radius in [0,1] pixels (8/255 ok)", type=parse_fraction,
                         check=lambda v: 0 <= v <= 1, why="must be in [0,1] pixel units; use e.g. 8/255", group=_A)
-    attack_step: float = option(0.1, "step size alpha", type=parse_fraction, check=lambda v: v > 0,
-                                why="must be > 0", group=_A)
+    attack_step: float | None = option(None, "step size alpha of the method's attack steps; default: the method's "
+                                       "rule of eps (ATCD eps/(2K), PGD-AT/TRADES 2.5 eps/r, YOPO 2.5 eps/(m n), "
+                                       "Fast 1.25 eps, Free eps); args.yaml records the resolved value",
+                                       type=parse_fraction, check=lambda v: v is None or v > 0, why="must be > 0",
+                                       group=_A)
     attack_bn: str = option("eval", "BN mode in attack steps", choices=("eval", "train"), group=_A)
     holdout: int | None = option(None, "training images held out for selection (default 500 if a rule below is on, "
                                  "else 0)", type=int, check=lambda v: v is None or v >= 0, why="must be >= 0",
@@ -90,6 +96,9 @@ class TrainOptions:
     max_bad_steps: int = option(10, "non-finite losses/gradients skipped before the run stops (keeps the checkpoint "
                                 "from before the first one)", **AT_LEAST_1, group=_OUT)
     no_progress: bool = option(False, "no progress bars", action="store_true", group=_OUT)
+    log_level: str = option("INFO", "what is logged: INFO is one line per epoch and per checkpoint; DEBUG adds "
+                            "Accelerate's own save/load messages", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                            group=_OUT)
     log_data_keys: bool = option(False, "debug (wds): write the shard keys each process trained on to "
                                  "data_keys.json", action="store_true", group=_OUT)
 
@@ -107,6 +116,9 @@ class EvalOptions:
     data_dir: str | None = option(None, "dataset root (folder) or shard directory/pattern (wds)", type=str,
                                   group="data")
     split: str = option("test", "split to evaluate", group="data")
+    input_size: tuple | None = option(None, "C H W the image-folder / shard transforms produce (timm's flag); "
+                                      "default: the model's pretrained input size", type=int, nargs=3,
+                                      metavar=("C", "H", "W"), group="data")
     batch_size: int = option(200, "per-process batch size", short="-b", **AT_LEAST_1, group="data")
     workers: int = option(0, "loader worker processes", short="-j", check=_GE0, why="must be >= 0", group="data")
     num_samples: int | None = option(None, "evaluate a fixed class-mixed subset", type=int,

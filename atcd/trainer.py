@@ -32,7 +32,7 @@ from .checkpoint import (
     save_weights,
 )
 from .config import TrainConfig
-from .data import create_train_loaders
+from .data import create_train_loaders, resolve_input_size
 from .engine import evaluate_attacks, train_one_epoch
 from .errors import ConfigError
 from .faults import FiniteGuard, Preemption
@@ -160,6 +160,9 @@ def run(cfg: TrainConfig) -> dict:
     the main process writes files and prints.
     """
     # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same data
+    logging.getLogger().setLevel(cfg.log_level)
+    # Accelerate logs six INFO lines per save_state: kept for --log-level DEBUG
+    logging.getLogger("accelerate").setLevel(logging.DEBUG if cfg.log_level == "DEBUG" else logging.WARNING)
     # mixed_precision None: the launcher's or `accelerate config`'s value (ACCELERATE_MIXED_PRECISION) wins
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
@@ -204,11 +207,11 @@ class _Training:
                               f"with --overwrite, or choose another --experiment")
         model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans)
         pcfg = unwrap_timm(model).pretrained_cfg
-        input_size = tuple(pcfg.get("input_size", (3, 224, 224)))
-        if cfg.in_chans is not None:
-            input_size = (cfg.in_chans,) + input_size[1:]
+        input_size = resolve_input_size(pcfg, cfg.input_size, cfg.in_chans)
         train_loader, eval_loader, holdout_loader = create_train_loaders(cfg, acc.process_index, acc.num_processes,
                                                                          input_size, pcfg)
+        data_size = input_size if cfg.streamed else tuple(train_loader.dataset[0][0].shape)
+        self._check_sizes(model, pcfg, data_size, len(train_loader) * cfg.batch_size * acc.num_processes)
         self._make_run_dir(earlier)
         set_seed(cfg.seed, device_specific=True)  # per-process global RNG from here on (seed + rank)
         # per-rank random starts and M-H draws (each rank attacks different images); rank 0 keeps cfg.seed
@@ -247,6 +250,28 @@ class _Training:
                                autocast=acc.autocast)
         self.eval_cfg = AttackConfig(eps=cfg.eps, step_size=2.5 * cfg.eps / max(1, cfg.eval_attack_steps),
                                      steps=cfg.eval_attack_steps, seed=cfg.seed)
+
+    def _check_sizes(self, model, pcfg: dict, data_size: tuple, images_per_epoch: int):
+        """Data that the model cannot take is an error; data far from the model's pretrained size is a warning; then
+        the one start line that gives the run's scale."""
+        cfg, acc = self.cfg, self.accelerator
+        want_chans = cfg.in_chans or pcfg.get("input_size", (3,))[0]
+        if data_size[0] != want_chans:
+            raise ConfigError(f"model {cfg.model} takes {want_chans}-channel input but the {cfg.dataset} images have "
+                              f"{data_size[0]} channel(s): pass --in-chans {data_size[0]}"
+                              + ("" if cfg.dataset == "mnist-mini" else f" or --input-size {want_chans} H W"))
+        if not acc.is_main_process:
+            return
+        pre = tuple(pcfg.get("input_size", data_size))[1:]
+        if max(max(a / b, b / a) for a, b in zip(pre, data_size[1:])) >= 2:
+            _logger.warning("model %s was pretrained at %dx%d; the data is %dx%d and the model runs at that size "
+                            "(--input-size C H W resizes image folders and shards)", cfg.model, *pre, *data_size[1:])
+        method = get_method_class(cfg.method)
+        n_params = sum(p.numel() for p in model.parameters())
+        _logger.info("train %s (%.2fM params) | data %s: %d images/epoch at %s | --method %s: %d passes/minibatch | "
+                     "%d process(es), precision %s | output %s", cfg.model, n_params / 1e6, cfg.dataset,
+                     images_per_epoch, "x".join(map(str, data_size)), cfg.method,
+                     method.passes_per_batch(cfg.method_opts), acc.num_processes, cfg.mixed_precision, self.out_dir)
 
     def _make_run_dir(self, earlier: list[str]):
         """The run dir appears only once model and data are known good: bad input leaves no partial output."""
@@ -296,8 +321,13 @@ class _Training:
 
     def _save(self, name: str, meta: dict) -> str:
         pinned = self.faults["pinned"]
-        return save_run_state(self.accelerator, self.method, self.out_dir, name, meta, self.cfg.checkpoint_keep,
+        path = save_run_state(self.accelerator, self.method, self.out_dir, name, meta, self.cfg.checkpoint_keep,
                               protect=(os.path.basename(pinned),) if pinned else ())
+        if self.accelerator.is_main_process:  # one line per checkpoint (Accelerate's own are at DEBUG)
+            size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+            where = f"epoch {meta['epoch']}" + ("" if meta["epoch_done"] else f", step {meta['batches_done']}")
+            _logger.info("%s saved (%s, %.1f MB)", name, where, size / 1e6)
+        return path
 
     def _after_batch(self, epoch: int, batches: int, snap: dict) -> bool:
         """Per minibatch: bad-step bookkeeping, periodic and preemption checkpoints; True ends the run here."""

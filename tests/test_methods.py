@@ -85,6 +85,8 @@ def test_pass_count_per_minibatch_matches_formula(name, mnist_test_batch):
             if xi.shape == x.shape:
                 assert (xi - x).abs().max() <= cfg.eps + 1e-6 and xi.min() >= 0 and xi.max() <= 1
     assert len(steps) == 2 * updates == 2 * type(method).updates_per_batch(cfg.method_opts)
+    # the formula the run's start header prints is the count of network calls that really happened
+    assert type(method).passes_per_batch(cfg.method_opts) == want["input_grad"] + want["weight"] + want["forward"]
 
 
 def test_epochs_as_budget_divides_by_replays():

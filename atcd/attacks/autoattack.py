@@ -1,5 +1,6 @@
 """AutoAttack through the packaged official implementation (`pyautoattack`); never re-implemented."""
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -27,6 +28,29 @@ class AutoAttackOptions:
         if self.aa_version == "custom" and not self.aa_attacks:
             from ..errors import ConfigError
             raise ConfigError("--aa-version custom needs --aa-attacks, e.g. apgd-ce,apgd-t")
+
+
+_logger = logging.getLogger(__name__)
+
+
+def _report_progress(adversary) -> None:
+    """One line as each sub-attack starts on the images still robust (Square and FAB-T run minutes without one).
+
+    The package's own loop calls `perturb` of its attack objects batch by batch; each call is announced with the
+    sub-attack's name, the images it gets and the time since the evaluation started.
+    """
+    t0 = time.time()
+    for attr in ("apgd", "apgd_targeted", "fab", "square"):
+        obj = getattr(adversary, attr, None)
+        if obj is None:
+            continue
+
+        def perturb(x, y, *args, _obj=obj, _orig=obj.perturb, _attr=attr, **kwargs):
+            name = {"apgd": f"apgd-{getattr(_obj, 'loss', 'ce')}", "apgd_targeted": "apgd-t",
+                    "fab": "fab-t" if getattr(_obj, "targeted", False) else "fab"}.get(_attr, _attr)
+            _logger.info("AutoAttack %s: %d images left, %.0f s elapsed", name, len(x), time.time() - t0)
+            return _orig(x, y, *args, **kwargs)
+        obj.perturb = perturb
 
 
 class _Collect(logging.Handler):
@@ -60,6 +84,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         adversary = AutoAttack(model, eps=eps, version=version, device=x.device, seed=seed, norm="Linf")
     if square_queries is not None:
         adversary.square.n_queries = square_queries
+    _report_progress(adversary)
     handler = _Collect()
     aa_logger = logging.getLogger("auto-attack")
     aa_logger.addHandler(handler)

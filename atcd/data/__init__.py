@@ -3,4 +3,5 @@ from .factory import create_atcd_dataset, create_atcd_loader, list_builtin_datas
 from .mnist_mini import MnistMini, load_mnist_mini  # noqa: F401
 from .registry import describe_datasets, get_dataset_spec, list_datasets, register_dataset  # noqa: F401
 from .train_loaders import create_train_loaders  # noqa: F401
+from .transforms import resolve_input_size  # noqa: F401
 from .wds import WdsLoader, create_wds_loader, is_wds  # noqa: F401

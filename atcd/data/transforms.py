@@ -3,7 +3,16 @@
 from timm.data.transforms import str_to_interp_mode
 from torchvision import transforms as T
 
-__all__ = ["create_pixel_transform"]
+__all__ = ["create_pixel_transform", "resolve_input_size"]
+
+
+def resolve_input_size(pretrained_cfg: dict, input_size=None, in_chans: int | None = None) -> tuple[int, int, int]:
+    """(C, H, W) the data transforms produce: --input-size if given, else the model's pretrained_cfg size (with
+    --in-chans channels)."""
+    if input_size:
+        return tuple(int(v) for v in input_size)
+    size = tuple(pretrained_cfg.get("input_size", (3, 224, 224)))
+    return size if in_chans is None else (in_chans,) + size[1:]
 
 
 def create_pixel_transform(

@@ -81,8 +81,17 @@ class ATCD(TrainMethod):
         self.delta: torch.Tensor | None = None  # --reuse-grad only: the chain state carried across minibatches
 
     @classmethod
+    def default_attack_step(cls, cfg) -> float:
+        return cfg.eps / (2 * cfg.method_opts.atcd_K)  # a K-step trajectory can cross half the ball; eps/4 at K=2
+
+    @classmethod
     def updates_per_batch(cls, opts) -> int:
         return opts.atcd_T
+
+    @classmethod
+    def passes_per_batch(cls, opts) -> int:
+        steps = opts.atcd_T * (opts.atcd_K - 1 if opts.reuse_grad else opts.atcd_K)  # reuse: the weight pass gives one
+        return steps + opts.atcd_T + (opts.atcd_T if opts.mh else 0)
 
     @classmethod
     def budget_divisor(cls, opts) -> int:

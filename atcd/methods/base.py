@@ -74,9 +74,20 @@ class TrainMethod:
         return 1
 
     @classmethod
+    def passes_per_batch(cls, opts) -> int:
+        """Full-network passes per minibatch (input-gradient + weight + forward-only), the cost the paper counts."""
+        return 1
+
+    @classmethod
     def budget_divisor(cls, opts) -> int:
         """With --epochs-as-budget, passes over the data = epochs / this (paper convention: Free-m: m, ATCD: T*K)."""
         return 1
+
+    @classmethod
+    def default_attack_step(cls, cfg) -> float | None:
+        """The step size when --attack-step is not given: a rule of eps and the method's step count (None: the
+        method takes no attack steps)."""
+        return None
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from ..attacks.core import input_grad, project, random_init
 from ..attacks.losses import ce_loss
+from ..errors import ConfigError
 from ..options import option, parse_fraction
 from .base import StepResult, TrainMethod, attack_mode
 from .registry import register_method
@@ -26,7 +27,23 @@ class FastAT(TrainMethod):
 
     def __init__(self, cfg, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)
-        self.alpha = self.opts.fast_alpha if self.opts.fast_alpha is not None else 1.25 * cfg.eps
+        self.alpha = cfg.attack_step
+
+    @classmethod
+    def passes_per_batch(cls, opts) -> int:
+        return 2
+
+    @classmethod
+    def default_attack_step(cls, cfg) -> float:
+        alpha = cfg.method_opts.fast_alpha
+        return alpha if alpha is not None else 1.25 * cfg.eps  # Wong et al.
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        alpha = cfg.method_opts.fast_alpha
+        if alpha is not None and alpha != cfg.attack_step:
+            raise ConfigError(f"--fast-alpha {alpha:g} and --attack-step {cfg.attack_step:g} both set Fast-AT's step: "
+                              f"give one")
 
     def step(self, ctx, x, y):
         c = self.cfg

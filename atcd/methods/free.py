@@ -30,8 +30,14 @@ class FreeAT(TrainMethod):
         self.delta: torch.Tensor | None = None
 
     @classmethod
+    def default_attack_step(cls, cfg) -> float:
+        return cfg.eps  # Shafahi et al.: an FGSM step of eps per replay
+
+    @classmethod
     def updates_per_batch(cls, opts) -> int:
         return opts.free_m
+
+    passes_per_batch = updates_per_batch  # each replay's weight pass also gives the input gradient
 
     @classmethod
     def budget_divisor(cls, opts) -> int:
@@ -45,7 +51,7 @@ class FreeAT(TrainMethod):
         delta = project(x, self.delta.to(x.device, x.dtype), c.eps)
         for _ in range(self.opts.free_m):
             g, _ = self.weight_update(ctx, x, y, res, delta, input_grad=True)
-            delta = project(x, delta + c.eps * g.float().sign(), c.eps)
+            delta = project(x, delta + c.attack_step * g.float().sign(), c.eps)
         self.delta = delta.detach()
         return res
 

@@ -23,6 +23,14 @@ class PGDAT(TrainMethod):
     class Options:
         attack_steps: int = option(10, "r: PGD-AT / TRADES attack steps", **AT_LEAST_1)
 
+    @classmethod
+    def passes_per_batch(cls, opts) -> int:
+        return opts.attack_steps + 1
+
+    @classmethod
+    def default_attack_step(cls, cfg) -> float:
+        return 2.5 * cfg.eps / cfg.method_opts.attack_steps  # Madry et al.'s rule, as validate.py's PGD
+
     def step(self, ctx, x, y):
         c = self.cfg
         res = StepResult()

@@ -31,6 +31,12 @@ class TRADES(TrainMethod):
     class Options(PGDAT.Options):
         trades_beta: float = option(6.0, "TRADES beta (robust KL weight)", check=lambda v: v >= 0, why="must be >= 0")
 
+    default_attack_step = PGDAT.default_attack_step
+
+    @classmethod
+    def passes_per_batch(cls, opts) -> int:
+        return opts.attack_steps + 3  # p(x) forward, r attack passes, natural + adversarial weight passes
+
     def step(self, ctx, x, y):
         c, o = self.cfg, self.opts
         res = StepResult()

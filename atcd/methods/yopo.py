@@ -68,6 +68,14 @@ class YOPO(TrainMethod):
 
     sign_steps = True  # the first-layer steps are --attack-step sign steps
 
+    @classmethod
+    def passes_per_batch(cls, opts) -> int:
+        return opts.yopo_m  # plus m*n first-layer passes (counted apart as stem passes)
+
+    @classmethod
+    def default_attack_step(cls, cfg) -> float:
+        return 2.5 * cfg.eps / (cfg.method_opts.yopo_m * cfg.method_opts.yopo_n)  # m*n steps per minibatch
+
     def _stem_grad(self, amodel: nn.Module, stem: nn.Module, x, eta, p) -> torch.Tensor:
         """d/d eta of sum(p * stem(x + eta)): forward stops right after the stem (first-layer pass only)."""
         out = {}
