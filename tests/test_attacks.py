@@ -17,11 +17,14 @@ def _acc(model, x, y):
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+AA_NAMES = ("autoattack", "apgd-ce", "apgd-t", "fab-t", "square")  # the official package: minutes on CPU
+
+
 def _cfg(eps, steps=10, **kw):
     return AttackConfig(eps=eps, step_size=2.5 * eps / steps if eps else 0.0, steps=steps, **kw)
 
 
-@pytest.mark.parametrize("name", list_attacks())
+@pytest.mark.parametrize("name", [pytest.param(a, marks=pytest.mark.slow) if a in AA_NAMES else a for a in list_attacks()])
 def test_attack_stays_in_ball_and_box_and_eps0_is_clean(name, standard_model, mnist_test_batch):
     x, y = mnist_test_batch[0][::10], mnist_test_batch[1][::10]  # 10 images, one per class
     out = get_attack(name)(standard_model, x, y, _cfg(0.3))  # large eps: Square/FAB finish in few queries
@@ -37,12 +40,14 @@ def test_attack_stays_in_ball_and_box_and_eps0_is_clean(name, standard_model, mn
         assert torch.equal(x0, x)
 
 
+@pytest.mark.slow  # many attack runs on 100 images
 def test_autoattack_at_eps0_equals_clean(standard_model, mnist_test_batch):
     x, y = mnist_test_batch[0][::5], mnist_test_batch[1][::5]
     xa, _ = get_attack("apgd-ce")(standard_model, x, y, _cfg(0.0))
     assert _acc(standard_model, xa, y) == _acc(standard_model, x, y)
 
 
+@pytest.mark.slow  # many attack runs on 100 images
 @pytest.mark.parametrize("name", ["pgd", "cw", "mifgsm", "hmc"])
 def test_accuracy_non_increasing_in_eps(name, standard_model, mnist_test_batch):
     x, y = mnist_test_batch
@@ -56,6 +61,7 @@ def _x(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+@pytest.mark.slow  # many attack runs on 100 images
 def test_more_iterations_never_help_the_model(standard_model, mnist_test_batch):
     x, y = mnist_test_batch
     a = [_acc(standard_model, get_attack("pgd")(standard_model, x, y, AttackConfig(eps=0.05, step_size=0.01,
@@ -63,6 +69,7 @@ def test_more_iterations_never_help_the_model(standard_model, mnist_test_batch):
     assert a[0] >= a[1] >= a[2], a
 
 
+@pytest.mark.slow  # many attack runs on 100 images
 def test_pgd_restarts_and_margin_loss_are_at_least_as_strong(standard_model, mnist_test_batch):
     x, y = mnist_test_batch
     one = _acc(standard_model, get_attack("pgd")(standard_model, x, y, _cfg(0.05)), y)

@@ -9,6 +9,7 @@ from atcd.attacks import AttackConfig
 from atcd.diagnostics import trajectory_shift
 
 
+@pytest.mark.slow  # k=10 trajectories over 100 images
 def test_trajectory_shift_k_vs_k_is_zero_and_k_vs_k2_is_not(standard_model, mnist_test_batch):
     x, y = mnist_test_batch
     batches = [(x[:50], y[:50]), (x[50:], y[50:])]

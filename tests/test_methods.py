@@ -34,7 +34,8 @@ CASES = {
 
 
 def test_every_registered_method_is_covered():
-    assert sorted({over.get("method", name) for name, (over, _, _) in CASES.items()}) == list_methods()
+    ours = [m for m in list_methods() if get_method_class(m).__module__.startswith("atcd.")]  # not tests' plug-ins
+    assert sorted({over.get("method", name) for name, (over, _, _) in CASES.items()}) == ours
 
 
 class Counting(nn.Module):

@@ -1,5 +1,6 @@
 """validate.py's sanity checks pass on a normal model and flag a gradient-masked one (Athalye et al. 2018 style:
 input quantisation makes every input gradient zero, so PGD stalls while the black-box Square still succeeds)."""
+import pytest
 import torch
 from torch import nn
 
@@ -22,6 +23,7 @@ def _probe(mnist_test_batch):
     return mnist_test_batch[0][::4], mnist_test_batch[1][::4]  # 25 images
 
 
+@pytest.mark.slow  # the full probe incl. Square
 def test_checks_pass_on_a_normal_model(standard_model, mnist_test_batch):
     x, y = _probe(mnist_test_batch)
     before = model_fingerprint(standard_model)
@@ -31,6 +33,7 @@ def test_checks_pass_on_a_normal_model(standard_model, mnist_test_batch):
     assert model_fingerprint(standard_model) == before
 
 
+@pytest.mark.slow  # the full probe incl. Square
 def test_checks_flag_gradient_masking(standard_model, mnist_test_batch):
     x, y = _probe(mnist_test_batch)
     masked = Quantized(standard_model).eval()

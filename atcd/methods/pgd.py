@@ -29,7 +29,7 @@ class PGDAT(TrainMethod):
 
     @classmethod
     def default_attack_step(cls, cfg) -> float:
-        return 2.5 * cfg.eps / cfg.method_opts.attack_steps  # Madry et al.'s rule, as validate.py's PGD
+        return 2.5 * cfg.eps / max(1, cfg.method_opts.attack_steps)  # Madry et al.'s rule, as validate.py's PGD
 
     def step(self, ctx, x, y):
         c = self.cfg

@@ -74,7 +74,7 @@ class YOPO(TrainMethod):
 
     @classmethod
     def default_attack_step(cls, cfg) -> float:
-        return 2.5 * cfg.eps / (cfg.method_opts.yopo_m * cfg.method_opts.yopo_n)  # m*n steps per minibatch
+        return 2.5 * cfg.eps / max(1, cfg.method_opts.yopo_m * cfg.method_opts.yopo_n)  # m*n steps per minibatch
 
     def _stem_grad(self, amodel: nn.Module, stem: nn.Module, x, eta, p) -> torch.Tensor:
         """d/d eta of sum(p * stem(x + eta)): forward stops right after the stem (first-layer pass only)."""
