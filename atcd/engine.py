@@ -7,13 +7,10 @@ import torch
 from tqdm import tqdm
 
 from .attacks import AttackConfig, get_attack
+from .device import to_device
 from .methods import StepContext, TrainMethod
 
 __all__ = ["evaluate_attacks", "gather_uneven", "strip_private", "train_one_epoch"]
-
-
-def _to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def _skip_batches(loader, accelerator, num_batches: int):
@@ -76,7 +73,8 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
     it = tqdm(_skip_batches(loader, accelerator, start_batch), desc=f"epoch {epoch}", initial=start_batch,
               total=total, disable=not (progress and accelerator.is_main_process), leave=False)
     for b, batch in enumerate(it, start=start_batch + 1):
-        x, y = _to_memory_format(batch[0], channels_last), batch[1]
+        batch = to_device(batch, accelerator.device, channels_last)  # streamed loaders are never prepare()d
+        x, y = batch[0], batch[1]
         if keys_out is not None and len(batch) > 2:
             keys_out.extend(batch[2])
         # sync_gradients is False on accumulation micro-steps: the prepared optimizer then skips step/zero_grad
@@ -142,6 +140,7 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
     was_training = model.training
     model.eval()
     per_batch_gather = accelerator is not None and _is_prepared(loader)
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
     per_attack = {a: [] for a in attacks}
     info = {a: {} for a in attacks}
     try:
@@ -149,7 +148,7 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
             fn = get_attack(name)
             it = tqdm(loader, desc=name, disable=not progress, leave=False)
             for batch in it:
-                x, y = _to_memory_format(batch[0], channels_last), batch[1]
+                x, y = to_device(batch[:2], device, channels_last)  # streamed loaders are never prepare()d
                 x_adv = fn(model, x, y, cfg)
                 if isinstance(x_adv, tuple):  # (x_adv, info): e.g. AutoAttack's own check flags
                     x_adv, extra = x_adv

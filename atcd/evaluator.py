@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from .checkpoint import atomic_write_text, load_weights
 from .config import EvalConfig
 from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds, resolve_input_size
+from .device import to_device
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, unwrap_timm
 from .sanity import model_fingerprint, probe_checks, summarize
@@ -108,7 +109,8 @@ def _probe(model, loader, cfg: EvalConfig, acfg) -> dict:
             break
     if not xs:
         return {}
-    x, y = torch.cat(xs)[:cfg.sanity_samples], torch.cat(ys)[:cfg.sanity_samples]
+    device = next(model.parameters()).device  # a streamed loader yields cpu batches
+    x, y = to_device((torch.cat(xs)[:cfg.sanity_samples], torch.cat(ys)[:cfg.sanity_samples]), device)
     # a probe, not the measurement: at most 10 PGD steps (and 2x that for the iterations check)
     steps = min(acfg.steps, 10)
     pcfg = replace(acfg, steps=steps, step_size=acfg.step_size * acfg.steps / steps)

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import timm
 import torch
-from fakedevice import DeviceMismatchError, FakeAccelerator, fake_device, is_fake
+from fakedevice import FakeAccelerator, fake_device, is_fake
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -132,7 +132,8 @@ def _cpu_batches(mnist_test_batch, n: int = 2, size: int = 16, keys: bool = Fals
 
 
 def _train(dev, batches: list, method: str = "atcd") -> dict:
-    cfg = TrainConfig(method=method, eps=0.3, attack_step=0.1, atcd_T=2, atcd_K=2)
+    own = {"atcd_T": 2, "atcd_K": 2} if method == "atcd" else {}
+    cfg = TrainConfig.of(method=method, eps=0.3, attack_step=0.1, **own)
     model = _model().to(dev)
     acc = FakeAccelerator(dev)
     ctx = StepContext(model=model, attack_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
@@ -146,19 +147,12 @@ def test_harness_runs_the_train_loop_on_device_batches(dev, mnist_test_batch):
     assert stats["completed"] and stats["weight_passes"] == 4 and 2.0 < stats["train_loss"] < 2.5
 
 
-@pytest.mark.xfail(strict=True, raises=DeviceMismatchError,
-                   reason="atcd/engine.py train_one_epoch does not move batches of a loader not passed to "
-                   "accelerator.prepare() (WebDataset) to accelerator.device: on CUDA the first forward raises a "
-                   "device mismatch. Fix: to_device(batch, accelerator.device, channels_last)")
 @pytest.mark.parametrize("keys", [False, True])
 def test_train_loop_moves_cpu_batches_to_the_device(dev, mnist_test_batch, keys):
     stats = _train(dev, _cpu_batches(mnist_test_batch, keys=keys))
     assert stats["completed"] and stats["weight_passes"] == 4
 
 
-@pytest.mark.xfail(strict=True, raises=DeviceMismatchError,
-                   reason="atcd/engine.py evaluate_attacks does not move batches of a loader not passed to "
-                   "accelerator.prepare() (WebDataset) to accelerator.device")
 def test_eval_loop_moves_cpu_batches_to_the_device(dev, mnist_test_batch):
     model = _model().to(dev)
     res = evaluate_attacks(model, _cpu_batches(mnist_test_batch), ["clean", "pgd"],

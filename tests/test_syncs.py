@@ -116,8 +116,6 @@ def test_patches_are_removed_on_exit(dev):
 
 def _epoch_syncs(dev, batches: list, method: str):
     """Host syncs of one `train_one_epoch` on the fake device, batches already there (as a prepared loader's)."""
-    from dataclasses import replace
-
     from fakedevice import FakeAccelerator
 
     from atcd.config import TrainConfig
@@ -125,7 +123,8 @@ def _epoch_syncs(dev, batches: list, method: str):
     from atcd.engine import train_one_epoch
     from atcd.methods import StepContext, create_method
 
-    cfg = replace(TrainConfig(), method=method, eps=0.3, attack_step=0.1, atcd_T=2, atcd_K=1)
+    own = {"atcd_T": 2, "atcd_K": 1} if method == "atcd" else {}
+    cfg = TrainConfig.of(method=method, eps=0.3, attack_step=0.1, **own)
     torch.manual_seed(0)
     model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")).to(dev)
     acc = FakeAccelerator(dev)
