@@ -16,7 +16,8 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["AT_LEAST_1", "add_options", "add_owned_groups", "check_options", "comma_list", "flag_of", "option", "option_fields",
+__all__ = ["AT_LEAST_1", "add_options", "add_owned_groups", "check_options", "comma_list", "flag_of", "option",
+           "option_fields",
            "option_rows", "owners_of", "parse_fraction", "parse_with_yaml", "refuse_foreign", "set_help"]
 
 

@@ -32,7 +32,8 @@ class TrainOptions:
     batch_size: int = option(128, "per-process batch size", short="-b", **AT_LEAST_1, group=_D)
     workers: int = option(0, "loader worker processes per process", short="-j", check=_GE0, why="must be >= 0",
                           group=_D)
-    shuffle_buffer: int = option(2048, "wds: per-worker sample shuffle buffer (1 = shard order)", **AT_LEAST_1, group=_D)
+    shuffle_buffer: int = option(2048, "wds: per-worker sample shuffle buffer (1 = shard order)", **AT_LEAST_1,
+                                 group=_D)
     strict_data: bool = option(False, "fail on the first corrupt image or shard member (default: skip it, count it, "
                                "warn)", action="store_true", group=_D)
     epochs: int = option(10, "passes over the data (see --epochs-as-budget)", **AT_LEAST_1,

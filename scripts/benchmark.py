@@ -49,7 +49,8 @@ def method_label(cfg) -> str:
     """The method a recipe runs, with the flags that change its cost: 'atcd --reuse-grad --no-mh'."""
     if cfg.method != "atcd":
         return cfg.method
-    return cfg.method + (" --reuse-grad" if cfg.reuse_grad else "") + ("" if cfg.mh else " --no-mh")
+    o = cfg.method_opts
+    return cfg.method + (" --reuse-grad" if o.reuse_grad else "") + ("" if o.mh else " --no-mh")
 
 
 def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int = 0, rounds: int = 3) -> list[dict]:
@@ -241,14 +242,15 @@ def findings(costs: list[dict], runs: list[dict], key: str) -> list[str]:
     cfgs = {r["method"]: recipe_config(r["method"]) for r in costs}
     for r in costs:
         c = cfgs[r["method"]]
-        if c.method != "atcd" or not c.reuse_grad:
+        if c.method != "atcd" or not c.method_opts.reuse_grad:
             continue
+        T, K = c.method_opts.atcd_T, c.method_opts.atcd_K
         for f in costs:
-            if cfgs[f["method"]].method == "free" and cfgs[f["method"]].free_m == c.atcd_T * c.atcd_K:
+            if cfgs[f["method"]].method == "free" and cfgs[f["method"]].method_opts.free_m == T * K:
                 x = r["sec_per_batch"] / f["sec_per_batch"]
                 y = (r["sec_per_batch"] - r["forward_only_sec"]) / f["sec_per_batch"]
-                out.append(f"- {_name(r)} (T={c.atcd_T}, K={c.atcd_K}) costs {x:.2f}x {_name(f)} (m = T*K = "
-                           f"{c.atcd_T * c.atcd_K}) per minibatch: {'within' if x <= 1.05 else 'ABOVE'} the 1.05 "
+                out.append(f"- {_name(r)} (T={T}, K={K}) costs {x:.2f}x {_name(f)} (m = T*K = "
+                           f"{T * K}) per minibatch: {'within' if x <= 1.05 else 'ABOVE'} the 1.05 "
                            f"target. Its {r['forward_passes']:.0f} forward-only M-H passes take "
                            f"{r['forward_only_sec']:.4f} s of its {r['sec_per_batch']:.4f} s (predicted from the "
                            f"measured forward time); without them it would cost {y:.2f}x.")

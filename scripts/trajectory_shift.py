@@ -119,7 +119,8 @@ def main(argv=None) -> int:
         w.writerows(rows)
     os.replace(tmp, csv_path)
     plot(rows, os.path.join(a.out, "trajectory_shift.png"), a.k, a.k2)
-    summary = {"csv": csv_path, "png": os.path.join(a.out, "trajectory_shift.png"), "checkpoints": len({r["checkpoint"] for r in rows}),
+    summary = {"csv": csv_path, "png": os.path.join(a.out, "trajectory_shift.png"),
+               "checkpoints": len({r["checkpoint"] for r in rows}),
                "min_cosine": min(r["cosine"] for r in rows), "max_l2": max(r["l2"] for r in rows)}
     atomic_write_text(os.path.join(a.out, "trajectory_shift.json"), json.dumps(summary, indent=2))
     print("RESULT " + json.dumps(summary))

@@ -24,7 +24,8 @@ def _cfg(eps, steps=10, **kw):
     return AttackConfig(eps=eps, step_size=2.5 * eps / steps if eps else 0.0, steps=steps, **kw)
 
 
-@pytest.mark.parametrize("name", [pytest.param(a, marks=pytest.mark.slow) if a in AA_NAMES else a for a in list_attacks()])
+@pytest.mark.parametrize("name", [pytest.param(a, marks=pytest.mark.slow) if a in AA_NAMES else a
+                                  for a in list_attacks()])
 def test_attack_stays_in_ball_and_box_and_eps0_is_clean(name, standard_model, mnist_test_batch):
     x, y = mnist_test_batch[0][::10], mnist_test_batch[1][::10]  # 10 images, one per class
     out = get_attack(name)(standard_model, x, y, _cfg(0.3))  # large eps: Square/FAB finish in few queries

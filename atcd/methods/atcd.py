@@ -82,7 +82,8 @@ class ATCD(TrainMethod):
 
     @classmethod
     def default_attack_step(cls, cfg) -> float:
-        return cfg.eps / (2 * max(1, cfg.method_opts.atcd_K))  # a K-step trajectory can cross half the ball; eps/4 at K=2
+        # a K-step trajectory can cross half the ball: eps/4 at K=2
+        return cfg.eps / (2 * max(1, cfg.method_opts.atcd_K))
 
     @classmethod
     def updates_per_batch(cls, opts) -> int:
