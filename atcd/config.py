@@ -91,7 +91,8 @@ class TrainConfig(TrainOptions):
                 raise ConfigError(msg)
         if method.sign_steps and self.eps > 0 and self.attack_step > 2 * self.eps:  # the step would saturate the ball
             raise ConfigError(f"--attack-step {self.attack_step:g} > 2 x --eps {self.eps:g}: every sign step of "
-                              f"--method {self.method} would jump across the eps-ball; give a step <= eps, e.g. --attack-step "
+                              f"--method {self.method} would jump across the eps-ball; give a step <= eps, e.g. "
+                              f"--attack-step "
                               f"{self.eps / 4:.4g} (or leave it out: the method's rule of eps)")
         method.check(self)
         upb = method.updates_per_batch(self.method_opts)

@@ -307,6 +307,7 @@ def test_weight_check_ignores_unsynchronised_bn_buffers_and_catches_a_diverged_p
 
 def test_two_process_bn_model_trains_with_equal_rank_hashes(tmp_path):
     res = _train_2proc("--model", "preact_resnet18_cifar", "--in-chans", "1", "--method", "standard", "--epochs", "1",
-                       "-b", "16", "--train-samples-per-epoch", "64", "--eval-samples", "32", "--eval-attack-steps", "1",
+                       "-b", "16", "--train-samples-per-epoch", "64", "--eval-samples", "32",
+                       "--eval-attack-steps", "1",
                        "--output", str(tmp_path), "--experiment", "bn", "--no-progress")
     assert res["num_processes"] == 2 and len(set(res["rank_weights_sha256"])) == 1
