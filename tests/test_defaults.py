@@ -65,3 +65,10 @@ def test_readme_streaming_example_learns(tmp_path):
         assert r.returncode == 0, (cmd, r.stderr[-2000:])
     result = json.loads(r.stdout.strip().splitlines()[-1][len("RESULT "):])
     assert result["clean"] > 50, result
+
+
+@pytest.mark.parametrize("script", ["train_atcd.py", "validate.py"])
+def test_input_size_on_a_builtin_dataset_is_refused_not_ignored(script, tmp_path):
+    r = run_main(script, "--input-size", "1", "32", "32", "--output" if script == "train_atcd.py" else "--results-file",
+                 str(tmp_path / "x"))
+    assert r.returncode == 2 and "--input-size resizes image folders and shards" in r.stderr.splitlines()[-1]

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from ..errors import DataError
 from .mnist_mini import MnistMini
-from .registry import DatasetSpec, get_dataset_spec, list_datasets, register_dataset
+from .registry import builtin_datasets, get_dataset_spec, list_datasets, register_dataset
 from .transforms import create_pixel_transform
 
 __all__ = ["CheckedImageFolder", "DataError", "create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets",
@@ -35,7 +35,7 @@ register_dataset("folder", "an image folder: --data-dir ROOT with ROOT/train/<cl
 
 def list_builtin_datasets():
     """The built-in datasets (no --data-dir needed)."""
-    return sorted(n for n in list_datasets() if (get_dataset_spec(n) or DatasetSpec("", "")).builder is not None)
+    return builtin_datasets()
 
 
 class CheckedImageFolder(Dataset):

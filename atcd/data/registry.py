@@ -6,7 +6,7 @@ A dataset is a built-in (a `builder(split)` returning a map-style dataset), an i
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["DatasetSpec", "describe_datasets", "get_dataset_spec", "list_datasets", "register_dataset"]
+__all__ = ["DatasetSpec", "builtin_datasets", "describe_datasets", "get_dataset_spec", "list_datasets", "register_dataset"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ def get_dataset_spec(name: str | None) -> DatasetSpec | None:
 
 def list_datasets() -> list[str]:
     return sorted(n + ("[/NAME]" if s.prefix else "") for n, s in _DATASETS.items())
+
+
+def builtin_datasets() -> list[str]:
+    """The registered datasets that ship with the package (no --data-dir)."""
+    return sorted(n for n, s in _DATASETS.items() if s.builder is not None)
 
 
 def describe_datasets() -> str:
