@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""ImageNet rehearsal on CPU: the headline GPU path (shards -> multi-process bf16 training -> preemption -> resume
+-> multi-process AutoAttack), end to end, at toy scale, in minutes.
+
+    bash scripts/rehearse_imagenet.sh                     # or: python scripts/rehearse_imagenet.py --out DIR
+    python scripts/rehearse_imagenet.py --quick           # the smaller version the tests run
+
+Stages, each a real command a user runs at scale:
+
+1. `scripts/make_imagenet_like.py`: an ImageNet-layout folder (synset class folders, `.JPEG` files, varied sizes,
+   grayscale, CMYK, a PNG named .JPEG and one truncated file) from real images that ship in installed packages.
+2. `scripts/make_shards.py --name imagenet1k --key filename --shard-digits auto`: shards in the layout of the
+   published `timm/imagenet-1k-wds` (`imagenet1k-train-NN.tar`, `imagenet1k-validation-NN.tar`, `_info.json`).
+3. Loader throughput: images/s of the project's streaming training loader at the training resolution.
+4. `accelerate launch` (2 gloo processes, `--mixed_precision bf16`) `train_atcd.py --model resnet18 --dataset wds
+   --input-size 3 224 224 --channels-last --method atcd`: SIGTERM to rank 1 once the first step checkpoint exists,
+   which makes both ranks checkpoint and exit 0; then `--resume auto` finishes the run.
+5. `validate.py` on the validation shards, clean / PGD / AutoAttack, with 1 process and with 2 processes: the
+   per-attack accuracies must be equal (the script exits 1 otherwise).
+
+The last lines printed are a throughput table and the accuracy table; the whole run must stay under 10 minutes on
+a 2-core machine (the default sizes take about that; `--quick` is a few minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the launcher spelling that really starts a 2-process gloo group on a CPU-only host (see RELIABILITY notes)
+LAUNCH_2PROC = ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--dynamo_backend", "no")
+ENV_2PROC = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(args: list[str], env: dict | None = None, what: str = "") -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, *args], check=False, cwd=ROOT, env=dict(os.environ, **(env or {})),
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-4000:])
+        raise SystemExit(f"rehearsal: {what or args[0]} failed (exit {r.returncode})")
+    return r
+
+
+def _last_json(text: str, prefix: str = "") -> dict:
+    lines = [ln for ln in text.splitlines() if ln.startswith(prefix) and ln[len(prefix):].lstrip().startswith("{")]
+    if not lines:
+        raise SystemExit(f"rehearsal: no {prefix or 'JSON'} line in the output")
+    return json.loads(lines[-1][len(prefix):])
+
+
+def rank_pid(launcher: subprocess.Popen, rank: int, timeout: float = 120.0) -> int:
+    """pid of the process with RANK=`rank` among the launcher's descendants."""
+    import psutil
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for child in psutil.Process(launcher.pid).children(recursive=True):
+            try:
+                if child.environ().get("RANK") == str(rank):
+                    return child.pid
+            except psutil.Error:
+                continue
+        time.sleep(0.1)
+    raise SystemExit(f"rehearsal: no process with RANK={rank} under the launcher")
+
+
+def loader_throughput(shards: str, input_size: tuple, batch_size: int, batches: int, workers: int) -> float:
+    """Images/s of the project's training loader over the shards (decode + augment + collate), one process."""
+    from atcd.data.wds import create_wds_loader
+    loader = create_wds_loader(shards, "train", batch_size, True, input_size=input_size, num_workers=workers)
+    n, t0 = 0, time.time()
+    for i, batch in enumerate(loader):
+        n += batch[0].shape[0]
+        if i + 1 >= batches:
+            break
+    return n / max(1e-9, time.time() - t0)
+
+
+def train(a, shards: str, out: str) -> dict:
+    """2-process bf16 training, SIGTERM to rank 1 at the first step checkpoint, then resume; returns the RESULT."""
+    args = [*LAUNCH_2PROC, "--mixed_precision", "bf16", "train_atcd.py", "--model", a.model, "--dataset", "wds",
+            "--data-dir", shards, "--input-size", "3", str(a.size), str(a.size), "--channels-last",
+            "--method", "atcd", "--eps", "4/255", "--atcd-T", "2", "--atcd-K", "1",
+            "--epochs", "1", "--train-samples-per-epoch", str(a.steps * a.batch_size * 2), "-b", str(a.batch_size),
+            "--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.05", "--sched", "cosine",
+            "--eval-samples", "0", "--output", out, "--experiment", "run", "--no-progress",
+            "--checkpoint-every-steps", str(a.kill_at), "-j", str(a.workers)]
+    env = dict(os.environ, **ENV_2PROC)
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = os.path.join(out, "run", f"checkpoint-0000-step{a.kill_at:07d}", "state.json")
+    deadline = time.time() + 900
+    while not os.path.exists(first):
+        if proc.poll() is not None or time.time() > deadline:
+            sys.stderr.write(proc.communicate()[1][-4000:])
+            raise SystemExit("rehearsal: training ended before its first step checkpoint")
+        time.sleep(0.01)
+    os.kill(rank_pid(proc, 1), signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=900)
+    if proc.returncode != 0:
+        sys.stderr.write(stderr[-4000:])
+        raise SystemExit(f"rehearsal: the preempted run exited {proc.returncode}, not 0")
+    stopped = _last_json(stdout, "RESULT ")
+    if stopped.get("status") != "preempted":
+        raise SystemExit(f"rehearsal: SIGTERM to rank 1 did not preempt the run: {stopped.get('status')}")
+    done = _last_json(_run([*args, "--resume", "auto"], ENV_2PROC, "the resumed training").stdout, "RESULT ")
+    done["preempted_at_update"] = stopped.get("num_updates")
+    return done
+
+
+def validate(a, model_path: str, shards: str, out: str, procs: int) -> dict:
+    path = os.path.join(out, f"validate_{procs}proc.json")
+    args = ["validate.py", "--model", a.model, "--checkpoint", model_path,
+            "--dataset", "wds", "--data-dir", shards, "--split", "validation", "--input-size", "3", str(a.size),
+            str(a.size), "--num-samples", str(a.eval_samples), "--eps", "4/255", "--attacks", "clean,pgd,autoattack",
+            "--attack-steps", "10", "-b", str(a.eval_batch_size), "-j", "0", "--no-progress", "--results-file", path]
+    _run([*LAUNCH_2PROC[:-2], "--num_processes", "2", *args] if procs == 2 else args,
+         ENV_2PROC if procs == 2 else None, f"validate.py on {procs} process(es)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="output/rehearsal", help="work folder (replaced)")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--size", type=int, default=224, help="training and evaluation resolution")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=40, help="training images per class")
+    p.add_argument("--steps", type=int, default=24, help="training minibatches per process")
+    p.add_argument("--batch-size", type=int, default=8, help="per process")
+    p.add_argument("--kill-at", type=int, default=8, help="minibatch at which rank 1 gets SIGTERM")
+    p.add_argument("--eval-samples", type=int, default=40)
+    p.add_argument("--eval-batch-size", type=int, default=10)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="the tests' size: 112 px, fewer images and steps")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.size, a.per_class, a.steps, a.kill_at, a.eval_samples = 112, 16, 8, 4, 20
+    t_start = time.time()
+    out = os.path.abspath(a.out)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    folder, shards = os.path.join(out, "imagenet-like"), os.path.join(out, "imagenet-wds")
+
+    t = time.time()
+    _run(["scripts/make_imagenet_like.py", folder, "--classes", str(a.classes), "--per-class", str(a.per_class),
+          "--seed", "0"], what="make_imagenet_like.py")
+    for split, size in (("train", max(8, a.per_class * a.classes // 8)), ("validation", 16)):
+        _run(["scripts/make_shards.py", "--source", "folder", "--data-dir", folder, "--out", shards, "--name",
+              "imagenet1k", "--key", "filename", "--shard-digits", "auto", "--splits", split, "--shard-size",
+              str(size), "--no-progress"], what=f"make_shards.py ({split})")
+    t_data = time.time() - t
+    loader_ips = loader_throughput(shards, (3, a.size, a.size), a.batch_size, max(4, a.steps // 2), a.workers)
+
+    t = time.time()
+    res = train(a, shards, out)
+    t_train = time.time() - t
+    images = a.steps * a.batch_size * 2 * 2  # minibatches x batch x processes x (T weight passes)
+    train_ips = a.steps * a.batch_size * 2 / max(1e-9, res.get("seconds", t_train))
+
+    t = time.time()
+    model_path = os.path.join(out, "run", "model.safetensors")
+    one, two = (validate(a, model_path, shards, out, n) for n in (1, 2))
+    t_eval = time.time() - t
+    eval_ips = 2 * a.eval_samples / max(1e-9, t_eval)
+
+    print(f"\nthroughput ({a.model} at {a.size} px, 2 CPU cores)")
+    print(f"  data: folder + shards        {t_data:7.1f} s")
+    print(f"  loader (1 process)           {loader_ips:7.1f} images/s")
+    print(f"  train step, 2 processes bf16 {train_ips:7.1f} images/s  ({images} image-passes, "
+          f"mixed_precision={res.get('mixed_precision')}, preempted at update {res['preempted_at_update']}, "
+          f"resumed to {res.get('num_updates')})")
+    print(f"  evaluation, clean+PGD+AA     {eval_ips:7.1f} images/s  (1 and 2 processes, {t_eval:.0f} s)")
+    names = [k for k in one["results"] if k != "worst_case"] + ["worst_case"]
+    print(f"\naccuracy on {one['num_samples']} validation images, eps 4/255 (%)")
+    print(f"  {'attack':12s} {'1 process':>10s} {'2 processes':>12s}")
+    equal = True
+    for k in names:
+        r1, r2 = one["results"].get(k, {}), two["results"].get(k, {})
+        same = r1.get("top1") == r2.get("top1") and r1.get("n") == r2.get("n")
+        equal &= same
+        print(f"  {k:12s} {r1.get('top1', float('nan')):10.1f} {r2.get('top1', float('nan')):12.1f}"
+              f"{'' if same else '   <- differs'}")
+    total = time.time() - t_start
+    print(f"\nrehearsal {'passed' if equal else 'FAILED'} in {total:.0f} s: "
+          f"1-process and 2-process evaluation {'equal' if equal else 'differ'}")
+    return 0 if equal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
