@@ -34,8 +34,12 @@ def _skip_batches(loader, accelerator, num_batches: int):
 
 def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, epoch: int, progress: bool = True,
                     channels_last: bool = False, keys_out: list | None = None, start_batch: int = 0,
-                    totals: dict | None = None, after_batch=None) -> dict[str, float]:
+                    totals: dict | None = None, after_batch=None, log_interval: int = 50) -> dict[str, float]:
     """One pass over `loader`: each minibatch goes through `method.step` inside `accelerator.accumulate`.
+
+    The running loss and accuracy sums stay on the device: the host reads them (and so waits for the device) only
+    every `log_interval` minibatches for the progress bar, when `after_batch` asks for a snapshot (a checkpoint
+    is being written) and once at the end of the epoch. Between those points a step makes no host sync.
 
     Args:
         method: the training method (owns its optimizer steps through `ctx`).
@@ -49,8 +53,10 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
         start_batch: batches of this epoch already trained (mid-epoch resume): they are skipped.
         totals: the running sums of those batches (from a mid-epoch checkpoint), so the epoch's figures come out
             as in an uninterrupted run.
-        after_batch: `after_batch(batches_done, totals) -> bool`, called after every minibatch (checkpointing,
-            preemption); True ends the epoch there.
+        after_batch: `after_batch(batches_done, snapshot) -> bool`, called after every minibatch (checkpointing,
+            preemption); True ends the epoch there. `snapshot()` returns the JSON-able running sums (what `totals`
+            takes back); call it only when they are needed: it reads them from the device.
+        log_interval: update the progress bar's loss every this many minibatches (timm's `--log-interval`).
 
     Returns:
         loss and adversarial accuracy reduced over processes, seconds, this process's pass counts, and
@@ -60,46 +66,52 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
     tot = {"loss_sum": 0.0, "n_loss": 0, "correct": 0, "count": 0, "seconds": 0.0,
            **{k: 0 for k in method.passes.as_dict()}, **(totals or {})}
     p0 = dict(method.passes.as_dict())
-    loss_sum = torch.tensor(tot["loss_sum"], dtype=torch.float64)
-    n_loss, correct, count = tot["n_loss"], tot["correct"], tot["count"]
+    device = accelerator.device
+    # float64 sums (MPS has no float64: float32 there); a float64 sum round-trips exactly through JSON
+    sum_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+    loss_sum = torch.tensor(tot["loss_sum"], dtype=sum_dtype, device=device)
+    correct = torch.tensor(tot["correct"], dtype=torch.int64, device=device)
+    n_loss, count = tot["n_loss"], tot["count"]  # host-side numbers (list lengths, batch sizes): no sync
 
-    def snapshot() -> dict:  # JSON-able running sums (a float64 sum round-trips exactly through JSON)
-        return {"loss_sum": float(loss_sum), "n_loss": n_loss, "correct": correct, "count": count,
+    def snapshot() -> dict:  # JSON-able running sums: one read of the device's sums
+        loss, right = torch.stack([loss_sum, correct.to(sum_dtype)]).tolist()
+        return {"loss_sum": loss, "n_loss": n_loss, "correct": int(right), "count": count,
                 "seconds": tot["seconds"] + time.time() - t0,
                 **{k: tot[k] + v - p0[k] for k, v in method.passes.as_dict().items()}}
 
     completed = True
     total = len(loader) if hasattr(loader, "__len__") else None
+    show = progress and accelerator.is_main_process
     it = tqdm(_skip_batches(loader, accelerator, start_batch), desc=f"epoch {epoch}", initial=start_batch,
-              total=total, disable=not (progress and accelerator.is_main_process), leave=False)
+              total=total, disable=not show, leave=False)
     for b, batch in enumerate(it, start=start_batch + 1):
-        batch = to_device(batch, accelerator.device, channels_last)  # streamed loaders are never prepare()d
+        batch = to_device(batch, device, channels_last)  # streamed loaders are never prepare()d
         x, y = batch[0], batch[1]
         if keys_out is not None and len(batch) > 2:
             keys_out.extend(batch[2])
         # sync_gradients is False on accumulation micro-steps: the prepared optimizer then skips step/zero_grad
         with accelerator.accumulate(ctx.model):
             res = method.step(ctx, x, y)
-        for loss_t in res.losses:
-            loss_sum += loss_t.double().cpu()
+        for loss_t in res.losses:  # one add per update, in order: the same float64 sum as a host-side one
+            loss_sum += loss_t.to(sum_dtype)
         n_loss += len(res.losses)
         correct += res.correct
         count += res.count
-        if progress and n_loss % 10 == 0:
+        if show and b % log_interval == 0:  # the only read between epoch ends
             it.set_postfix(loss=f"{float(loss_sum) / max(1, n_loss):.3f}")
-        if after_batch is not None and after_batch(b, snapshot()):
+        if after_batch is not None and after_batch(b, snapshot):
             completed = False
             break
     it.close()
-    final = snapshot()
-    stats = torch.tensor([final["loss_sum"], n_loss, correct, count], dtype=torch.float64,
-                         device=accelerator.device)
-    stats = accelerator.reduce(stats, reduction="sum")
+    seconds = tot["seconds"] + time.time() - t0
+    stats = torch.cat([torch.stack([loss_sum, correct.to(sum_dtype)]),
+                       torch.tensor([n_loss, count], dtype=sum_dtype, device=device)])
+    loss, right, n, seen = accelerator.reduce(stats, reduction="sum").tolist()  # the epoch's one read
     out = {
-        "train_loss": float(stats[0] / max(1.0, float(stats[1]))),
-        "train_adv_top1": 100.0 * float(stats[2] / max(1.0, float(stats[3]))),
-        "seconds": final["seconds"],
-        **{k: final[k] for k in method.passes.as_dict()},
+        "train_loss": loss / max(1.0, n),
+        "train_adv_top1": 100.0 * (right / max(1.0, seen)),
+        "seconds": seconds,
+        **{k: tot[k] + v - p0[k] for k, v in method.passes.as_dict().items()},
         "completed": completed,
     }
     if hasattr(method, "acceptance_rate"):
@@ -136,6 +148,7 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
     Per-example correctness is gathered across processes so every sample is counted exactly once: per batch with
     `gather_for_metrics` for a loader Accelerate prepared (it drops the samples it duplicated to even out the
     processes), once at the end for any other loader, which must then already be sharded by rank (WebDataset).
+    The per-example results stay on the device until the attack's last batch: one read per attack, not per batch.
     """
     was_training = model.training
     model.eval()
@@ -158,14 +171,15 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
                     ok = model(x_adv).argmax(1) == y
                 if per_batch_gather:
                     ok = accelerator.gather_for_metrics(ok)
-                per_attack[name].append(ok.cpu())
+                per_attack[name].append(ok)
     finally:
         model.train(was_training)
     results = {}
     for name, oks in per_attack.items():
-        ok = torch.cat(oks) if oks else torch.zeros(0, dtype=torch.bool)
+        ok = torch.cat(oks) if oks else torch.zeros(0, dtype=torch.bool, device=device)
         if accelerator is not None and not per_batch_gather:
             ok = gather_uneven(accelerator, ok)
+        ok = ok.cpu()  # the attack's one read
         results[name] = {"top1": 100.0 * ok.float().mean().item(), "n": int(ok.numel()), "_ok": ok, **info[name]}
     if len(attacks) > 1:
         worst = torch.stack([r["_ok"] for r in results.values()]).all(0)

@@ -5,10 +5,11 @@
   processes the request is agreed on by all of them at the end of every step, so a signal to one rank makes every
   rank checkpoint at the same step.
 - `FiniteGuard`: wraps the optimizer the methods step. An update whose gradients hold a NaN/inf (a non-finite
-  loss back-propagates into them) is skipped and counted instead of being applied; after `max_bad_steps` the run
-  stops. Gradients are checked after DDP's all-reduce, so every rank reaches the same decision without another
-  collective. Under fp16 Accelerate's GradScaler already skips overflowing steps (and lowers its scale); there the
-  guard defers to it.
+  loss back-propagates into them) is skipped and counted on the device instead of being applied (no host sync per
+  update); the trainer reads the count every --log-interval minibatches and before every checkpoint, and stops
+  the run at the first read that finds `max_bad_steps` reached. Gradients are checked after DDP's all-reduce, so
+  every rank reaches the same decision without another collective. Under fp16 Accelerate's GradScaler already
+  skips overflowing steps (and lowers its scale); there the guard defers to it.
 """
 import os
 import signal
@@ -66,10 +67,22 @@ class Preemption:
 
 
 class FiniteGuard:
-    """The optimizer the methods see: `step()` applies an update only when every gradient is finite.
+    """The optimizer the methods see: an update whose gradients are not all finite is skipped, with no host sync.
 
-    `bad_steps` counts skipped updates over the run (restored on resume); `first_bad` is the update counter at the
-    first skip of this process's run.
+    Per update, on the device: a flag `bad` (some gradient holds a NaN/inf); the parameters being updated and their
+    optimizer state are copied, the inner optimizer steps, and every one of them is put back where `bad` holds
+    (`torch.where`: a multiplicative mask would not do, 0 * NaN is NaN). A skipped update so leaves weights and
+    moment buffers exactly as they were, and the host never waits for the flag. What cannot be put back without
+    reading it: state the optimizer keeps on the host while the parameters are on an accelerator (Adam's `step`
+    counter on a GPU unless capturable/fused, Python numbers) advances as for an applied update, and state the
+    step itself created (the first update) is zeroed, which is the initial state of torch's SGD, Adam and AdamW.
+    Cost: one more copy of the updated parameters and their optimizer state in device memory, and per update two
+    copies and a select of them.
+
+    The skips are counted on the device; `poll()` reads the count (one host sync) into `bad_steps` (skipped
+    updates over the run, restored on resume) and `first_bad` (the update counter at this process's first skip)
+    and prints a line about new skips. The trainer polls every --log-interval minibatches, at the end of the
+    epoch and before every checkpoint, so no checkpoint is written without knowing about the skips before it.
     """
 
     def __init__(self, optimizer, accelerator, num_updates=lambda: 0):
@@ -78,6 +91,8 @@ class FiniteGuard:
         self.num_updates = num_updates
         self.bad_steps = 0
         self.first_bad: int | None = None
+        self._skipped: torch.Tensor | None = None  # skips since the last poll (device)
+        self._first: torch.Tensor | None = None    # update counter at the first of them, -1: none (device)
 
     @property
     def param_groups(self):
@@ -89,24 +104,55 @@ class FiniteGuard:
     def _grads(self) -> list:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
 
-    def _finite(self) -> bool:
-        grads = [p.grad for p in self._grads()]
-        if not grads:
-            return True
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    def _state(self) -> dict:
+        """The torch optimizer's per-parameter state (under Accelerate's and the accumulation wrappers)."""
+        opt = self.optimizer
+        while not hasattr(opt, "state") and hasattr(opt, "optimizer"):
+            opt = opt.optimizer
+        return getattr(opt, "state", {})
+
+    @torch.no_grad()
+    def _guarded_step(self, params: list):
+        device = params[0].grad.device
+        bad = ~torch.stack([torch.isfinite(p.grad).all().to(device) for p in params]).all()
+        state = self._state()
+
+        def on_device(p) -> dict:  # p's state entries that can be put back without a host sync
+            return {k: v for k, v in state.get(p, {}).items() if isinstance(v, torch.Tensor) and v.device == device}
+
+        mine = [p for p in params if p.device == device]
+        saved = [p.clone() for p in mine], [{k: v.clone() for k, v in on_device(p).items()} for p in mine]
+        self.optimizer.step()
+        for p, old_p, old_state in zip(mine, *saved):
+            p.copy_(torch.where(bad, old_p, p))
+            for k, v in on_device(p).items():  # looked up again: an optimizer may replace a state tensor
+                old = old_state.get(k)  # None: created by this step (the first), back to the initial zeros
+                v.copy_(torch.where(bad, torch.zeros_like(v) if old is None else old, v))
+        if self._skipped is None:
+            self._skipped = torch.zeros((), dtype=torch.int64, device=device)
+            self._first = torch.full((), -1, dtype=torch.int64, device=device)
+        self._first = torch.where((self._first < 0) & bad, self.num_updates(), self._first)
+        self._skipped = self._skipped + bad
 
     def step(self):
-        if getattr(self.accelerator, "scaler", None) is not None or not self.accelerator.sync_gradients:
+        params = self._grads()
+        if getattr(self.accelerator, "scaler", None) is not None or not self.accelerator.sync_gradients or not params:
             self.optimizer.step()  # fp16: the GradScaler skips overflow steps itself; micro-steps: nothing to apply
             return
-        if self._finite():
-            self.optimizer.step()
-            return
-        self.bad_steps += 1
-        if self.first_bad is None:
-            self.first_bad = self.num_updates()
-        for p in self._grads():  # (not optimizer.zero_grad: under accumulation that is deliberately a no-op)
-            p.grad = None
-        if self.accelerator.is_main_process:
-            print(f"non-finite loss/gradient at update {self.num_updates()}: update skipped "
-                  f"({self.bad_steps} so far)", file=sys.stderr, flush=True)
+        self._guarded_step(params)
+
+    def poll(self) -> int:
+        """Read the skips counted since the last poll (one host sync); returns how many there were."""
+        if self._skipped is None:
+            return 0
+        new, first = torch.stack([self._skipped, self._first]).tolist()
+        if new:
+            self._skipped.zero_()
+            self._first.fill_(-1)
+            self.bad_steps += new
+            if self.first_bad is None:
+                self.first_bad = first
+            if self.accelerator.is_main_process:
+                print(f"non-finite loss/gradient: {new} update(s) skipped, the first at update {first} "
+                      f"({self.bad_steps} so far)", file=sys.stderr, flush=True)
+        return new

@@ -95,8 +95,12 @@ class TrainOptions:
     checkpoint_every_steps: int = option(0, "also checkpoint every N minibatches inside an epoch (0: at epoch ends "
                                          "only)", check=_GE0, why="must be >= 0 (0 = at epoch ends only)", group=_OUT)
     max_bad_steps: int = option(10, "non-finite losses/gradients skipped before the run stops (keeps the checkpoint "
-                                "from before the first one)", **AT_LEAST_1, group=_OUT)
+                                "from before the first one); checked every --log-interval minibatches and at "
+                                "checkpoints", **AT_LEAST_1, group=_OUT)
     no_progress: bool = option(False, "no progress bars", action="store_true", group=_OUT)
+    log_interval: int = option(50, "timm's flag: every N minibatches the progress bar's loss is updated and skipped "
+                               "non-finite updates are counted (--max-bad-steps); the device's running sums are read "
+                               "only then, at epoch ends and at checkpoints, never per step", **AT_LEAST_1, group=_OUT)
     log_level: str = option("INFO", "what is logged: INFO is one line per epoch and per checkpoint; DEBUG adds "
                             "Accelerate's own save/load messages", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                             group=_OUT)

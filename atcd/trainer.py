@@ -329,27 +329,41 @@ class _Training:
             _logger.info("%s saved (%s, %.1f MB)", name, where, size / 1e6)
         return path
 
-    def _after_batch(self, epoch: int, batches: int, snap: dict) -> bool:
-        """Per minibatch: bad-step bookkeeping, periodic and preemption checkpoints; True ends the run here."""
-        cfg, guard, faults = self.cfg, self.guard, self.faults
-        faults["bad_steps"] = guard.bad_steps
-        if guard.first_bad is not None and faults["first_bad"] is None:
-            # keep the newest complete checkpoint from before the first bad step out of pruning
-            faults["first_bad"] = guard.first_bad
-            faults["pinned"] = find_latest_state(self.out_dir) if self.accelerator.is_main_process else None
-        if guard.bad_steps >= cfg.max_bad_steps:
-            self.status, self.status_ckpt = "bad_steps", faults["pinned"]
+    def _after_batch(self, epoch: int, batches: int, snapshot) -> bool:
+        """Per minibatch: bad-step bookkeeping, periodic and preemption checkpoints; True ends the run here.
+
+        Host reads only where needed: the guard's skip count every --log-interval minibatches, at the epoch's last
+        one and before a checkpoint; `snapshot()` (the epoch's running sums) only when a checkpoint is written.
+        """
+        cfg, acc = self.cfg, self.accelerator
+        last = batches == len(self.train_loader)  # the epoch-end checkpoint follows right after it
+        # inside an accumulation group micro-step gradients are not saved: no checkpoint there
+        preempted = acc.sync_gradients and self.preemption.requested(acc)
+        periodic = acc.sync_gradients and cfg.checkpoint_every_steps and batches % cfg.checkpoint_every_steps == 0 \
+            and not last
+        if (preempted or periodic or last or batches % cfg.log_interval == 0) and self._bad_steps_stop():
             return True
-        if not self.accelerator.sync_gradients:  # inside an accumulation group: micro-step gradients are not saved
-            return False
-        preempted = self.preemption.requested(self.accelerator)
-        periodic = cfg.checkpoint_every_steps and batches % cfg.checkpoint_every_steps == 0 \
-            and batches < len(self.train_loader)  # the epoch-end checkpoint follows right after the last batch
         if preempted or periodic:
-            path = self._save(f"checkpoint-{epoch:04d}-step{batches:07d}", self._meta(epoch, False, batches, snap))
+            path = self._save(f"checkpoint-{epoch:04d}-step{batches:07d}",
+                              self._meta(epoch, False, batches, snapshot()))
             if preempted:
                 self.status, self.status_ckpt = "preempted", path
                 return True
+        return False
+
+    def _bad_steps_stop(self) -> bool:
+        """Read the guard's count of skipped updates; True (status bad_steps) once --max-bad-steps is reached."""
+        guard, faults = self.guard, self.faults
+        guard.poll()
+        faults["bad_steps"] = guard.bad_steps
+        if guard.first_bad is not None and faults["first_bad"] is None:
+            # keep the newest complete checkpoint from before the first bad step out of pruning (every checkpoint
+            # is written after a poll, so none was written since that step)
+            faults["first_bad"] = guard.first_bad
+            faults["pinned"] = find_latest_state(self.out_dir) if self.accelerator.is_main_process else None
+        if guard.bad_steps >= self.cfg.max_bad_steps:
+            self.status, self.status_ckpt = "bad_steps", faults["pinned"]
+            return True
         return False
 
     def train_epoch(self, epoch: int) -> bool:
@@ -359,8 +373,8 @@ class _Training:
         keys = [] if cfg.log_data_keys else None
         self.stats = train_one_epoch(self.method, self.ctx, self.train_loader, self.accelerator, epoch,
                                      progress=not cfg.no_progress, channels_last=cfg.channels_last, keys_out=keys,
-                                     start_batch=self.start_batch, totals=self.totals,
-                                     after_batch=lambda b, snap: self._after_batch(epoch, b, snap))
+                                     start_batch=self.start_batch, totals=self.totals, log_interval=cfg.log_interval,
+                                     after_batch=lambda b, snapshot: self._after_batch(epoch, b, snapshot))
         self.start_batch, self.totals = 0, None
         if keys is not None:
             self.data_keys[str(epoch)] = gather_object([keys])  # one list of keys per rank

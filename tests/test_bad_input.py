@@ -110,6 +110,7 @@ TRAIN_CASES = [
     ("checkpoint-keep-zero", ["--checkpoint-keep", "0"], "--checkpoint-keep"),
     ("checkpoint-every-negative", ["--checkpoint-every-steps", "-1"], "--checkpoint-every-steps"),
     ("max-bad-steps-zero", ["--max-bad-steps", "0"], "--max-bad-steps"),
+    ("log-interval-zero", ["--log-interval", "0"], "--log-interval"),
     ("reuse-grad-not-atcd", ["--method", "free", "--reuse-grad"], "--reuse-grad"),
     ("resume-missing", ["--resume", "/nonexistent/checkpoint-0003"], "/nonexistent/checkpoint-0003"),
     ("folder-without-data-dir", ["--dataset", "folder"], "--data-dir"),

@@ -171,7 +171,10 @@ def test_second_signal_exits_at_once(tmp_path):
 
 def test_non_finite_steps_are_skipped_then_the_run_stops_keeping_the_checkpoint_before(tmp_path, capsys):
     """A model whose training forward turns NaN from its 5th call: updates 4, 5, 6 are skipped (weights untouched),
-    the third stops the run (exit 3), and the newest checkpoint from before the first NaN survives pruning."""
+    the third stops the run (exit 3), and the newest checkpoint from before the first NaN survives pruning. The
+    guard's count is read every --log-interval batches and before each checkpoint: with 1, at every batch (with
+    the default the run stops at the next read, here the step-8 checkpoint's: see
+    test_trainer_reads_the_guard_at_log_points_and_before_checkpoints)."""
     import timm
     from timm.models import register_model
 
@@ -196,6 +199,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_keeping_the_checkpoint_
     rc = train_atcd.main(["--model", "nan_after_4_smallcnn", "--method", "standard", "--epochs", "1",
                           "--train-samples-per-epoch", "320", "-b", "32", "--opt", "adam", "--lr", "1e-3",
                           "--checkpoint-every-steps", "2", "--checkpoint-keep", "1", "--max-bad-steps", "3",
+                          "--log-interval", "1",
                           "--eval-samples", "20", "--eval-attack-steps", "1", "--output", str(tmp_path),
                           "--experiment", "nan", "--no-progress"])
     out = capsys.readouterr()
@@ -213,3 +217,124 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_keeping_the_checkpoint_
     assert all(torch.isfinite(v).all() for v in w_pinned.values())
     assert all(torch.equal(w_pinned[k], w_later[k]) for k in w_pinned)  # the NaN updates were never applied
     assert not os.path.exists(run / "model.safetensors")
+
+
+# ---- the non-finite guard without host syncs (in-process) --------------------------------------------------------
+
+def _guarded_run(device, opt: str, nan_at: set, n: int, mnist_test_batch, guard: bool = True):
+    """`n` updates of the small CNN on 8-image batches; the loss of the updates in `nan_at` is NaN. Returns the
+    model, the torch optimizer and the guard (None without)."""
+    import timm
+    import torch.nn.functional as F
+    from fakedevice import FakeAccelerator
+
+    from atcd.faults import FiniteGuard
+    from atcd.models import NormalizedModel
+
+    torch.manual_seed(0)
+    model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")).to(device)
+    inner = (torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4) if opt == "adam" else
+             torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4))
+    done = [0]
+    g = FiniteGuard(inner, FakeAccelerator(torch.device(device)), num_updates=lambda: done[0]) if guard else None
+    x, y = mnist_test_batch
+    for i in range(n):
+        xb, yb = x[8 * i:8 * i + 8].to(device), y[8 * i:8 * i + 8].to(device)
+        loss = F.cross_entropy(model(xb), yb) * (float("nan") if i in nan_at else 1.0)
+        (g or inner).zero_grad()
+        loss.backward()
+        (g or inner).step()
+        done[0] += 1
+    return model, inner, g
+
+
+def _flat(model, opt) -> list:
+    state = [v for p in model.parameters() for v in opt.state[p].values()]
+    return [t.detach().cpu().clone() for t in (*model.parameters(), *state)]
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_guard_skips_non_finite_updates_exactly_as_if_never_taken(opt, mnist_test_batch):
+    """On cpu (all optimizer state restorable) a run whose updates 0 and 3 are NaN ends with the weights and the
+    optimizer state (Adam's moments and step, SGD's momentum) bit-identical to a run without those two batches;
+    the skips are counted on the device and read by poll()."""
+    model, inner, guard = _guarded_run("cpu", opt, {0, 3}, 6, mnist_test_batch)
+    torch.manual_seed(0)
+    ref_model, ref_inner, _ = _guarded_run("cpu", opt, set(), 0, mnist_test_batch, guard=False)
+    import torch.nn.functional as F
+    x, y = mnist_test_batch
+    for i in (1, 2, 4, 5):  # the same batches, without the NaN ones
+        ref_inner.zero_grad()
+        F.cross_entropy(ref_model(x[8 * i:8 * i + 8]), y[8 * i:8 * i + 8]).backward()
+        ref_inner.step()
+    got, want = _flat(model, inner), _flat(ref_model, ref_inner)
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+    assert (guard.bad_steps, guard.first_bad) == (0, None)  # not read yet
+    assert guard.poll() == 2 and (guard.bad_steps, guard.first_bad) == (2, 0)
+    assert guard.poll() == 0 and guard.bad_steps == 2
+
+
+def test_guard_on_a_device_makes_no_host_sync_and_leaves_the_weights(mnist_test_batch):
+    """On an accelerator (the fake device) the guarded updates make no host sync, a NaN update leaves weights and
+    Adam's moments as they were (its host-side `step` counter advances, as documented), and poll() reads the count
+    once."""
+    import torch.nn.functional as F
+    from fakedevice import fake_device
+    from syncs import count_host_syncs
+
+    with fake_device() as dev:
+        with count_host_syncs() as syncs:
+            model, inner, guard = _guarded_run(dev, "adam", {2}, 3, mnist_test_batch)  # the third update is NaN
+        assert syncs.total == 0, syncs.report()
+        ref, ref_inner, _ = _guarded_run(dev, "adam", set(), 2, mnist_test_batch, guard=False)
+        got, want = _flat(model, inner), _flat(ref, ref_inner)  # after the NaN one vs never taken
+        steps = [i for i, t in enumerate(want) if t.dim() == 0]  # Adam's step counters (cpu tensors)
+        assert steps and all(torch.equal(a, b) for i, (a, b) in enumerate(zip(got, want)) if i not in steps)
+        assert all(got[i] == want[i] + 1 for i in steps)
+        x, y = mnist_test_batch[0][:16].to(dev), mnist_test_batch[1][:16].to(dev)
+        with count_host_syncs() as syncs:
+            guard.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            guard.step()  # a finite update is applied
+            assert guard.poll() == 1 and guard.bad_steps == 1 and guard.first_bad == 2
+        assert [c.kind for c in syncs.calls] == ["tolist"], syncs.report()
+        assert not torch.equal(_flat(model, inner)[0], got[0])
+
+
+@pytest.mark.parametrize("log_interval,stop_at,polled", [(4, 8, [3, 4, 6, 8]), (1, 7, [1, 2, 3, 4, 5, 6, 7])])
+def test_trainer_reads_the_guard_at_log_points_and_before_checkpoints(tmp_path, log_interval, stop_at, polled):
+    """The trainer's per-batch hook reads the guard's count every --log-interval batches, at the epoch's last one and
+    before each checkpoint (so the checkpoint from before the first skip is pinned before any pruning), and asks
+    the engine for the running sums only when it writes a checkpoint. Skips at batches 5, 6, 7 with
+    --max-bad-steps 3: the run stops at the first read that sees the third (per batch with --log-interval 1)."""
+    from types import SimpleNamespace
+
+    from atcd.config import TrainConfig
+    from atcd.faults import FiniteGuard
+    from atcd.trainer import _Training
+
+    done = [0]
+    param = torch.nn.Parameter(torch.zeros(3))
+    acc = SimpleNamespace(sync_gradients=True, is_main_process=True, num_processes=1)
+    guard = FiniteGuard(torch.optim.SGD([param], lr=0.1), acc, num_updates=lambda: done[0])
+    t = object.__new__(_Training)
+    t.cfg = TrainConfig.of(method="standard", log_interval=log_interval, checkpoint_every_steps=3, max_bad_steps=3)
+    t.accelerator, t.guard, t.train_loader, t.out_dir = acc, guard, [None] * 10, str(tmp_path)
+    t.preemption = SimpleNamespace(requested=lambda _acc: False)
+    t.faults = {"bad_steps": 0, "first_bad": None, "pinned": None}
+    t.status, t.status_ckpt = "completed", None
+    polls, snapshots, saves = [], [], []
+    poll = guard.poll
+    guard.poll = lambda: polls.append(done[0]) or poll()
+    t._meta = lambda epoch, done_, batches, snap=None: {"batches": batches, "totals": snap}
+    t._save = lambda name, meta: saves.append(meta["batches"]) or name
+    for b in range(1, 11):
+        param.grad = torch.full((3,), float("nan") if b in (5, 6, 7) else 1.0)
+        guard.step()
+        done[0] += 1
+        if t._after_batch(0, b, lambda b=b: snapshots.append(b) or {"loss_sum": 0.0}):
+            break
+    assert b == stop_at and polls == polled and t.status == "bad_steps"
+    assert saves == snapshots == [3, 6]  # the step-6 checkpoint is written (2 skips), step 9 never reached
+    assert t.faults["bad_steps"] == 3 and t.faults["first_bad"] == 4  # updates 4, 5, 6 (0-based) were skipped
+    assert torch.equal(param.detach(), torch.full((3,), -0.1 * (stop_at - 3)))  # only the finite ones applied

@@ -1,5 +1,6 @@
 """The host-sync counter (tests/syncs.py): each kind of sync is counted once per call with the line that made it,
-pure tensor code (a training step on the device included) counts 0, and cpu tensors count only when asked."""
+pure tensor code (a training step on the device included) counts 0, and cpu tensors count only when asked; and the
+engine's training loop, every method, makes no host sync between --log-interval points."""
 import numpy as np
 import pytest
 import timm
@@ -114,13 +115,18 @@ def test_patches_are_removed_on_exit(dev):
 # ---- the engine's training loop ---------------------------------------------------------------------------------
 
 
-def _epoch_syncs(dev, batches: list, method: str):
-    """Host syncs of one `train_one_epoch` on the fake device, batches already there (as a prepared loader's)."""
+METHODS = ["standard", "atcd", "pgd", "trades", "free", "fast", "yopo"]
+
+
+def _train_epoch(dev, batches: list, method: str, **kw) -> dict:
+    """One `train_one_epoch` on the fake device, as the trainer runs it: batches already there (a prepared
+    loader's), the optimizer behind the trainer's `FiniteGuard` (SGD with momentum)."""
     from fakedevice import FakeAccelerator
 
     from atcd.config import TrainConfig
     from atcd.device import to_device
     from atcd.engine import train_one_epoch
+    from atcd.faults import FiniteGuard
     from atcd.methods import StepContext, create_method
 
     own = {"atcd_T": 2, "atcd_K": 1} if method == "atcd" else {}
@@ -128,21 +134,56 @@ def _epoch_syncs(dev, batches: list, method: str):
     torch.manual_seed(0)
     model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")).to(dev)
     acc = FakeAccelerator(dev)
-    ctx = StepContext(model=model, attack_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
-                      backward=acc.backward, after_update=lambda: None)
+    guard = FiniteGuard(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), acc)
+    ctx = StepContext(model=model, attack_model=model, optimizer=guard, backward=acc.backward,
+                      after_update=lambda: None)
     batches = [to_device(b, dev) for b in batches]
-    with count_host_syncs() as syncs:
-        stats = train_one_epoch(create_method(method, cfg), ctx, batches, acc, 0, progress=False)
-    assert stats["completed"] and stats["weight_passes"] == len(batches) * (2 if method == "atcd" else 1)
-    return syncs
+    return train_one_epoch(create_method(method, cfg), ctx, batches, acc, 0, **kw)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="per-step host syncs in the training loop: "
-                   "loss_t.double().cpu() (atcd/engine.py), int(...sum()) for accuracy (atcd/methods/base.py record) "
-                   "and M-H counts (atcd/methods/atcd.py _metropolis); accumulate on the device, read once per epoch")
-@pytest.mark.parametrize("method", ["standard", "atcd"])
-def test_train_loop_host_syncs_do_not_grow_with_the_batches(dev, method, mnist_test_batch):
+def _batches(mnist_test_batch, n: int = 4, size: int = 8) -> list:
     x, y = mnist_test_batch
-    batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 32, 8)]
-    two, four = _epoch_syncs(dev, batches[:2], method), _epoch_syncs(dev, batches, method)
-    assert four.total == two.total, f"2 batches:\n{two.report()}\n4 batches:\n{four.report()}"
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, n * size, size)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_train_loop_host_syncs_do_not_grow_with_the_batches(dev, method, mnist_test_batch):
+    """Between log points a training step makes no host sync: the running loss, accuracy and M-H counts stay on
+    the device, and so does the non-finite-update guard. With --log-interval 3 and 4 batches the host reads once at
+    batch 3 (the progress bar's loss) and at the epoch end (the reduced sums; ATCD's acceptance rate)."""
+    after = []  # syncs so far, after each batch
+    with count_host_syncs() as syncs:
+        stats = _train_epoch(dev, _batches(mnist_test_batch), method, progress=True, log_interval=3,
+                             after_batch=lambda b, snapshot: after.append(syncs.total))  # None: go on
+    assert after == [0, 0, 1, 1], syncs.report()
+    epoch_end = {("tolist", "train_one_epoch")} | ({("int", "acceptance_rate")} if method == "atcd" else set())
+    assert {(c.kind, c.where.split(" in ")[1]) for c in syncs.calls[1:]} == epoch_end, syncs.report()
+    assert syncs.total == 1 + len(epoch_end), syncs.report()
+    log_read = syncs.calls[0]
+    assert log_read.kind == "float" and log_read.where.startswith("atcd/engine.py:"), syncs.report()
+    assert stats["completed"] and 0.0 < stats["train_loss"] < 10.0 and 0.0 <= stats["train_adv_top1"] <= 100.0
+
+
+def test_a_snapshot_is_read_only_when_asked_and_holds_the_epochs_sums(dev, mnist_test_batch):
+    """`after_batch` gets the running sums as a callable: not calling it costs nothing; calling it reads the device
+    once and gives the figures the epoch ends with (the float64 sum a mid-epoch checkpoint stores)."""
+    snaps, reads = {}, {}
+
+    def after_batch(b, snapshot):
+        if b in (2, 4):
+            before = syncs.total
+            snaps[b] = snapshot()
+            reads[b] = syncs.total - before
+        return False
+
+    with count_host_syncs() as syncs:
+        stats = _train_epoch(dev, _batches(mnist_test_batch), "standard", progress=False, log_interval=100,
+                             after_batch=after_batch)
+    assert reads == {2: 1, 4: 1} and syncs.total == 3, syncs.report()  # two snapshots and the epoch end
+    s2, s4 = snaps[2], snaps[4]
+    assert (s2["n_loss"], s2["count"], s4["n_loss"], s4["count"]) == (2, 16, 4, 32)
+    assert s2["weight_passes"] == 2 and s4["weight_passes"] == 4
+    assert isinstance(s4["loss_sum"], float) and isinstance(s4["correct"], int)
+    assert 0.0 < s2["loss_sum"] < s4["loss_sum"] and 0 <= s2["correct"] <= s4["correct"] <= 32
+    assert stats["train_loss"] == s4["loss_sum"] / 4
+    assert stats["train_adv_top1"] == 100.0 * (s4["correct"] / 32)

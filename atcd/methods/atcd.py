@@ -76,7 +76,7 @@ class ATCD(TrainMethod):
 
     def __init__(self, cfg, generator: torch.Generator | None = None):
         super().__init__(cfg, generator)
-        self.accepted = 0
+        self.accepted = 0  # a device tensor once counting starts: read by acceptance_rate(), not per replay
         self.proposed = 0
         self.delta: torch.Tensor | None = None  # --reuse-grad only: the chain state carried across minibatches
 
@@ -191,7 +191,7 @@ class ATCD(TrainMethod):
         h0 = hamiltonian(ce_end if ce_start is None else ce_start, v_start, o.mh_temperature, o.mh_kinetic)
         h1 = hamiltonian(ce_end, v, o.mh_temperature, o.mh_kinetic)
         acc = mh_accept(h0, h1, self.gen)
-        self.accepted += int(acc.sum())
+        self.accepted = self.accepted + acc.sum()  # stays on the device (no host sync per replay)
         self.proposed += acc.numel()
         m = _rows(acc, x)
         return torch.where(m, delta, d_start), torch.where(m, v, v_start), acc, ce_end, F.softmax(z, 1)
@@ -200,7 +200,7 @@ class ATCD(TrainMethod):
         """RNG of random starts and M-H draws, so a resumed run draws what the uninterrupted one would; with
         --reuse-grad also the carried chain state."""
         own = {} if self.delta is None else {"delta": self.delta.cpu().contiguous()}
-        return {**super().state_dict(), "mh_counts": torch.tensor([self.accepted, self.proposed]), **own}
+        return {**super().state_dict(), "mh_counts": torch.tensor([int(self.accepted), self.proposed]), **own}
 
     def load_state_dict(self, state: dict):
         super().load_state_dict(state)
@@ -208,4 +208,4 @@ class ATCD(TrainMethod):
         self.delta = state.get("delta")
 
     def acceptance_rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else float("nan")
+        return int(self.accepted) / self.proposed if self.proposed else float("nan")  # the one read of the counts

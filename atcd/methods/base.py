@@ -27,8 +27,9 @@ class StepContext:
 
 @dataclass
 class StepResult:
-    losses: list[float] = field(default_factory=list)   # one per weight update
-    correct: int = 0                                     # adversarial-example accuracy during training
+    """One minibatch's figures, left on the device (reading them would make the host wait for the step)."""
+    losses: list[torch.Tensor] = field(default_factory=list)  # one 0-dim tensor per weight update
+    correct: int | torch.Tensor = 0                           # adversarial-example accuracy during training
     count: int = 0
     extras: dict[str, float] = field(default_factory=dict)
 
@@ -102,8 +103,9 @@ class TrainMethod:
 
     @staticmethod
     def record(res: StepResult, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
+        """Loss and correct count of one update, as device tensors: no host sync (the engine reads the sums)."""
         res.losses.append(loss.detach())
-        res.correct += int((logits.detach().argmax(1) == y).sum())
+        res.correct = res.correct + (logits.detach().argmax(1) == y).sum()
         res.count += y.numel()
 
     def weight_update(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, res: StepResult,
