@@ -169,10 +169,10 @@ def run(cfg: TrainConfig) -> dict:
                                                                         data_seed=cfg.seed))
     try:
         cfg = replace(cfg, mixed_precision=accelerator.mixed_precision)  # what runs is what args.yaml records
-        if cfg.mixed_precision == "fp16" and cfg.method != "standard":
-            raise ConfigError(f"fp16 is refused for --method {cfg.method}: attack gradients underflow in fp16 (p - y "
-                              f"~ 1e-7 flushes to 0, so sign steps stop moving); use bf16 (same speed on GPUs that "
-                              f"have it) or no")
+        if cfg.mixed_precision == "fp16" and accelerator.scaler is None:  # Accelerate turns fp16 off on cpu
+            raise ConfigError(f"fp16 does not run on {accelerator.device.type}: Accelerate turns it off there (no "
+                              f"autocast, no GradScaler), so the run would be fp32 while recording fp16; use bf16 or "
+                              f"no")
         with Preemption() as preemption:
             training = _Training(cfg, accelerator, preemption)
             for epoch in range(training.start_epoch, training.epochs):

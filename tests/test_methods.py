@@ -76,7 +76,8 @@ def test_pass_count_per_minibatch_matches_formula(name, mnist_test_batch):
         before = method.passes.as_dict()
         method.step(ctx, x, y)
         counted = {k.replace("_passes", ""): v - before[k] for k, v in method.passes.as_dict().items()}
-        want = {k: expected.get(k, 0) for k in ("input_grad", "weight", "forward", "stem", "weight_with_input_grad")}
+        want = {k: expected.get(k, 0)
+                for k in ("input_grad", "weight", "forward", "stem", "weight_with_input_grad", "fp16_fallbacks")}
         assert counted == want, (name, batch, counted)
         # the method's own count agrees with the network calls that really happened
         assert model.full == want["input_grad"] + want["weight"] + want["forward"]
@@ -232,7 +233,7 @@ def test_atcd_reuse_grad_mh_tests_against_the_previous_replays_end(mnist_test_ba
     model.inner.model.head.register_forward_hook(lambda _m, _i, o: outs.append(o.detach().float()))
     method.step(_ctx(model), x, y)
     assert method.passes.as_dict() == {"input_grad_passes": 0, "weight_passes": 3, "forward_passes": 3,
-                                       "stem_passes": 0, "weight_with_input_grad": 2}
+                                       "stem_passes": 0, "weight_with_input_grad": 2, "fp16_fallbacks": 0}
     torch.rand(x.shape, generator=draws)  # the first minibatch's random start
     ce_start = None
     rejected = 0

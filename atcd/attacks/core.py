@@ -19,6 +19,8 @@ class PassCounter:
     forward: forward only (no backward); stem: forward + backward through the first layer only (YOPO).
     weight_with_input_grad: how many of the weight passes also returned the input gradient (Free's trick: the
     backward goes on through the first layer to the input, a few per cent more than a plain weight pass).
+    fp16_fallbacks: how many fp16 input-gradient passes gave a non-finite gradient and were redone in fp32 (each
+    redo is also counted in input_grad: it is a full pass).
     """
 
     def __init__(self):
@@ -27,6 +29,7 @@ class PassCounter:
         self.forward = 0
         self.stem = 0
         self.weight_with_input_grad = 0
+        self.fp16_fallbacks = 0
 
     def total(self) -> int:
         """Full-network passes (a stem pass is a fraction of one and is reported apart)."""
@@ -34,7 +37,8 @@ class PassCounter:
 
     def as_dict(self):
         return {"input_grad_passes": self.input_grad, "weight_passes": self.weight, "forward_passes": self.forward,
-                "stem_passes": self.stem, "weight_with_input_grad": self.weight_with_input_grad}
+                "stem_passes": self.stem, "weight_with_input_grad": self.weight_with_input_grad,
+                "fp16_fallbacks": self.fp16_fallbacks}
 
 
 def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -48,6 +52,35 @@ def random_init(x: torch.Tensor, eps: float, generator: torch.Generator | None =
     return project(x, (2 * noise - 1) * eps, eps)
 
 
+def _fp16_autocast(device_type: str) -> bool:
+    """True inside an fp16 autocast region for `device_type` (bf16 has fp32's exponent range: nothing underflows)."""
+    return (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+            and torch.get_autocast_dtype(device_type) == torch.float16)
+
+
+def _rowwise(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return s.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _fp16_backward(logits: torch.Tensor, d: torch.Tensor, y: torch.Tensor,
+                   loss_fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input gradient of an fp16 forward without fp16's underflow; returns (grad, per-example loss).
+
+    dL/dz is taken in fp32 from an fp32 copy of the logits; each example's row is divided by its largest |.| (an
+    all-zero row is left as it is), so the fp16 backward through the network carries values up to 1 instead of
+    p - y ~ 1e-7 (which flushes to 0 below fp16's smallest subnormal, 6e-8); the input gradient is multiplied back
+    by that factor in fp32. The result is the true-scale gradient: callers that use its size get it.
+    """
+    z = logits.detach().float().requires_grad_(True)
+    with torch.autocast(d.device.type, enabled=False):
+        loss = loss_fn(z, y)
+        (gz,) = torch.autograd.grad(loss.sum(), z)
+    s = gz.flatten(1).abs().amax(1)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    (g,) = torch.autograd.grad(logits, d, grad_outputs=(gz / _rowwise(s, gz)).to(logits.dtype))
+    return g * _rowwise(s, g).to(g.dtype), loss
+
+
 def input_grad(
         model: nn.Module,
         x: torch.Tensor,
@@ -56,14 +89,29 @@ def input_grad(
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         counter: PassCounter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward + backward w.r.t. the input only. Returns (grad, per-example loss, logits), all detached."""
+    """One forward + backward w.r.t. the input only. Returns (grad, per-example loss, logits), all detached.
+
+    Under fp16 autocast the backward is seeded per example so that it does not underflow (`_fp16_backward`), and
+    a non-finite gradient or loss (an fp16 overflow) is never returned: the pass is redone for the whole batch in
+    fp32 (counted in `counter.fp16_fallbacks` and as one more input-gradient pass). That check reads one flag on
+    the host per fp16 pass; fp32 and bf16 passes are unchanged (no check, no sync).
+    """
+    fp16 = _fp16_autocast(x.device.type)
     with torch.enable_grad():
         d = delta.detach().requires_grad_(True)
         logits = model(x + d)
-        loss = loss_fn(logits, y)
-        (g,) = torch.autograd.grad(loss.sum(), d)
+        if fp16:
+            g, loss = _fp16_backward(logits, d, y, loss_fn)
+        else:
+            loss = loss_fn(logits, y)
+            (g,) = torch.autograd.grad(loss.sum(), d)
     if counter is not None:
         counter.input_grad += 1
+    if fp16 and not bool(torch.isfinite(g).all() & torch.isfinite(loss).all()):
+        if counter is not None:
+            counter.fp16_fallbacks += 1
+        with torch.autocast(x.device.type, enabled=False):
+            return input_grad(model, x, delta, y, loss_fn, counter)
     return g.detach(), loss.detach(), logits.detach()
 
 
@@ -71,7 +119,13 @@ def sign_step(
         x: torch.Tensor, delta: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
         eps: float, alpha: float, momentum: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """v = mu v + g / mean|g| (per example); delta = Proj(delta + alpha sign(v)). mu=0 is PGD, mu=1 MI-FGSM."""
+    """v = mu v + g / mean|g| (per example); delta = Proj(delta + alpha sign(v)). mu=0 is PGD, mu=1 MI-FGSM.
+
+    An example whose g is not finite (the input gradient of an fp16 weight pass that overflowed, `--reuse-grad`;
+    the GradScaler skips that update too) adds nothing to v in this step: a NaN kept in v would hold it at
+    sign(NaN) = 0 for the rest of the chain. Finite rows are untouched.
+    """
+    g = torch.where(_rowwise(torch.isfinite(g).flatten(1).all(1), g), g, 0.0)
     norm = g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
     v = momentum * v + g / norm
     return project(x, delta + alpha * v.sign(), eps), v
