@@ -122,8 +122,9 @@ def export_run(
         with open(summary_path, newline="") as f:
             summary_rows = list(csv.DictReader(f))
 
-    model = unwrap_timm(build_model(train_args["model"], num_classes=train_args.get("num_classes"),
-                                    in_chans=train_args.get("in_chans")))
+    model = unwrap_timm(build_model(train_args["model"], num_classes=train_args.get("num_classes"),  # --mean/--std
+                                    in_chans=train_args.get("in_chans"), mean=train_args.get("mean"),  # reach
+                                    std=train_args.get("std")))  # the published pretrained_cfg
     weights = os.path.join(run_dir, WEIGHTS_NAME)
     load_weights(model, weights)
     out_dir = out_dir or os.path.join(run_dir, "hf-export")
