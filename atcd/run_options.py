@@ -67,8 +67,8 @@ class TrainOptions:
     std: tuple | None = _mean_std("std", _D)
     no_aug: bool = option(False, "no training augmentation: resize and centre-crop to the size (timm's flag)",
                           action="store_true", group=_AUG)
-    hflip: float | None = option(None, "horizontal flip probability (timm's flag); default 0.5 for colour input, 0 "
-                                 "for 1-channel input (digits: a mirrored digit is another symbol)", type=float,
+    hflip: float | None = option(None, "horizontal flip probability (timm's flag; default 0.5). 1-channel input "
+                                 "(digits) is never augmented, as the MNIST references", type=float,
                                  check=lambda v: v is None or 0 <= v <= 1, why="must be in [0, 1]", group=_AUG)
     scale: tuple | None = option(None, "RandomResizedCrop area range above 32 px (timm's flag; default 0.08 1.0); at "
                                  "<= 32 px training pads by 1/8 of the size and crops at random", type=float, nargs=2,

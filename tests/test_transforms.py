@@ -76,11 +76,13 @@ def test_no_aug_and_hflip_0():
     assert {_shift_flip(tf(img), base, 4)[2] for _ in range(32)} == {False}
 
 
-def test_grayscale_input_is_shifted_never_flipped_by_default(mnist_test_batch):
+def test_grayscale_input_is_not_augmented(mnist_test_batch):
     digit = Image.fromarray((mnist_test_batch[0][0, 0].numpy() * 255).round().astype(np.uint8))  # 28 px
     base = create_pixel_transform((1, 28, 28), False)(digit)
-    seen = [_shift_flip(create_pixel_transform((1, 28, 28), True)(digit), base, pad=3) for _ in range(32)]
-    assert None not in seen and {s[2] for s in seen} == {False} and len({s[:2] for s in seen}) > 1
+    assert torch.equal(base, T.ToTensor()(digit))
+    assert all(torch.equal(create_pixel_transform((1, 28, 28), True)(digit), base) for _ in range(8))
+    with pytest.raises(ConfigError, match="--hflip: 1-channel"):
+        create_pixel_transform((1, 28, 28), True, hflip=0.5)
 
 
 def test_large_images_get_timms_random_resized_crop_and_flip():
@@ -109,17 +111,37 @@ def test_draws_are_a_function_of_seed_epoch_and_sample_not_of_the_global_rng():
     assert any(not torch.equal(tf(img, e, 5), a) for e in range(1, 6))  # a new epoch, new draws
 
 
-def test_folder_batches_equal_for_0_and_2_workers_and_change_per_epoch(tmp_path, mnist_test_batch):
-    root = _write_digit_folder(tmp_path, mnist_test_batch, per_class=(2, 1))
+def test_augmented_batches_depend_on_seed_and_epoch_only(tmp_path, mnist_test_batch):
+    """What makes a resumed run bit-identical: folder and shard training batches are the same whatever the worker
+    count and the global RNG state (a resume restores another one), and change with the epoch."""
+    from atcd.data import create_wds_loader
+    from atcd.data.shards import write_dataset_shards
+    root = _write_digit_folder(tmp_path / "f", mnist_test_batch, per_class=(2, 1))
+    shards = str(tmp_path / "s")
+    write_dataset_shards("folder", shards, splits=("train",), data_dir=root, shard_size=8)
     ds = create_atcd_dataset("folder", "train", data_dir=root, input_size=(3, 32, 32), is_training=True, aug_seed=3)
 
-    def batches(workers, epoch):
+    def folder_images(workers, epoch):  # image index -> tensor
         ds.set_epoch(epoch)
-        return [x for x, _ in create_atcd_loader(ds, 10, False, num_workers=workers)]
+        return dict(enumerate(x for xb, _ in create_atcd_loader(ds, 10, False, num_workers=workers) for x in xb))
 
-    e0 = batches(0, 0)
-    assert all(torch.equal(a, b) for a, b in zip(e0, batches(2, 0), strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(e0, batches(0, 1), strict=True))
+    def shard_images(workers, epoch, no_aug=False):  # sample key -> tensor (workers interleave samples differently)
+        loader = create_wds_loader(shards, "train", 5, True, seed=3, num_workers=workers, input_size=(3, 32, 32),
+                                   samples_per_epoch=60, no_aug=no_aug, with_keys=True)
+        loader.set_epoch(epoch)
+        return {k: x for xb, _, kb in loader for x, k in zip(xb, kb)}
+
+    for images in (folder_images, shard_images):
+        torch.manual_seed(0)
+        e0 = images(0, 0)
+        torch.manual_seed(1)
+        e0_2 = images(2, 0)
+        e1 = images(0, 1)
+        both, again = set(e0) & set(e0_2), set(e0) & set(e1)  # a streamed epoch draws from an endless stream
+        assert len(both) >= 15 and all(torch.equal(e0[k], e0_2[k]) for k in both)
+        assert len(again) >= 15 and not all(torch.equal(e0[k], e1[k]) for k in again)
+    plain = shard_images(0, 0, no_aug=True)
+    assert sum(not torch.equal(e0[k], plain[k]) for k in set(e0) & set(plain)) >= 4  # the shards are augmented too
 
 
 def test_res256crop224_equals_robustbench_preprocessing():
@@ -185,6 +207,18 @@ def test_mean_std_reach_the_model_wrapper_and_its_pretrained_cfg(monkeypatch, tm
         evaluator.load_model_for_eval(parse_eval_args(["--model", "resnet18", "--mean", "0.5", "0.5"]))
 
 
+def test_args_yaml_with_list_options_runs_again(tmp_path):
+    """args.yaml holds --input-size / --mean / --scale / --decay-milestones as yaml lists; `-c args.yaml` reads them
+    back (each element through the option's type) to the same configuration."""
+    import yaml
+    cfg = parse_train_args(["--dataset", "folder", "--data-dir", "/x", "--input-size", "3", "32", "32", "--mean", "0.5",
+                            "--std", "0.25", "0.5", "0.5", "--scale", "0.5", "1", "--ratio", "3/4", "4/3", "--sched",
+                            "multistep", "--decay-milestones", "3", "4.5"])
+    (tmp_path / "args.yaml").write_text(yaml.safe_dump(cfg.flat()))
+    again = parse_train_args(["-c", str(tmp_path / "args.yaml")])
+    assert again.flat() == cfg.flat() and again.ratio == [0.75, 4 / 3] and again.decay_milestones == [3.0, 4.5]
+
+
 def test_multistep_lr_drops_by_decay_rate_at_each_milestone():
     from atcd.schedule import create_lr_scheduler
     cfg = parse_train_args(["--sched", "multistep", "--decay-milestones", "3", "4", "--decay-rate", "0.2",
@@ -221,3 +255,24 @@ def test_resnet18_trains_at_32px_from_a_32px_folder(tmp_path, mnist_test_batch):
     assert "80 images/epoch at 3x32x32" in r.stderr  # the start line: the model runs at 32 px
     res = json.loads(r.stdout.strip().splitlines()[-1][len("RESULT "):])
     assert res["eval_n"] == 20 and np.isfinite(res["train_loss"])
+
+
+def test_a_published_run_states_its_size_and_normalisation(tmp_path):
+    """--input-size / --mean / --std of a run reach the published config.json, so hub users preprocess alike."""
+    import yaml
+
+    from atcd.checkpoint import save_weights
+    from atcd.models import build_model, unwrap_timm
+    from atcd.publish.export import export_run
+    run = tmp_path / "run"
+    run.mkdir()
+    args = {"model": "preact_resnet18_cifar", "method": "standard", "dataset": "folder", "eps": 0.0,
+            "input_size": [3, 64, 64], "mean": [0.5], "std": [0.25]}
+    (run / "args.yaml").write_text(yaml.safe_dump(args))
+    save_weights(unwrap_timm(build_model(args["model"])), str(run / "model.safetensors"))
+    (run / "results.json").write_text(json.dumps({"model": args["model"], "eps": 0.0, "norm": "Linf",
+                                                  "num_samples": 10, "results": {"clean": {"top1": 50.0, "n": 10}}}))
+    out = export_run(str(run), "org/name", out_dir=str(tmp_path / "export"))
+    with open(os.path.join(out, "config.json")) as f:
+        pcfg = json.load(f)["pretrained_cfg"]
+    assert (pcfg["input_size"], pcfg["mean"], pcfg["std"]) == ([3, 64, 64], [0.5] * 3, [0.25] * 3)

@@ -7,7 +7,13 @@ from .factory import (  # noqa: F401
     split_holdout,
 )
 from .mnist_mini import MnistMini, load_mnist_mini  # noqa: F401
-from .registry import builtin_datasets, describe_datasets, get_dataset_spec, list_datasets, register_dataset  # noqa: F401
+from .registry import (  # noqa: F401
+    builtin_datasets,
+    describe_datasets,
+    get_dataset_spec,
+    list_datasets,
+    register_dataset,
+)
 from .train_loaders import create_train_loaders  # noqa: F401
 from .transforms import (  # noqa: F401
     check_transform_options,

@@ -171,9 +171,7 @@ def create_atcd_dataset(
     else:
         raise DataError(f"no '{split}' folder under {data_dir!r} (expected {data_dir}/{split}/<class>/<images>)")
     transform = create_pixel_transform(input_size, is_training, interpolation, crop_pct, no_aug=no_aug, hflip=hflip,
-                                       scale=scale, ratio=ratio)
-    if is_training and not no_aug:
-        transform = Reseeded(transform, aug_seed)
+                                       scale=scale, ratio=ratio, seed=aug_seed)
     ds = CheckedImageFolder(root, split, transform, strict=strict, max_skipped=max_skipped)
     if len(ds) == 0:
         raise DataError(f"image folder {root!r} holds no images in class sub-folders")

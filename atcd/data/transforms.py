@@ -9,9 +9,9 @@ timm's eval transform (resize, centre crop by `crop_pct`) and, for training, aug
     the CIFAR adversarial-training recipe. timm has no pad-crop, so torchvision's `RandomCrop` follows timm's resize;
     their eval crop defaults to the whole image (`crop_pct` 1.0);
   - larger images: timm's `RandomResizedCrop` (`scale`, `ratio`) and flip, without colour jitter.
-The flip probability `hflip` defaults to 0.5 for colour input and to 0 for 1-channel input (digits, letters: a mirror
-image is another symbol). Training draws are a function of (seed, epoch, sample) (`Reseeded`), so a resumed run, any
-loader worker count and any rank see the same augmented images.
+`hflip` (default 0.5), `scale`, `ratio` are timm's. 1-channel input (digits) is trained unaugmented, as the MNIST
+references (and a mirrored digit is another symbol). Training draws are a function of (seed, epoch, sample)
+(`Reseeded`), so a resumed run, any loader worker count and any rank see the same augmented images.
 """
 import hashlib
 import random
@@ -105,7 +105,8 @@ def create_pixel_transform(
         hflip: float | None = None,
         scale: tuple[float, float] | None = None,
         ratio: tuple[float, float] | None = None,
-) -> T.Compose:
+        seed: int | None = None,
+) -> "T.Compose | Reseeded":
     """PIL image -> float [0,1] CHW tensor of `input_size`, by timm's `create_transform` (module docstring: the rule).
 
     Args:
@@ -113,13 +114,23 @@ def create_pixel_transform(
         is_training: the training transform (augmented unless `no_aug`).
         interpolation: resize interpolation (timm's names).
         crop_pct: evaluation centre-crop fraction (timm: resize to size / crop_pct, then crop).
-        no_aug: training without augmentation: timm's resize + centre crop to the size.
-        hflip: flip probability; None: 0.5 for colour input, 0 for 1-channel input.
+        no_aug: training without augmentation: timm's resize + centre crop to the size (always for 1 channel).
+        hflip: flip probability (None: 0.5).
         scale, ratio: RandomResizedCrop's area and aspect ranges (images above `SMALL_IMAGE` px); None: timm's.
+        seed: an augmenting transform comes wrapped in `Reseeded(transform, seed)`: call it with (img, epoch, id).
+
+    Raises:
+        ConfigError: `hflip` > 0, `scale` or `ratio` for 1-channel input (which is not augmented).
     """
     chans, h, w = (int(v) for v in input_size)
     mode = [T.Grayscale(num_output_channels=1)] if chans == 1 else [T.Lambda(_to_rgb)]
-    hflip = (0.5 if chans > 1 else 0.0) if hflip is None else hflip
+    if chans == 1 and is_training and not no_aug:
+        asked = [f for f, v in (("--hflip", (hflip or 0) > 0), ("--scale", scale), ("--ratio", ratio)) if v]
+        if asked:
+            raise ConfigError(f"{asked[0]}: 1-channel (digit) input is trained unaugmented; augmentation applies to "
+                              f"colour input")
+        no_aug = True
+    hflip = 0.5 if hflip is None else hflip
     small = min(h, w) <= SMALL_IMAGE
     common = {"input_size": (chans, h, w), "interpolation": interpolation, "mean": (0.0,) * chans,
               "std": (1.0,) * chans}
@@ -132,7 +143,8 @@ def create_pixel_transform(
         tf = T.Compose(tf.transforms[:-2] + aug + tf.transforms[-2:])
     else:  # evaluation (resize, centre crop by crop_pct) or --no-aug training (timm's: resize, centre crop to size)
         tf = create_transform(**common, is_training=is_training, no_aug=no_aug, crop_pct=crop_pct)
-    return T.Compose(mode + tf.transforms)
+    tf = T.Compose(mode + tf.transforms)
+    return Reseeded(tf, seed) if seed is not None and is_training and not no_aug else tf
 
 
 def _sample_seed(*parts) -> int:

@@ -429,9 +429,7 @@ def create_wds_loader(
         raise DataError(f"batch size must be >= 1 (got {batch_size})")
     src = resolve_wds_source(data_dir_or_url, split, name)
     transform = create_pixel_transform(tuple(input_size), is_training, interpolation, crop_pct, no_aug=no_aug,
-                                       hflip=hflip, scale=scale, ratio=ratio)
-    if is_training and not no_aug:
-        transform = Reseeded(transform, seed)
+                                       hflip=hflip, scale=scale, ratio=ratio, seed=seed)
     handler = _SkipCounter(strict, max_skipped)
     decode = _Decode(transform, with_keys, give_up_after=max(1000, src.num_samples or 0))
     if is_training:

@@ -21,6 +21,7 @@ from timm.models import save_for_hf
 
 from .. import __version__
 from ..checkpoint import atomic_write_text, load_weights
+from ..data import resolve_data_config
 from ..models import build_model, unwrap_timm
 from ..models.hub import CONFIG_NAME, NETWORK_ERRORS, WEIGHTS_NAME, HubError, hub_error, one_line, unreachable
 from .auth import assert_no_token, require_token
@@ -72,6 +73,17 @@ def _label_names(train_args: dict, num_classes: int) -> list[str] | None:
         root = os.path.join(train_args["data_dir"], "train")
         names = sorted((d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))), key=natural_key)
     return list(names) if names and len(names) == num_classes else None
+
+
+def _data_config(model, train_args: dict) -> dict | None:
+    """The size, crop and interpolation the run's eval transform used, when its flags changed them: the published
+    `pretrained_cfg` then states them (its mean/std come from `build_model(mean=, std=)`)."""
+    flags = ("input_size", "img_size", "crop_pct", "interpolation")
+    if all(train_args.get(k) is None for k in flags):
+        return None
+    dc = resolve_data_config(model.pretrained_cfg, *(train_args.get(k) for k in ("input_size", "img_size", "in_chans",
+                                                                                 "crop_pct", "interpolation")))
+    return {k: dc[k] for k in ("input_size", "crop_pct", "interpolation")}
 
 
 def export_run(
@@ -137,7 +149,8 @@ def export_run(
         tag = f"{train_args.get('method')}_{train_args.get('dataset') or 'folder'}"
         save_for_hf(model, tmp, safe_serialization=True,
                     model_config={"label_names": _label_names(train_args, model.num_classes),
-                                  "pretrained_cfg": {"tag": tag, "license": license}})
+                                  "pretrained_cfg": {"tag": tag, "license": license}},
+                    data_config=_data_config(model, train_args))
         published, trained = load_file(os.path.join(tmp, WEIGHTS_NAME)), load_file(weights)
         if published.keys() != trained.keys() or any(not torch.equal(published[k], trained[k]) for k in trained):
             raise HubError(f"the weights written by save_for_hf differ from {weights}")
