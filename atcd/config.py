@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attacks import AttackConfig, attack_options_class, list_attacks
-from .data import builtin_datasets, describe_datasets, is_wds
+from .data import builtin_datasets, check_transform_options, describe_datasets, is_wds
 from .errors import ConfigError
 from .methods import get_method_class, list_methods
 from .options import (
@@ -28,14 +28,6 @@ from .options import (
     set_help,
 )
 from .run_options import EVAL_GROUPS, TRAIN_GROUPS, EvalOptions, TrainOptions
-
-
-def _check_input_size(cfg) -> None:
-    """A built-in dataset is served at its own size (no transform): an --input-size there would be ignored."""
-    if cfg.input_size and cfg.dataset in builtin_datasets():
-        raise ConfigError(f"--input-size resizes image folders and shards; the built-in {cfg.dataset} is served at its "
-                          f"own size (export it with scripts/export_dataset.py to resize it)")
-
 
 __all__ = ["ConfigError", "EvalConfig", "TrainConfig", "option_table", "parse_eval_args", "parse_train_args"]
 
@@ -81,6 +73,7 @@ class TrainConfig(TrainOptions):
         check_options(self)
         check_options(self.method_opts)
         method = get_method_class(self.method)
+        ms = list(self.decay_milestones or ())
         checks = [
             (not (self.early_stop != "none" or self.co_guard) or self.holdout_size > 0,
              "--early-stop/--co-guard select on a holdout carved from the training split: give --holdout N > 0"),
@@ -93,6 +86,11 @@ class TrainConfig(TrainOptions):
             (self.resume in (None, "", "auto") or os.path.isdir(self.resume),
              f"--resume {self.resume!r}: no such checkpoint directory (give a checkpoint-* dir or 'auto')"),
             (not (self.overwrite and self.resume), "--overwrite replaces the run that --resume continues: give one"),
+            (bool(ms) == (self.sched == "multistep"), (f"--sched multistep decays at --decay-milestones: give both "
+                                                       f"or neither (got --sched {self.sched}"
+                                                       f"{' --decay-milestones' if ms else ''})")),
+            (ms == sorted(set(ms)) and all(m > 0 for m in ms),
+             f"--decay-milestones must be increasing epochs > 0 (got {' '.join(f'{m:g}' for m in ms)})"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -102,7 +100,7 @@ class TrainConfig(TrainOptions):
                               f"--method {self.method} would jump across the eps-ball; give a step <= eps, e.g. "
                               f"--attack-step "
                               f"{self.eps / 4:.4g} (or leave it out: the method's rule of eps)")
-        _check_input_size(self)
+        check_transform_options(self, builtin_datasets())
         method.check(self)
         upb = method.updates_per_batch(self.method_opts)
         if self.grad_accum_steps > 1 and upb > 1:  # accumulation would average one minibatch's successive updates
@@ -138,7 +136,7 @@ class EvalConfig(EvalOptions):
         if any(v < 1 for v in self.sweep_steps) or any(not 0 <= v <= 1 for v in self.sweep_eps):
             raise ConfigError(f"--sweep-steps must be >= 1 and --sweep-eps in [0,1] (got {self.sweep_steps}, "
                               f"{self.sweep_eps})")
-        _check_input_size(self)
+        check_transform_options(self, builtin_datasets())
         if self.push_card and not self.update_card:
             raise ConfigError("--push-card needs --update-card org/name")
         check_model_name(self.model)

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 
 from .checkpoint import atomic_write_text, load_weights
 from .config import EvalConfig
-from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds, resolve_input_size
+from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds, transform_kwargs
 from .device import to_device
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, unwrap_timm
@@ -24,7 +24,8 @@ _logger = logging.getLogger(__name__)
 
 def load_model_for_eval(cfg: EvalConfig) -> NormalizedModel:
     """timm name (+ --checkpoint safetensors or run dir), `hf-hub:` or `local-dir:`; normaliser from its cfg."""
-    model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans)
+    model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans,
+                        mean=cfg.mean, std=cfg.std)
     if cfg.checkpoint:
         load_weights(unwrap_timm(model), cfg.checkpoint, allow_pickle=cfg.allow_pickle)
     return model.eval()
@@ -44,10 +45,7 @@ def run(cfg: EvalConfig) -> dict:
         logging.getLogger("auto-attack").setLevel(logging.DEBUG)
         logging.getLogger("atcd.attacks.autoattack").setLevel(logging.INFO)  # a line per sub-attack as it starts
     model = load_model_for_eval(cfg)
-    pcfg = unwrap_timm(model).pretrained_cfg
-    input_size = resolve_input_size(pcfg, cfg.input_size, cfg.in_chans)
-    tf = {"input_size": input_size, "interpolation": pcfg.get("interpolation", "bilinear"),
-          "crop_pct": pcfg.get("crop_pct", 1.0)}
+    tf = transform_kwargs(cfg, unwrap_timm(model).pretrained_cfg)
     if is_wds(cfg.dataset):  # rank-sharded, exact once: never through prepare(); results gathered at the end
         loader = create_wds_loader(cfg.data_dir, cfg.split, cfg.batch_size, False, name=cfg.dataset,
                                    num_workers=cfg.workers, rank=accelerator.process_index,

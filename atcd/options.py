@@ -165,7 +165,11 @@ def parse_with_yaml(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
         if unknown:
             raise ConfigError(f"config {pre.config!r}: unknown option(s) {unknown}")
         for a in parser._actions:  # yaml values go through the same type conversion as the CLI
-            if a.dest in y and a.type is not None and isinstance(y[a.dest], (str, list)):
+            if a.dest not in y or a.type is None:
+                continue
+            if isinstance(y[a.dest], list) and a.nargs not in (None, "?"):  # `input_size: [3, 32, 32]`
+                y[a.dest] = [a.type(v) for v in y[a.dest]]
+            elif isinstance(y[a.dest], (str, list)):
                 y[a.dest] = a.type(y[a.dest])
         parser.set_defaults(**y)
     args = vars(parser.parse_args(argv))

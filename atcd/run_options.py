@@ -9,12 +9,45 @@ from .options import AT_LEAST_1, comma_list, option, parse_fraction
 
 __all__ = ["EVAL_GROUPS", "TRAIN_GROUPS", "EvalOptions", "TrainOptions"]
 
-TRAIN_GROUPS = ("model", "data", "optimisation", "adversary (every adversarial method)",
-                "model selection (on a holdout carved from the training split)", "evaluation during training",
-                "output")
+TRAIN_GROUPS = ("model", "data", "augmentation (training on image folders and shards; README: Data)", "optimisation",
+                "adversary (every adversarial method)", "model selection (on a holdout carved from the training split)",
+                "evaluation during training", "output")
 EVAL_GROUPS = ("model", "data", "evaluation", "output")
-_M, _D, _O, _A, _S, _E, _OUT = TRAIN_GROUPS
+_M, _D, _AUG, _O, _A, _S, _E, _OUT = TRAIN_GROUPS
 _GE0 = lambda v: v >= 0
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")
+
+
+# the image-size and normalisation options of both scripts (timm's flag names); each call makes a new field
+def _input_size(group):
+    return option(None, "C H W the image-folder / shard transforms produce (timm's flag); default: the model's "
+                  "pretrained input size", type=int, nargs=3, metavar=("C", "H", "W"),
+                  check=lambda v: v is None or (len(v) == 3 and min(v) >= 1), why="must be 3 numbers C H W >= 1",
+                  group=group)
+
+
+def _img_size(group):
+    return option(None, "image size H = W of the transforms (timm's flag; --input-size sets C H W)", type=int,
+                  check=lambda v: v is None or v >= 1, why="must be >= 1", group=group)
+
+
+def _crop_pct(group):
+    return option(None, "evaluation centre crop: resize to size / crop-pct, crop the centre (timm's); default: the "
+                  "model's, 1.0 (whole image) at <= 32 px. RobustBench's ImageNet Res256Crop224 = --img-size 224 "
+                  "--crop-pct 0.875 --interpolation bilinear", type=float, check=lambda v: v is None or 0 < v <= 1,
+                  why="must be in (0, 1]", group=group)
+
+
+def _interpolation(group):
+    return option(None, "resize interpolation (default: the model's)", type=str, choices=_INTERPOLATIONS,
+                  group=group)
+
+
+def _mean_std(which: str, group):
+    check = {"check": lambda v: v is None or min(v) > 0, "why": "must be > 0"} if which == "std" else {}
+    return option(None, f"normalisation {which} applied inside the model wrapper to [0,1] input, 1 or C values "
+                  f"(timm's flag; default: the model's pretrained_cfg, which it also replaces there)", type=float,
+                  nargs="+", metavar=which.upper(), group=group, **check)
 
 
 @dataclass(frozen=True)
@@ -26,9 +59,22 @@ class TrainOptions:
     dataset: str = option("mnist-mini", "dataset (see the registry listing)", group=_D)
     data_dir: str | None = option(None, "root with train/ and val/ class sub-folders; for wds: a shard directory "
                                   "with _info.json (scripts/make_shards.py) or a shard pattern/URL", group=_D)
-    input_size: tuple | None = option(None, "C H W the image-folder / shard transforms produce (timm's flag); "
-                                      "default: the model's pretrained input size", type=int, nargs=3,
-                                      metavar=("C", "H", "W"), group=_D)
+    input_size: tuple | None = _input_size(_D)
+    img_size: int | None = _img_size(_D)
+    crop_pct: float | None = _crop_pct(_D)
+    interpolation: str | None = _interpolation(_D)
+    mean: tuple | None = _mean_std("mean", _D)
+    std: tuple | None = _mean_std("std", _D)
+    no_aug: bool = option(False, "no training augmentation: resize and centre-crop to the size (timm's flag)",
+                          action="store_true", group=_AUG)
+    hflip: float | None = option(None, "horizontal flip probability (timm's flag; default 0.5). 1-channel input "
+                                 "(digits) is never augmented, as the MNIST references", type=float,
+                                 check=lambda v: v is None or 0 <= v <= 1, why="must be in [0, 1]", group=_AUG)
+    scale: tuple | None = option(None, "RandomResizedCrop area range above 32 px (timm's flag; default 0.08 1.0); at "
+                                 "<= 32 px training pads by 1/8 of the size and crops at random", type=float, nargs=2,
+                                 metavar=("LOW", "HIGH"), group=_AUG)
+    ratio: tuple | None = option(None, "RandomResizedCrop aspect-ratio range (timm's flag; default 3/4 4/3)",
+                                 type=parse_fraction, nargs=2, metavar=("LOW", "HIGH"), group=_AUG)
     batch_size: int = option(128, "per-process batch size", short="-b", **AT_LEAST_1, group=_D)
     workers: int = option(0, "loader worker processes per process", short="-j", check=_GE0, why="must be >= 0",
                           group=_D)
@@ -45,6 +91,11 @@ class TrainOptions:
     weight_decay: float = option(5e-4, "weight decay", group=_O)
     momentum: float = option(0.9, "optimizer momentum", group=_O)
     sched: str = option("cosine", "timm scheduler name (stepped per update)", group=_O)
+    decay_milestones: tuple | None = option(None, "--sched multistep: epochs at which the lr is multiplied by "
+                                            "--decay-rate, in --epochs units (with --epochs-as-budget divided like "
+                                            "them) (timm's flag)", type=float, nargs="+", metavar="EPOCH", group=_O)
+    decay_rate: float = option(0.1, "lr factor at each milestone (timm's flag)", check=lambda v: 0 < v <= 1,
+                               why="must be in (0, 1]", group=_O)
     warmup_epochs: int = option(0, "learning-rate warm-up epochs", group=_O)
     min_lr: float = option(0.0, "lowest learning rate of the schedule", group=_O)
     clip_grad: float | None = option(None, "clip the gradient norm to this", type=float, group=_O)
@@ -121,9 +172,12 @@ class EvalOptions:
     data_dir: str | None = option(None, "dataset root (folder) or shard directory/pattern (wds)", type=str,
                                   group="data")
     split: str = option("test", "split to evaluate", group="data")
-    input_size: tuple | None = option(None, "C H W the image-folder / shard transforms produce (timm's flag); "
-                                      "default: the model's pretrained input size", type=int, nargs=3,
-                                      metavar=("C", "H", "W"), group="data")
+    input_size: tuple | None = _input_size("data")
+    img_size: int | None = _img_size("data")
+    crop_pct: float | None = _crop_pct("data")
+    interpolation: str | None = _interpolation("data")
+    mean: tuple | None = _mean_std("mean", "data")
+    std: tuple | None = _mean_std("std", "data")
     batch_size: int = option(200, "per-process batch size", short="-b", **AT_LEAST_1, group="data")
     workers: int = option(0, "loader worker processes", short="-j", check=_GE0, why="must be >= 0", group="data")
     num_samples: int | None = option(None, "evaluate a fixed class-mixed subset", type=int,

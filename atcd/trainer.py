@@ -19,7 +19,6 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 
 from .attacks import AttackConfig
 from .checkpoint import (
@@ -32,13 +31,14 @@ from .checkpoint import (
     save_weights,
 )
 from .config import TrainConfig
-from .data import create_train_loaders, resolve_input_size
+from .data import create_train_loaders, resolve_input_size, set_data_epoch
 from .engine import evaluate_attacks, train_one_epoch
 from .errors import ConfigError
 from .faults import FiniteGuard, Preemption
 from .methods import StepContext, create_method, get_method_class
 from .models import build_model, unwrap_timm
 from .ranks import rank_weight_hashes, sync_buffers
+from .schedule import create_lr_scheduler
 
 __all__ = ["num_epochs", "run", "run_dir_for"]
 
@@ -205,11 +205,12 @@ class _Training:
             raise ConfigError(f"{self.out_dir} already holds a training run ({', '.join(earlier[:3])}"
                               f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume auto, replace it "
                               f"with --overwrite, or choose another --experiment")
-        model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans)
+        model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans,
+                            mean=cfg.mean, std=cfg.std)
         pcfg = unwrap_timm(model).pretrained_cfg
-        input_size = resolve_input_size(pcfg, cfg.input_size, cfg.in_chans)
+        input_size = resolve_input_size(pcfg, cfg.input_size, cfg.in_chans, cfg.img_size)
         train_loader, eval_loader, holdout_loader = create_train_loaders(cfg, acc.process_index, acc.num_processes,
-                                                                         input_size, pcfg)
+                                                                         pcfg)
         data_size = input_size if cfg.streamed else tuple(train_loader.dataset[0][0].shape)
         self._check_sizes(model, pcfg, data_size, len(train_loader) * cfg.batch_size * acc.num_processes)
         self._make_run_dir(earlier)
@@ -236,9 +237,7 @@ class _Training:
         # len() is per process for both kinds of loader (prepared: its shard; streamed: the fixed batch count)
         updates_per_epoch = (math.ceil(len(train_loader) / cfg.grad_accum_steps)
                              * get_method_class(cfg.method).updates_per_batch(cfg.method_opts))
-        scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=self.epochs,
-                                           warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
-                                           step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+        scheduler = create_lr_scheduler(cfg, optimizer, self.epochs, updates_per_epoch)
         # the update counter lives in state.json (not registered with Accelerate, whose custom-object files are
         # pickles loaded with weights_only=False: a resume must never run code from a checkpoint)
         self.stepper = _Scheduled(scheduler)
@@ -369,7 +368,7 @@ class _Training:
     def train_epoch(self, epoch: int) -> bool:
         """One pass over the training data; False when the run stopped inside it (preemption, bad steps)."""
         cfg = self.cfg
-        self.train_loader.set_epoch(epoch)  # seeded per-epoch shuffle: same order on resume, new order each epoch
+        set_data_epoch(self.train_loader, epoch)  # seeded per-epoch shuffle and augmentation: the same on resume
         keys = [] if cfg.log_data_keys else None
         self.stats = train_one_epoch(self.method, self.ctx, self.train_loader, self.accelerator, epoch,
                                      progress=not cfg.no_progress, channels_last=cfg.channels_last, keys_out=keys,

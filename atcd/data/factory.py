@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from ..errors import DataError
 from .mnist_mini import MnistMini
 from .registry import builtin_datasets, get_dataset_spec, list_datasets, register_dataset
-from .transforms import create_pixel_transform
+from .transforms import Reseeded, create_pixel_transform
 
 __all__ = ["CheckedImageFolder", "DataError", "create_atcd_dataset", "create_atcd_loader", "list_builtin_datasets",
-           "split_holdout"]
+           "set_data_epoch", "split_holdout"]
 
 _logger = logging.getLogger(__name__)
 # what PIL raises on a bad file: OSError (unidentified, truncated), SyntaxError (broken PNG), zlib/struct errors, ...
@@ -43,7 +43,8 @@ class CheckedImageFolder(Dataset):
 
     A file that fails to open or decode is replaced by the next readable index (deterministic), counted once per
     file in memory shared by the loader workers and logged once with its path; `strict` raises `DataError` instead,
-    and so does a skip count above `max_skipped`. Unlike timm's `ImageDataset` (which retries on `OSError` only,
+    and so does a skip count above `max_skipped`. A `Reseeded` (training) transform draws from (seed, epoch, index):
+    `set_epoch(e)` before each epoch. Unlike timm's `ImageDataset` (which retries on `OSError` only,
     without the path or a count), a PNG that PIL reports as `SyntaxError` is caught too.
     """
 
@@ -59,6 +60,7 @@ class CheckedImageFolder(Dataset):
                             f"{root}/<class>/<images>)")
         self.root = root
         self.transform = transform
+        self.epoch = 0  # workers are not persistent: each epoch's workers copy the value set before it
         self.strict = strict
         self.max_skipped = max_skipped
         self.classes = [c for c, _ in sorted(self.reader.class_to_idx.items(), key=lambda kv: kv[1])]
@@ -67,6 +69,10 @@ class CheckedImageFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.reader)
+
+    def set_epoch(self, epoch: int):
+        """The epoch of the augmentation draws (training transforms)."""
+        self.epoch = epoch
 
     @property
     def num_skipped(self) -> int:
@@ -107,7 +113,8 @@ class CheckedImageFolder(Dataset):
             except _DECODE_ERRORS as e:
                 self._skip(i, e)
                 continue
-            return self.transform(img), target
+            return (self.transform(img, self.epoch, i) if isinstance(self.transform, Reseeded)
+                    else self.transform(img)), target
         raise DataError(f"no readable image in {self.root!r}")
 
 
@@ -121,6 +128,12 @@ def create_atcd_dataset(
         crop_pct: float = 1.0,
         strict: bool = False,
         max_skipped: int | None = None,
+        *,
+        no_aug: bool = False,
+        hflip: float | None = None,
+        scale: tuple[float, float] | None = None,
+        ratio: tuple[float, float] | None = None,
+        aug_seed: int = 0,
 ) -> Dataset:
     """Dataset yielding (float [0,1] CHW tensor, int label).
 
@@ -129,11 +142,13 @@ def create_atcd_dataset(
         split: 'train' or 'val'/'test'.
         data_dir: root with `train/` and `val/` class sub-folders (image folders only).
         input_size: (C, H, W) the transform produces.
-        is_training: training transform (augmentation for large images).
+        is_training: training transform (augmented unless `no_aug`; `atcd.data.transforms` has the rule).
         interpolation: resize interpolation.
         crop_pct: centre-crop fraction of the eval transform.
         strict: image folders: a corrupt or unreadable image raises `DataError` instead of being skipped.
         max_skipped: image folders: raise `DataError` once more than this many corrupt images were skipped.
+        no_aug, hflip, scale, ratio: training augmentation (timm's names; `create_pixel_transform`).
+        aug_seed: the augmentation draws are a function of (aug_seed, epoch, image index).
 
     Raises:
         DataError: unknown name, missing folder, no class sub-folders or no images.
@@ -155,7 +170,8 @@ def create_atcd_dataset(
             break
     else:
         raise DataError(f"no '{split}' folder under {data_dir!r} (expected {data_dir}/{split}/<class>/<images>)")
-    transform = create_pixel_transform(input_size, is_training, interpolation, crop_pct)
+    transform = create_pixel_transform(input_size, is_training, interpolation, crop_pct, no_aug=no_aug, hflip=hflip,
+                                       scale=scale, ratio=ratio, seed=aug_seed)
     ds = CheckedImageFolder(root, split, transform, strict=strict, max_skipped=max_skipped)
     if len(ds) == 0:
         raise DataError(f"image folder {root!r} holds no images in class sub-folders")
@@ -193,6 +209,17 @@ def create_atcd_loader(
         num_workers=num_workers, drop_last=is_training if drop_last is None else drop_last,
         persistent_workers=False,
     )
+
+
+def set_data_epoch(loader, epoch: int):
+    """Select the epoch of a loader (its shuffle) and of its dataset, through `Subset`s (its augmentation draws)."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    ds = getattr(loader, "dataset", None)
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    if hasattr(ds, "set_epoch"):
+        ds.set_epoch(epoch)
 
 
 def split_holdout(dataset: Dataset, n: int, seed: int = 0) -> tuple[Dataset, Dataset | None]:

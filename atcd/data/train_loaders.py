@@ -3,6 +3,7 @@ import logging
 import math
 
 from .factory import create_atcd_dataset, create_atcd_loader, split_holdout
+from .transforms import transform_kwargs
 from .wds import create_wds_loader
 
 __all__ = ["create_train_loaders"]
@@ -10,17 +11,18 @@ __all__ = ["create_train_loaders"]
 _logger = logging.getLogger(__name__)
 
 
-def create_train_loaders(cfg, rank: int, world_size: int, input_size: tuple, pcfg: dict) -> tuple:
-    """(train, eval, holdout or None); map-style loaders are not yet prepared, WebDataset ones never are."""
-    tf = {"input_size": input_size, "interpolation": pcfg.get("interpolation", "bilinear"),
-          "crop_pct": pcfg.get("crop_pct", 1.0)}
+def create_train_loaders(cfg, rank: int, world_size: int, pcfg: dict) -> tuple:
+    """(train, eval, holdout or None); map-style loaders are not yet prepared, WebDataset ones never are. The
+    transforms follow the run's flags over the model's `pcfg` (`transform_kwargs`); training ones augment."""
+    tf, train_tf = transform_kwargs(cfg, pcfg), transform_kwargs(cfg, pcfg, is_training=True)
     if cfg.streamed:  # rank-sharded: prepare() would shard them a second time
         shard = {"name": cfg.dataset, "seed": cfg.seed, "num_workers": cfg.workers, "rank": rank,
-                 "world_size": world_size, "strict": cfg.strict_data, **tf}
+                 "world_size": world_size, "strict": cfg.strict_data}
 
         def train_loader_for(samples_per_epoch):
             return create_wds_loader(cfg.data_dir, "train", cfg.batch_size, True, samples_per_epoch=samples_per_epoch,
-                                     shuffle_buffer=cfg.shuffle_buffer, with_keys=cfg.log_data_keys, **shard)
+                                     shuffle_buffer=cfg.shuffle_buffer, with_keys=cfg.log_data_keys, **shard,
+                                     **train_tf)
 
         train_loader = train_loader_for(cfg.train_samples_per_epoch)
         n = cfg.grad_accum_steps
@@ -28,19 +30,20 @@ def create_train_loaders(cfg, rank: int, world_size: int, input_size: tuple, pcf
             batches = math.ceil(len(train_loader) / n) * n
             train_loader = train_loader_for(batches * world_size * cfg.batch_size)
             _logger.info("--grad-accum-steps %d: a streamed epoch is rounded up to %d batches per process", n, batches)
-        eval_loader = create_wds_loader(cfg.data_dir, "val", 250, False, num_samples=cfg.eval_samples or None, **shard)
+        eval_loader = create_wds_loader(cfg.data_dir, "val", 250, False, num_samples=cfg.eval_samples or None,
+                                        **shard, **tf)
         return train_loader, eval_loader, None
-    ds_kw = {"data_dir": cfg.data_dir, "strict": cfg.strict_data, **tf}
-    train_ds, _ = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=True, **ds_kw),
-                                cfg.holdout_size, cfg.seed)
-    eval_ds = create_atcd_dataset(cfg.dataset, "val", is_training=False, **ds_kw)
+    ds_kw = {"data_dir": cfg.data_dir, "strict": cfg.strict_data}
+    train_ds, _ = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=True, aug_seed=cfg.seed,
+                                                    **ds_kw, **train_tf), cfg.holdout_size, cfg.seed)
+    eval_ds = create_atcd_dataset(cfg.dataset, "val", is_training=False, **ds_kw, **tf)
     train_loader = create_atcd_loader(train_ds, cfg.batch_size, True, seed=cfg.seed, num_workers=cfg.workers,
                                       samples_per_epoch=cfg.train_samples_per_epoch)
     eval_loader = create_atcd_loader(eval_ds, 250, False, num_workers=cfg.workers,
                                      num_samples=cfg.eval_samples or None)
     holdout_loader = None
     if cfg.holdout_size:  # the same carve, with the eval transform
-        _, holdout_ds = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=False, **ds_kw),
+        _, holdout_ds = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=False, **ds_kw, **tf),
                                       cfg.holdout_size, cfg.seed)
         holdout_loader = create_atcd_loader(holdout_ds, 250, False, num_workers=cfg.workers)
     return train_loader, eval_loader, holdout_loader

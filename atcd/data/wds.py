@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from .factory import DataError
 from .registry import get_dataset_spec, register_dataset
-from .transforms import create_pixel_transform
+from .transforms import Reseeded, create_pixel_transform
 
 __all__ = ["WdsLoader", "WdsSource", "create_wds_loader", "is_wds", "resolve_wds_source"]
 
@@ -173,10 +173,12 @@ class _SkipCounter:
 
 
 class _Decode:
-    """Raw tar sample -> (float [0,1] CHW tensor, label[, key]); decodes like timm's folder reader (RGB first)."""
+    """Raw tar sample -> (float [0,1] CHW tensor, label[, key]); decodes like timm's folder reader (RGB first).
+    A `Reseeded` (training) transform draws from (seed, `epoch`, sample key)."""
 
     def __init__(self, transform: Callable, with_keys: bool, give_up_after: int):
         self.transform = transform
+        self.epoch = 0
         self.with_keys = with_keys
         self.give_up_after = give_up_after
         self.failures_in_a_row = 0
@@ -190,7 +192,8 @@ class _Decode:
             label = int(sample["cls"])
             with io.BytesIO(data) as b, Image.open(b) as im:
                 img = im.convert("RGB")
-            x = self.transform(img)
+            x = (self.transform(img, self.epoch, sample["__key__"]) if isinstance(self.transform, Reseeded)
+                 else self.transform(img))
         except Exception as e:
             self.failures_in_a_row += 1
             if self.failures_in_a_row > self.give_up_after:  # an endless training stream would spin forever
@@ -251,6 +254,7 @@ class _TrainStream(IterableDataset):
     def __iter__(self):
         import webdataset as wds
         gid, num_global = _worker_coords(self.rank, self.world_size)
+        self.decode.epoch = self.epoch
         samples = _tar_samples(self.shard_stream(gid, num_global), self.handler, give_up_after=len(self.urls) + 1)
         rng = random.Random(wds.utils.make_seed(self.seed, self.epoch, gid, 1))
         samples = wds.filters._shuffle(samples, self.shuffle_buffer, max(1, self.shuffle_buffer // 4), rng)
@@ -373,6 +377,10 @@ def create_wds_loader(
         input_size: tuple[int, int, int] = (3, 224, 224),
         interpolation: str = "bilinear",
         crop_pct: float = 1.0,
+        no_aug: bool = False,
+        hflip: float | None = None,
+        scale: tuple[float, float] | None = None,
+        ratio: tuple[float, float] | None = None,
         rank: int = 0,
         world_size: int = 1,
         samples_per_epoch: int | None = None,
@@ -393,11 +401,12 @@ def create_wds_loader(
         batch_size: per-rank batch size.
         is_training: endless epoch-seeded shuffled stream cut to a fixed batch count (True), or exact-once (False).
         name: `wds` or `wds/NAME` (see `resolve_wds_source`).
-        seed: one seed shared by all ranks; with the epoch it fixes the shard order and the shuffle buffers.
+        seed: one seed shared by all ranks; with the epoch it fixes the shard order, shuffle and augmentation.
         num_workers: loader worker processes per rank.
         input_size: (C, H, W) for `create_pixel_transform`.
         interpolation: resize interpolation.
         crop_pct: centre-crop fraction.
+        no_aug, hflip, scale, ratio: training augmentation (timm's names; `create_pixel_transform`).
         rank: this process's rank.
         world_size: number of processes.
         samples_per_epoch: training: samples per epoch over all ranks (default: the split's size).
@@ -419,7 +428,8 @@ def create_wds_loader(
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1 (got {batch_size})")
     src = resolve_wds_source(data_dir_or_url, split, name)
-    transform = create_pixel_transform(tuple(input_size), is_training, interpolation, crop_pct)
+    transform = create_pixel_transform(tuple(input_size), is_training, interpolation, crop_pct, no_aug=no_aug,
+                                       hflip=hflip, scale=scale, ratio=ratio, seed=seed)
     handler = _SkipCounter(strict, max_skipped)
     decode = _Decode(transform, with_keys, give_up_after=max(1000, src.num_samples or 0))
     if is_training:

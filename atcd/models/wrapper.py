@@ -5,6 +5,7 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .hub import create_hub_model
 
 __all__ = ["NormalizedModel", "build_model", "unwrap_timm"]
@@ -22,13 +23,26 @@ class NormalizedModel(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
 
     @classmethod
-    def from_timm(cls, model: nn.Module, in_chans: int | None = None) -> "NormalizedModel":
+    def from_timm(cls, model: nn.Module, in_chans: int | None = None, mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None) -> "NormalizedModel":
+        """mean/std: the model's `pretrained_cfg` ones, or those given (1 or `in_chans` values; timm's --mean/--std),
+        which then also replace the `pretrained_cfg` ones, so a published model states what it was trained with."""
         cfg = getattr(model, "pretrained_cfg", None) or {}
         in_chans = in_chans or cfg.get("input_size", (3,))[0]
-        mean = cfg.get("mean", (0.0,) * in_chans)
-        std = cfg.get("std", (1.0,) * in_chans)
+        for name, given in (("mean", mean), ("std", std)):
+            if given is not None and len(given) not in (1, in_chans):
+                raise ConfigError(f"--{name} takes 1 or {in_chans} values for a {in_chans}-channel model "
+                                  f"(got {len(given)})")
+        if mean is not None or std is not None:
+            mean = tuple(mean) * (in_chans // len(mean)) if mean is not None else tuple(cfg.get("mean", (0.0,)))
+            std = tuple(std) * (in_chans // len(std)) if std is not None else tuple(cfg.get("std", (1.0,)))
+            model.pretrained_cfg = model.default_cfg = {**cfg, "mean": mean, "std": std}
+        mean = tuple(mean or cfg.get("mean", (0.0,) * in_chans))
+        std = tuple(std or cfg.get("std", (1.0,) * in_chans))
         if len(mean) != in_chans:  # e.g. an ImageNet cfg on a 1-channel model: broadcast its average
-            mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+            mean = (sum(mean) / len(mean),) * in_chans
+        if len(std) != in_chans:
+            std = (sum(std) / len(std),) * in_chans
         return cls(model, mean, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,22 +54,25 @@ def build_model(
         num_classes: int | None = None,
         pretrained: bool = False,
         in_chans: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         **kwargs,
 ) -> NormalizedModel:
     """Create any timm model by name (incl. `hf-hub:` / `local-dir:`) wrapped for [0,1] input.
 
     An `hf-hub:` / `local-dir:` name designates published weights: they are loaded whatever `pretrained` says,
     strictly (a `num_classes` / `in_chans` that does not fit them is an error), and failures raise
-    `atcd.models.hub.HubError` (a `CheckpointError`) with a one-line reason.
+    `atcd.models.hub.HubError` (a `CheckpointError`) with a one-line reason. `mean` / `std` replace the
+    normalisation of the model's `pretrained_cfg` (`NormalizedModel.from_timm`).
     """
     if timm.models.parse_model_name(name)[0] is not None:
-        return NormalizedModel.from_timm(create_hub_model(name, num_classes, in_chans, **kwargs), in_chans)
+        return NormalizedModel.from_timm(create_hub_model(name, num_classes, in_chans, **kwargs), in_chans, mean, std)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    return NormalizedModel.from_timm(model, in_chans)
+    return NormalizedModel.from_timm(model, in_chans, mean, std)
 
 
 def unwrap_timm(model: nn.Module) -> nn.Module:

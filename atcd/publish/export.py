@@ -21,6 +21,7 @@ from timm.models import save_for_hf
 
 from .. import __version__
 from ..checkpoint import atomic_write_text, load_weights
+from ..data import resolve_data_config
 from ..models import build_model, unwrap_timm
 from ..models.hub import CONFIG_NAME, NETWORK_ERRORS, WEIGHTS_NAME, HubError, hub_error, one_line, unreachable
 from .auth import assert_no_token, require_token
@@ -74,6 +75,17 @@ def _label_names(train_args: dict, num_classes: int) -> list[str] | None:
     return list(names) if names and len(names) == num_classes else None
 
 
+def _data_config(model, train_args: dict) -> dict | None:
+    """The size, crop and interpolation the run's eval transform used, when its flags changed them: the published
+    `pretrained_cfg` then states them (its mean/std come from `build_model(mean=, std=)`)."""
+    flags = ("input_size", "img_size", "crop_pct", "interpolation")
+    if all(train_args.get(k) is None for k in flags):
+        return None
+    dc = resolve_data_config(model.pretrained_cfg, *(train_args.get(k) for k in ("input_size", "img_size", "in_chans",
+                                                                                 "crop_pct", "interpolation")))
+    return {k: dc[k] for k in ("input_size", "crop_pct", "interpolation")}
+
+
 def export_run(
         run_dir: str,
         repo_id: str,
@@ -122,8 +134,9 @@ def export_run(
         with open(summary_path, newline="") as f:
             summary_rows = list(csv.DictReader(f))
 
-    model = unwrap_timm(build_model(train_args["model"], num_classes=train_args.get("num_classes"),
-                                    in_chans=train_args.get("in_chans")))
+    model = unwrap_timm(build_model(train_args["model"], num_classes=train_args.get("num_classes"),  # --mean/--std
+                                    in_chans=train_args.get("in_chans"), mean=train_args.get("mean"),  # reach
+                                    std=train_args.get("std")))  # the published pretrained_cfg
     weights = os.path.join(run_dir, WEIGHTS_NAME)
     load_weights(model, weights)
     out_dir = out_dir or os.path.join(run_dir, "hf-export")
@@ -136,7 +149,8 @@ def export_run(
         tag = f"{train_args.get('method')}_{train_args.get('dataset') or 'folder'}"
         save_for_hf(model, tmp, safe_serialization=True,
                     model_config={"label_names": _label_names(train_args, model.num_classes),
-                                  "pretrained_cfg": {"tag": tag, "license": license}})
+                                  "pretrained_cfg": {"tag": tag, "license": license}},
+                    data_config=_data_config(model, train_args))
         published, trained = load_file(os.path.join(tmp, WEIGHTS_NAME)), load_file(weights)
         if published.keys() != trained.keys() or any(not torch.equal(published[k], trained[k]) for k in trained):
             raise HubError(f"the weights written by save_for_hf differ from {weights}")
