@@ -102,8 +102,7 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
         **{k: final[k] for k in method.passes.as_dict()},
         "completed": completed,
     }
-    if hasattr(method, "acceptance_rate"):
-        out["mh_accept"] = method.acceptance_rate()
+    out.update(method.epoch_metrics(accelerator))  # e.g. M-H acceptance: summed over ranks, reset per epoch
     return out
 
 
