@@ -114,8 +114,7 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
         **{k: tot[k] + v - p0[k] for k, v in method.passes.as_dict().items()},
         "completed": completed,
     }
-    if hasattr(method, "acceptance_rate"):
-        out["mh_accept"] = method.acceptance_rate()
+    out.update(method.epoch_metrics(accelerator))  # e.g. M-H acceptance: summed over ranks, reset per epoch
     return out
 
 

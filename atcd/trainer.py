@@ -269,7 +269,7 @@ class _Training:
         n_params = sum(p.numel() for p in model.parameters())
         _logger.info("train %s (%.2fM params) | data %s: %d images/epoch at %s | --method %s: %d passes/minibatch | "
                      "%d process(es), precision %s | output %s", cfg.model, n_params / 1e6, cfg.dataset,
-                     images_per_epoch, "x".join(map(str, data_size)), cfg.method,
+                     images_per_epoch, "x".join(map(str, data_size)), method.label(cfg.method_opts),
                      method.passes_per_batch(cfg.method_opts), acc.num_processes, cfg.mixed_precision, self.out_dir)
 
     def _make_run_dir(self, earlier: list[str]):
@@ -431,8 +431,8 @@ class _Training:
                   "rank_weights_sha256": rank_weight_hashes(unwrap_timm(self.model), acc),
                   "rank_num_updates": gather_object([self.stepper.num_updates])}
         acc.wait_for_everyone()
-        return {"run_dir": self.out_dir, "status": self.status, **self.row, "bad_steps": self.faults["bad_steps"],
-                **checks}
+        return {"run_dir": self.out_dir, "status": self.status, "method": self.method.label(cfg.method_opts),
+                **self.row, "bad_steps": self.faults["bad_steps"], **checks}
 
     def _stop_message(self) -> str:
         if self.status == "preempted":

@@ -47,10 +47,8 @@ def recipe_config(entry: str):
 
 def method_label(cfg) -> str:
     """The method a recipe runs, with the flags that change its cost: 'atcd --reuse-grad --no-mh'."""
-    if cfg.method != "atcd":
-        return cfg.method
-    o = cfg.method_opts
-    return cfg.method + (" --reuse-grad" if o.reuse_grad else "") + ("" if o.mh else " --no-mh")
+    from atcd.methods import get_method_class
+    return get_method_class(cfg.method).label(cfg.method_opts)
 
 
 def measure_costs(methods: list[str], batch_size: int, batches: int, seed: int = 0, rounds: int = 3) -> list[dict]:

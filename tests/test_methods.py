@@ -27,9 +27,12 @@ CASES = {
     "trades": ({"attack_steps": R}, {"input_grad": R, "forward": 1, "weight": 2}, 1),    # r + 1 fwd + 2 (nat, adv)
     "yopo": ({"yopo_m": M, "yopo_n": N}, {"weight": M, "stem": M * N}, 1),               # m full + m*n first-layer
     "atcd": ({"atcd_T": T, "atcd_K": K}, {"input_grad": T * K, "weight": T, "forward": T}, T),  # T*K + T (+ T M-H fwd)
-    # --reuse-grad: each weight pass also gives the next replay's first step: T*K (+ T M-H fwd)
+    # --reuse-grad: each weight pass also gives the next replay's first step: T*K (+ T M-H fwd + T-1 start fwd)
     "atcd-reuse": ({"method": "atcd", "atcd_T": T, "atcd_K": K, "reuse_grad": True},
-                   {"input_grad": T * (K - 1), "weight": T, "forward": T, "weight_with_input_grad": T - 1}, T),
+                   {"input_grad": T * (K - 1), "weight": T, "forward": 2 * T - 1, "weight_with_input_grad": T - 1}, T),
+    # --mh-kinetic > 0 (eq. 10's v = g): the M-H pass at each end is an input-gradient pass
+    "atcd-kinetic": ({"method": "atcd", "atcd_T": T, "atcd_K": K, "mh_kinetic": 1.0},
+                     {"input_grad": T * K + T, "weight": T}, T),
 }
 
 
@@ -189,7 +192,7 @@ def test_atcd_reuse_grad_state_round_trip_reproduces_the_next_step(mnist_test_ba
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
     x2, y2 = mnist_test_batch[0][32:64], mnist_test_batch[1][32:64]
     cfg = TrainConfig.of(method="atcd", atcd_T=2, atcd_K=2, eps=0.3, attack_step=0.1, reuse_grad=True,
-                  mh_temperature=0.05)
+                  mh_temperature=0.05, mh_kinetic=1.0, mh_kinetic_v="normalised")  # some rejections
     first = create_method("atcd", cfg)
     torch.manual_seed(0)
     model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
@@ -211,19 +214,21 @@ def test_atcd_reuse_grad_state_round_trip_reproduces_the_next_step(mnist_test_ba
         runs[name] = torch.cat([p.detach().flatten() for p in m.parameters()])
     assert torch.equal(runs["restored"], runs["first"])
     assert torch.equal(restored.delta, first.delta)
-    assert (restored.accepted, restored.proposed) == (first.accepted, first.proposed)
-    assert 0 < first.accepted < first.proposed  # M-H really rejected some (tau 0.05), so the draws mattered
+    assert torch.equal(restored.mh_counts(), first.mh_counts())
+    accepted, proposed = first.mh_counts().sum(0).tolist()
+    assert 0 < accepted < proposed  # M-H really rejected some (tau 0.05), so the draws mattered
     assert not torch.equal(runs["no_delta"], runs["first"])
 
 
-def test_atcd_reuse_grad_mh_tests_against_the_previous_replays_end(mnist_test_batch):
-    """K=1: replay 0 takes no step (its start is its end); replay t's only step is the reused one, and M-H compares
-    its end with the CE of its start, the accepted end of replay t-1, known from that replay's M-H forward (no new
-    pass). The decisions are recomputed here from the recorded outputs and the generator's draws."""
+def test_atcd_reuse_grad_mh_tests_against_the_start_under_the_updated_weights(mnist_test_batch):
+    """K=1: replay 0 takes no step (no move, no test); replay t's only step is the reused one, and M-H compares its
+    end with the CE of its start (the state replay t-1 trained on) measured by one forward after that weight update,
+    not with replay t-1's M-H output from before it (which made the start look better and biased toward rejection).
+    The decisions are recomputed here from the recorded outputs and the generator's draws."""
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
     tau = 0.02
     cfg = TrainConfig.of(method="atcd", atcd_T=3, atcd_K=1, eps=0.3, attack_step=0.1, reuse_grad=True,
-                  mh_temperature=tau, mh_kinetic=0.0)  # no kinetic term: only the CE values decide
+                         mh_temperature=tau, cd_lambda=1.0, cd_rho=2.0)  # rho > lam: the step descends, some rejected
     method = create_method("atcd", cfg)
     draws = torch.Generator().manual_seed(0)
     draws.set_state(method.gen.get_state())
@@ -232,24 +237,24 @@ def test_atcd_reuse_grad_mh_tests_against_the_previous_replays_end(mnist_test_ba
     outs = []
     model.inner.model.head.register_forward_hook(lambda _m, _i, o: outs.append(o.detach().float()))
     method.step(_ctx(model), x, y)
-    assert method.passes.as_dict() == {"input_grad_passes": 0, "weight_passes": 3, "forward_passes": 3,
+    assert method.passes.as_dict() == {"input_grad_passes": 0, "weight_passes": 3, "forward_passes": 4,
                                        "stem_passes": 0, "weight_with_input_grad": 2, "fp16_fallbacks": 0}
+    assert get_method_class("atcd").passes_per_batch(cfg.method_opts) == 3 + 4
     torch.rand(x.shape, generator=draws)  # the first minibatch's random start
-    ce_start = None
     rejected = 0
-    for t in range(3):  # per replay the network saw: the M-H forward at the end, then the weight pass
-        end, trained = model.inputs[2 * t], model.inputs[2 * t + 1]
-        ce_end = torch.nn.functional.cross_entropy(outs[2 * t], y, reduction="none")
-        ce_start = ce_end if ce_start is None else ce_start
+    for t in (1, 2):  # calls: weight | start forward, M-H forward, weight | start forward, M-H forward, weight
+        i = 3 * t - 2
+        start, end, trained = model.inputs[i], model.inputs[i + 1], model.inputs[i + 2]
+        assert torch.equal(start, model.inputs[i - 1])  # the state the previous weight pass trained on
+        ce_start, ce_end = (torch.nn.functional.cross_entropy(outs[j], y, reduction="none") for j in (i, i + 1))
         u = torch.rand(32, generator=draws)
         want = u < torch.exp(((ce_end - ce_start) / tau).clamp(max=0.0))
         got = (trained == end).flatten(1).all(1)
         assert torch.equal(got, want), t
-        if t > 0:  # rejected examples train on the start: the previous replay's accepted state
-            assert torch.equal(trained[~got], model.inputs[2 * t - 1][~got])
+        assert torch.equal(trained[~got], start[~got])
         rejected += int((~got).sum())
-        ce_start = torch.where(got, ce_end, ce_start)
-    assert 0 < rejected and method.accepted == 96 - rejected and method.proposed == 96
+    assert 0 < rejected
+    assert method.mh_counts()[:, 1].tolist() == [0, 32, 32] and int(method.mh_counts()[:, 0].sum()) == 64 - rejected
 
 
 @pytest.mark.parametrize("lam,rho", [(2.0, 1.0), (1.0, 2.0)])
@@ -276,16 +281,15 @@ def test_atcd_reuse_grad_first_step_is_the_weight_pass_gradient_times_lam_minus_
 
 
 @pytest.mark.parametrize("mh", [True, False])
-def test_atcd_reuse_grad_q0_is_the_accepted_start_output_without_a_new_pass(mh, mnist_test_batch, monkeypatch):
-    """Replay 1's attack steps use p_ref = the output at its start: from replay 0's M-H forward where accepted, else
-    replay 0's own start output; with --no-mh, the weight pass's output."""
+def test_atcd_reuse_grad_q0_is_the_start_output_under_the_current_weights(mh, mnist_test_batch, monkeypatch):
+    """Replay 1's attack steps use p_ref = the output at its start: with M-H from one forward there after replay 0's
+    weight update (the same forward gives M-H its start CE); with --no-mh, the weight pass's output."""
     import atcd.methods.atcd as atcd_module
     seen = []
     real = atcd_module.jcd_loss
     monkeypatch.setattr(atcd_module, "jcd_loss", lambda z, yy, p_ref, *a: seen.append(p_ref) or real(z, yy, p_ref, *a))
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
-    cfg = TrainConfig.of(method="atcd", atcd_T=2, atcd_K=2, mh=mh, eps=0.3, attack_step=0.1,
-                  reuse_grad=True)  # tau = kappa = 1: the kinetic term makes M-H reject some examples
+    cfg = TrainConfig.of(method="atcd", atcd_T=2, atcd_K=2, mh=mh, eps=0.3, attack_step=0.1, reuse_grad=True)
     torch.manual_seed(0)
     model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
     outs = []
@@ -293,9 +297,8 @@ def test_atcd_reuse_grad_q0_is_the_accepted_start_output_without_a_new_pass(mh, 
     create_method("atcd", cfg).step(_ctx(model), x, y)
     sm = [torch.softmax(o, 1) for o in outs]
     assert len(seen) == 2 and torch.equal(seen[0], sm[0])  # replay 0: its first pass is at its start
-    if mh:  # calls: attack, M-H end, weight | attack, M-H end, weight
-        acc = (model.inputs[2] == model.inputs[1]).flatten(1).all(1)
-        assert 0 < int(acc.sum()) < 32
-        assert torch.equal(seen[1], torch.where(acc[:, None], sm[1], sm[0]))
+    if mh:  # calls: attack, M-H end, weight | start forward, attack, M-H end, weight
+        assert len(outs) == 7 and torch.equal(model.inputs[3], model.inputs[2])
+        assert torch.equal(seen[1], sm[3])
     else:  # calls: attack, weight | attack, weight
         assert len(outs) == 4 and torch.equal(seen[1], sm[1])

@@ -150,13 +150,13 @@ def _batches(mnist_test_batch, n: int = 4, size: int = 8) -> list:
 def test_train_loop_host_syncs_do_not_grow_with_the_batches(dev, method, mnist_test_batch):
     """Between log points a training step makes no host sync: the running loss, accuracy and M-H counts stay on
     the device, and so does the non-finite-update guard. With --log-interval 3 and 4 batches the host reads once at
-    batch 3 (the progress bar's loss) and at the epoch end (the reduced sums; ATCD's acceptance rate)."""
+    batch 3 (the progress bar's loss) and at the epoch end (the reduced sums; ATCD's reduced M-H counts)."""
     after = []  # syncs so far, after each batch
     with count_host_syncs() as syncs:
         stats = _train_epoch(dev, _batches(mnist_test_batch), method, progress=True, log_interval=3,
                              after_batch=lambda b, snapshot: after.append(syncs.total))  # None: go on
     assert after == [0, 0, 1, 1], syncs.report()
-    epoch_end = {("tolist", "train_one_epoch")} | ({("int", "acceptance_rate")} if method == "atcd" else set())
+    epoch_end = {("tolist", "train_one_epoch")} | ({("cpu", "epoch_metrics")} if method == "atcd" else set())
     assert {(c.kind, c.where.split(" in ")[1]) for c in syncs.calls[1:]} == epoch_end, syncs.report()
     assert syncs.total == 1 + len(epoch_end), syncs.report()
     log_read = syncs.calls[0]

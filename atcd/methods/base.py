@@ -94,6 +94,17 @@ class TrainMethod:
     def check(cls, cfg) -> None:
         """Checks across the method's options and the run-wide ones; raise `ConfigError` (one line)."""
 
+    @classmethod
+    def label(cls, opts) -> str:
+        """How a run's results are named: the method plus the flags that change what it computes or costs
+        ('atcd --reuse-grad'). `opts` is the method's `Options` or a run's flat args (a mapping)."""
+        return cls.name
+
+    def epoch_metrics(self, accelerator) -> dict[str, float]:
+        """Method-specific figures of the epoch for `summary.csv` (e.g. ATCD's M-H acceptance), reduced over
+        processes; called once at the end of every epoch on every process, it also resets the epoch's counters."""
+        return {}
+
     @staticmethod
     def apply_update(ctx: StepContext):
         """Clip, optimizer step, scheduler tick: once per update, after the gradients are in place."""

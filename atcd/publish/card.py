@@ -13,6 +13,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidat
 from .. import __version__
 from ..checkpoint import atomic_write_text
 from ..config import option_table
+from ..methods import get_method_class, list_methods
 from ..models.hub import NETWORK_ERRORS, HubError, hub_error, one_line, unreachable
 from .auth import require_token
 from .labels import HUB_DATASETS, attack_label, dataset_ids, eps_text
@@ -96,6 +97,15 @@ def _summary_cost(rows: list[dict]) -> dict:
     return cost
 
 
+def _method_name(train_args: dict) -> tuple[str, str]:
+    """(readable name, label) of a run's method; the label adds the flags that change what it computes
+    ('atcd --reuse-grad'), so such a run is never presented as the plain method."""
+    method = train_args.get("method", "unknown")
+    label = get_method_class(method).label(train_args) if method in list_methods() else method
+    flags = label[len(method):].strip()
+    return _METHODS.get(method, method) + (f" with `{flags}`" if flags else ""), label
+
+
 def _this_machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
@@ -136,9 +146,9 @@ model itself takes [0, 1] pixels (normalisation inside, as attacks need). Offlin
 
 
 def _training_section(train_args: dict, arch: str, summary_rows: list[dict] | None, hardware: str | None) -> str:
-    method = train_args.get("method", "unknown")
+    name, label = _method_name(train_args)
     lines = ["## Training", "",
-             (f"Method: {_METHODS.get(method, method)} (`--method {method}`), model `{arch}`, data "
+             (f"Method: {name} (`--method {label}`), model `{arch}`, data "
              f"`{train_args.get('dataset') or train_args.get('data_dir')}`. `args.yaml` holds the exact configuration "
              "(`python train_atcd.py -c args.yaml` runs it again)."), ""]
     tables = (("Method options", _option_rows(train_args, "method")),
@@ -232,7 +242,7 @@ def build_model_card(
 # {repo_id.split("/")[-1]}
 
 `{arch}` ({model_config.get("num_classes")} classes, input {tuple(pcfg.get("input_size", ()))}) trained with
-**{_METHODS.get(method, method)}** on `{train_ds}` by the ATCD suite (atcd {__version__}, timm {timm.__version__}).
+**{_method_name(train_args)[0]}** on `{train_ds}` by the ATCD suite (atcd {__version__}, timm {timm.__version__}).
 On {results["num_samples"]} `{results.get("dataset")}` {results.get("split", "test")} images at {results["norm"]}
 ε = {eps_text(float(results["eps"]))} ([0, 1] pixel units): {headline}.
 
