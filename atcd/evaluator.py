@@ -24,7 +24,9 @@ _logger = logging.getLogger(__name__)
 
 def load_model_for_eval(cfg: EvalConfig) -> NormalizedModel:
     """timm name (+ --checkpoint safetensors or run dir), `hf-hub:` or `local-dir:`; normaliser from its cfg."""
-    model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans)
+    # with --checkpoint a hub model's head may take another --num-classes (a fine-tuned run): it is loaded strictly
+    model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans,
+                        reset_classifier=bool(cfg.checkpoint))
     if cfg.checkpoint:
         load_weights(unwrap_timm(model), cfg.checkpoint, allow_pickle=cfg.allow_pickle)
     return model.eval()

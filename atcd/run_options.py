@@ -3,6 +3,7 @@
 A training method's own options live in its `Options` class (`atcd/methods/`), an attack's in its registration
 (`atcd/attacks/`), the attack settings every attack shares in `atcd.attacks.AttackConfig`.
 """
+import os
 from dataclasses import dataclass
 
 from .options import AT_LEAST_1, comma_list, option, parse_fraction
@@ -23,6 +24,11 @@ class TrainOptions:
     pretrained: bool = option(False, "start from timm's pretrained weights", group=_M)
     num_classes: int | None = option(None, "classes of the model's head", type=int, group=_M)
     in_chans: int | None = option(None, "input channels", type=int, group=_M)
+    initial_checkpoint: str | None = option(None, "start from these weights (timm's flag): a .safetensors file or a "
+                                            "run dir's model.safetensors; a classifier of another --num-classes is "
+                                            "re-initialised, any other mismatch is an error (--resume also restores "
+                                            "the optimizer)", type=str, check=lambda v: v is None or os.path.exists(v),
+                                            why="names no such file or run dir", group=_M)
     dataset: str = option("mnist-mini", "dataset (see the registry listing)", group=_D)
     data_dir: str | None = option(None, "root with train/ and val/ class sub-folders; for wds: a shard directory "
                                   "with _info.json (scripts/make_shards.py) or a shard pattern/URL", group=_D)
@@ -52,6 +58,13 @@ class TrainOptions:
                                          "--mixed_precision` or `accelerate config` set (else no). The resolved "
                                          "value is what args.yaml records", type=str, choices=("no", "bf16", "fp16"),
                                          group=_O)
+    model_ema: bool = option(False, "keep an exponential moving average of the weights (timm's ModelEmaV3): "
+                             "evaluated per epoch (ema_* columns), checkpointed, written as model_ema.safetensors",
+                             group=_O)
+    model_ema_decay: float = option(0.9998, "EMA decay per optimizer update", check=lambda v: 0 < v < 1,
+                                    why="must be in (0, 1)", group=_O)
+    model_ema_warmup: bool = option(False, "EMA decay warm-up (timm's: 1 - (1 + update)^-2/3, capped at the decay)",
+                                    group=_O)
     seed: int = option(42, "seed of weights, data order and the methods' random draws", group=_O)
     train_samples_per_epoch: int | None = option(
         None, "samples drawn per (nominal) epoch over all processes; default: the whole training split. With wds "

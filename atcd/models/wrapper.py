@@ -40,16 +40,19 @@ def build_model(
         num_classes: int | None = None,
         pretrained: bool = False,
         in_chans: int | None = None,
+        reset_classifier: bool = False,
         **kwargs,
 ) -> NormalizedModel:
     """Create any timm model by name (incl. `hf-hub:` / `local-dir:`) wrapped for [0,1] input.
 
     An `hf-hub:` / `local-dir:` name designates published weights: they are loaded whatever `pretrained` says,
-    strictly (a `num_classes` / `in_chans` that does not fit them is an error), and failures raise
+    strictly (a `num_classes` / `in_chans` that does not fit them is an error; with `reset_classifier` another
+    `num_classes` gets a fresh classifier, as timm's pretrained loading does), and failures raise
     `atcd.models.hub.HubError` (a `CheckpointError`) with a one-line reason.
     """
     if timm.models.parse_model_name(name)[0] is not None:
-        return NormalizedModel.from_timm(create_hub_model(name, num_classes, in_chans, **kwargs), in_chans)
+        return NormalizedModel.from_timm(create_hub_model(name, num_classes, in_chans,
+                                                          reset_classifier=reset_classifier, **kwargs), in_chans)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if in_chans is not None:

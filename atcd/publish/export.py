@@ -123,7 +123,7 @@ def export_run(
             summary_rows = list(csv.DictReader(f))
 
     model = unwrap_timm(build_model(train_args["model"], num_classes=train_args.get("num_classes"),
-                                    in_chans=train_args.get("in_chans")))
+                                    in_chans=train_args.get("in_chans"), reset_classifier=True))  # strict load below
     weights = os.path.join(run_dir, WEIGHTS_NAME)
     load_weights(model, weights)
     out_dir = out_dir or os.path.join(run_dir, "hf-export")
