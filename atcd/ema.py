@@ -23,7 +23,7 @@ EMA_NAME = "model_ema.safetensors"
 
 
 class RunEma:
-    """The EMA of a run's model. Create it from the eager model before `torch.compile` and DDP wrap it."""
+    """The EMA of a run's model. Create it from the bare model, before `torch.compile` and DDP wrap it."""
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool, device: torch.device):
         self.ema = ModelEmaV3(model, decay=decay, use_warmup=warmup, dtype=torch.float32)
@@ -35,8 +35,7 @@ class RunEma:
     def create(cls, cfg, model: nn.Module, device: torch.device) -> "RunEma | None":
         """The EMA of `model` as `cfg` (--model-ema, --model-ema-decay, --model-ema-warmup) says, or None.
 
-        Call it on the eager model, before `torch.compile`: a deepcopy of a compiled module would keep calling the
-        original's compiled forward, i.e. evaluate the raw weights.
+        Call it before `torch.compile`: the copy stays eager (evaluated once per epoch, it is not worth compiling).
         """
         return cls(model, cfg.model_ema_decay, cfg.model_ema_warmup, device) if cfg.model_ema else None
 

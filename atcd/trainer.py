@@ -38,7 +38,7 @@ from .engine import evaluate_attacks, train_one_epoch
 from .errors import ConfigError
 from .faults import FiniteGuard, Preemption
 from .methods import StepContext, create_method, get_method_class
-from .models import build_model, load_initial_checkpoint, unwrap_timm
+from .models import build_model, load_initial_checkpoint, timm_kwargs, unwrap_timm
 from .ranks import rank_weight_hashes, sync_buffers
 
 __all__ = ["num_epochs", "run", "run_dir_for"]
@@ -207,7 +207,8 @@ class _Training:
                               f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume auto, replace it "
                               f"with --overwrite, or choose another --experiment")
         model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans,
-                            reset_classifier=True)  # fine-tuning hub weights to another class count
+                            reset_classifier=True,  # fine-tuning hub weights to another class count
+                            **timm_kwargs(cfg.drop, cfg.drop_path, cfg.model_kwargs))
         load_initial_checkpoint(unwrap_timm(model), cfg.initial_checkpoint)
         pcfg = unwrap_timm(model).pretrained_cfg
         input_size = resolve_input_size(pcfg, cfg.input_size, cfg.in_chans)
@@ -222,7 +223,7 @@ class _Training:
         self.epochs = num_epochs(cfg)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.ema = RunEma.create(cfg, model, acc.device)  # None without --model-ema; before compile (see there)
+        self.ema = RunEma.create(cfg, model, acc.device)  # None without --model-ema; an eager copy
         if cfg.torch_compile:
             # in place (no `_orig_mod` wrapper): DDP wraps the compiled module, the attack passes (on the unwrapped
             # module) run compiled too, and state-dict keys stay those of the plain model
@@ -328,7 +329,7 @@ class _Training:
 
     def _save(self, name: str, meta: dict) -> str:
         pinned = self.faults["pinned"]
-        path = save_run_state(self.accelerator, self.method, self.out_dir, name, meta, self.cfg.checkpoint_keep,
+        path = save_run_state(self.accelerator, self.method, self.out_dir, name, meta, self.cfg.checkpoint_hist,
                               protect=(os.path.basename(pinned),) if pinned else (),
                               weights=self.ema.files() if self.ema is not None else None)
         if self.accelerator.is_main_process:  # one line per checkpoint (Accelerate's own are at DEBUG)

@@ -57,7 +57,8 @@ def test_ema_is_trained_evaluated_and_written(ema_run):
     assert raw.keys() == ema.keys()
     assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # an average, not a copy of the last weights
     assert all(v.dtype == torch.float32 for v in ema.values())
-    model = NormalizedModel.from_timm(load_weights(timm.create_model("smallcnn_mnist"), str(run / "model_ema.safetensors")))
+    model = NormalizedModel.from_timm(load_weights(timm.create_model("smallcnn_mnist"),
+                                                   str(run / "model_ema.safetensors")))
     rows = _rows(run)
     assert len(rows) == 2 and {"ema_eval_top1", "ema_eval_pgd_top1"} <= set(rows[0])
     # the summary's EMA column is the accuracy of the written EMA weights (not of the raw ones)
@@ -155,3 +156,44 @@ def test_fine_tune_a_local_dir_model_to_five_classes_trains_and_validates(standa
     measured = json.loads((tmp_path / "r.json").read_text())["results"]
     assert measured["clean"]["n"] == 100 and measured["clean"]["top1"] > 90  # 5-way digits from the kept features
     assert measured["clean"]["top1"] == pytest.approx(res["eval_top1"], abs=1e-4)
+
+
+def test_drop_path_drop_and_model_kwargs_reach_the_model(tmp_path, monkeypatch):
+    """timm's --drop-path / --drop / --model-kwargs go to timm.create_model; --checkpoint-keep is --checkpoint-hist."""
+    import yaml
+    from timm.layers import DropPath
+
+    import atcd.trainer
+    built, build = [], atcd.trainer.build_model
+
+    def spy(*args, **kwargs):  # the model the run trains
+        built.append(build(*args, **kwargs))
+        return built[-1]
+    monkeypatch.setattr(atcd.trainer, "build_model", spy)
+    _result(run_main("train_atcd.py", "--model", "test_resnet", "--in-chans", "1", "--method", "standard", "--epochs",
+                     "1", "--train-samples-per-epoch", "32", "-b", "32", "--eval-samples", "10", "--eval-attack-steps",
+                     "1", "--drop-path", "0.2", "--drop", "0.3", "--model-kwargs", "global_pool='max'",
+                     "--checkpoint-keep", "1", "--no-progress", "--output", str(tmp_path), "--experiment", "dp"))
+    net = unwrap_timm(built[0])
+    rates = [m.drop_prob for m in net.modules() if isinstance(m, DropPath)]
+    assert rates and max(rates) == pytest.approx(0.2)  # timm's linear rule over the blocks, up to --drop-path
+    assert net.drop_rate == 0.3 and net.global_pool.pool_type == "max"
+    args = yaml.safe_load((tmp_path / "dp" / "args.yaml").read_text())
+    assert args["checkpoint_hist"] == 1 and "checkpoint_keep" not in args
+    assert args["model_kwargs"] == ["global_pool='max'"]
+    assert [n for n in os.listdir(tmp_path / "dp") if n.startswith("checkpoint-")] == ["checkpoint-0000"]
+
+
+def test_model_option_errors_are_one_line(tmp_path):
+    from atcd.config import parse_train_args
+    (tmp_path / "old.yaml").write_text("checkpoint_keep: 3\nmodel_kwargs: [drop_rate=0.1]\n")  # an older args.yaml
+    cfg = parse_train_args(["-c", str(tmp_path / "old.yaml")])
+    assert cfg.checkpoint_hist == 3 and tuple(cfg.model_kwargs) == ("drop_rate=0.1",)
+    common = ("--method", "standard", "--epochs", "1", "--no-progress", "--output", str(tmp_path))
+    for extra, needle in ((("--drop-path", "0.1"), "has no drop-path (stochastic depth) blocks"),
+                          (("--model", "test_resnet", "--in-chans", "1", "--model-kwargs", "no_such_arg=1"),
+                           "does not take that argument"),
+                          (("--initial-checkpoint", str(tmp_path / "none.safetensors")),
+                           "--initial-checkpoint names no such file or run dir")):
+        r = run_main("train_atcd.py", *common, *extra, "--experiment", "e")
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
