@@ -22,7 +22,9 @@ __all__ = [
     "find_latest_state",
     "load_run_state",
     "load_weights",
+    "mismatch",
     "read_state_meta",
+    "read_weights",
     "save_run_state",
     "save_state_dir",
     "save_weights",
@@ -139,33 +141,42 @@ def load_weights(model: nn.Module, path: str, allow_pickle: bool = False) -> nn.
         CheckpointError: missing, unreadable or truncated file; a pickle file without `allow_pickle`, or one that
             holds more than tensors; keys or shapes that do not fit `model`.
     """
+    path, sd = read_weights(path, allow_pickle)
+    detail = mismatch(model.state_dict(), sd)
+    if detail:
+        raise CheckpointError(f"{path} does not fit model {type(model).__name__}: {detail} (a checkpoint of "
+                              f"another architecture or class count?)")
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def read_weights(path: str, allow_pickle: bool = False) -> tuple[str, dict]:
+    """(the file read, its state dict): a `.safetensors` file or a run dir's `model.safetensors` (see
+    `load_weights`); any problem is a one-line `CheckpointError`."""
     if os.path.isdir(path):
         path = os.path.join(path, "model.safetensors")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
         try:
-            sd = load_file(path)
+            return path, load_file(path)
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
-    elif not allow_pickle:
+    if not allow_pickle:
         kind = "a pickle checkpoint" if path.lower().endswith(PICKLE_SUFFIXES) else "not a .safetensors file"
         raise CheckpointError(f"{path}: {kind}; only .safetensors checkpoints are accepted (unpickling can run "
                               f"code): convert it, or pass --allow-pickle to load it with "
                               f"torch.load(weights_only=True)")
-    else:
-        sd = _read_pickle_state_dict(path)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    bad = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
-    if missing or unexpected or bad:
-        detail = " ".join(part for part in (f"missing {missing[:3]}" if missing else "",
-                                            f"unexpected {unexpected[:3]}" if unexpected else "",
-                                            f"shape mismatch {sorted(bad)[:3]}" if bad else "") if part)
-        raise CheckpointError(f"{path} does not fit model {type(model).__name__}: {detail} (a checkpoint of "
-                              f"another architecture or class count?)")
-    model.load_state_dict(sd, strict=True)
-    return model
+    return path, _read_pickle_state_dict(path)
+
+
+def mismatch(own: dict, sd: dict, ignore: set[str] = frozenset()) -> str:
+    """How state dict `sd` fails to fit `own` (keys outside `ignore`): '' when it fits."""
+    missing, unexpected = sorted(set(own) - set(sd) - ignore), sorted(set(sd) - set(own) - ignore)
+    bad = sorted(k for k in set(own) & set(sd) - ignore if own[k].shape != sd[k].shape)
+    return " ".join(part for part in (f"missing {missing[:3]}" if missing else "",
+                                      f"unexpected {unexpected[:3]}" if unexpected else "",
+                                      f"shape mismatch {bad[:3]}" if bad else "") if part)
 
 
 def find_latest_state(run_dir: str) -> str | None:
@@ -214,7 +225,7 @@ def save_state_dir(run_dir: str, name: str, write_fn, meta: dict, keep: int, pro
 
 
 
-RUN_FILES = ("summary.csv", "model.safetensors", "model_best.safetensors", "data_keys.json")
+RUN_FILES = ("summary.csv", "model.safetensors", "model_best.safetensors", "model_ema.safetensors", "data_keys.json")
 
 
 def earlier_run(out_dir: str) -> list[str]:
@@ -224,27 +235,37 @@ def earlier_run(out_dir: str) -> list[str]:
     return sorted(n for n in os.listdir(out_dir) if n in RUN_FILES or n.startswith("checkpoint-"))
 
 
-def _save_rank_state(accelerator, method, tmp: str | None):
+def _save_rank_state(accelerator, method, tmp: str | None, weights: dict[str, nn.Module]):
     """Every process: save its part of the state into the main process's temporary checkpoint dir.
 
     `accelerator.save_state` must run on all processes (each writes its own RNG state; weights, optimizer and
     registered objects come from the main one); the method's state (ATCD generator, Free's delta) is per rank.
+    `weights` (file name -> module, the same on every rank, e.g. the EMA) are written by the main process.
     """
     from accelerate.utils import broadcast_object_list
     tmp = broadcast_object_list([tmp])[0]  # the main process made the dir; the others learn its name
     accelerator.save_state(tmp)
+    if accelerator.is_main_process:
+        for fname, module in weights.items():
+            save_weights(module, os.path.join(tmp, fname))
     state = method.state_dict()
     if state:
         save_file(state, os.path.join(tmp, f"method_{accelerator.process_index}.safetensors"))
     accelerator.wait_for_everyone()  # all parts written before the main process adds the marker and renames
 
 
-def save_run_state(accelerator, method, run_dir: str, name: str, meta: dict, keep: int, protect: tuple = ()) -> str:
-    """Atomic resumable checkpoint of a training run, written by all processes; returns its path."""
+def save_run_state(accelerator, method, run_dir: str, name: str, meta: dict, keep: int, protect: tuple = (),
+                   weights: dict[str, nn.Module] | None = None) -> str:
+    """Atomic resumable checkpoint of a training run, written by all processes; returns its path.
+
+    `weights`: extra modules saved as safetensors files of the given names (restore them with `load_weights`).
+    """
+    weights = weights or {}
     if accelerator.is_main_process:
-        save_state_dir(run_dir, name, lambda tmp: _save_rank_state(accelerator, method, tmp), meta, keep, protect)
+        save_state_dir(run_dir, name, lambda tmp: _save_rank_state(accelerator, method, tmp, weights), meta, keep,
+                       protect)
     else:
-        _save_rank_state(accelerator, method, None)
+        _save_rank_state(accelerator, method, None, weights)
     accelerator.wait_for_everyone()
     return os.path.join(run_dir, name)
 

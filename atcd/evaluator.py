@@ -13,7 +13,7 @@ from .config import EvalConfig
 from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds, transform_kwargs
 from .device import to_device
 from .engine import evaluate_attacks, strip_private
-from .models import NormalizedModel, build_model, unwrap_timm
+from .models import NormalizedModel, build_model, timm_kwargs, unwrap_timm
 from .sanity import model_fingerprint, probe_checks, summarize
 from .sweep import run_sweep, write_sweep
 
@@ -24,8 +24,10 @@ _logger = logging.getLogger(__name__)
 
 def load_model_for_eval(cfg: EvalConfig) -> NormalizedModel:
     """timm name (+ --checkpoint safetensors or run dir), `hf-hub:` or `local-dir:`; normaliser from its cfg."""
+    # with --checkpoint a hub model's head may take another --num-classes (a fine-tuned run): it is loaded strictly
     model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans,
-                        mean=cfg.mean, std=cfg.std)
+                        mean=cfg.mean, std=cfg.std, reset_classifier=bool(cfg.checkpoint),
+                        **timm_kwargs(model_kwargs=cfg.model_kwargs))
     if cfg.checkpoint:
         load_weights(unwrap_timm(model), cfg.checkpoint, allow_pickle=cfg.allow_pickle)
     return model.eval()

@@ -16,9 +16,9 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["AT_LEAST_1", "add_options", "add_owned_groups", "check_options", "comma_list", "flag_of", "option",
-           "option_fields",
-           "option_rows", "owners_of", "parse_fraction", "parse_with_yaml", "refuse_foreign", "set_help"]
+__all__ = ["AT_LEAST_1", "add_options", "add_owned_groups", "check_options", "comma_list", "flag_of", "key_value",
+           "option", "option_fields", "option_rows", "owners_of", "parse_fraction", "parse_kwargs", "parse_with_yaml",
+           "refuse_foreign", "set_help"]
 
 
 def parse_fraction(s) -> float:
@@ -34,6 +34,33 @@ def comma_list(s) -> tuple:
     if isinstance(s, (list, tuple)):
         return tuple(s)
     return tuple(a.strip() for a in str(s).split(",") if a.strip())
+
+
+def key_value(s):
+    """argparse type of a `k=v` item (timm's --model-kwargs); a list or mapping from yaml passes through whole."""
+    if isinstance(s, (list, tuple)):
+        return tuple(key_value(v) for v in s)
+    if isinstance(s, dict):
+        return s
+    if "=" not in str(s) or not str(s).split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {s!r}")
+    return str(s)
+
+
+def parse_kwargs(items) -> dict:
+    """('drop_rate=0.1', 'act_layer=gelu') -> {'drop_rate': 0.1, 'act_layer': 'gelu'}: values read as Python
+    literals where they are one (timm's ParseKwargs); a mapping (from yaml) is returned as it is."""
+    import ast
+    if isinstance(items, dict):
+        return dict(items)
+    out = {}
+    for item in items or ():
+        k, v = item.split("=", 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
 
 
 AT_LEAST_1 = {"check": lambda v: v >= 1, "why": "must be >= 1"}  # the commonest rule: option(10, "...", **AT_LEAST_1)
@@ -160,7 +187,10 @@ def parse_with_yaml(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
             raise ConfigError(f"cannot read config {pre.config!r}: {e.strerror}") from None
         if not isinstance(y, dict):
             raise ConfigError(f"config {pre.config!r} must be a mapping of option: value")
-        y = {k.replace("-", "_"): v for k, v in y.items()}
+        # a key may name an option by any of its long flags (an alias such as --checkpoint-keep of --checkpoint-hist)
+        alias = {f[2:].replace("-", "_"): a.dest for a in parser._actions for f in a.option_strings
+                 if f.startswith("--") and not f.startswith("--no-")}
+        y = {alias.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in y.items()}
         unknown = sorted(set(y) - {a.dest for a in parser._actions})
         if unknown:
             raise ConfigError(f"config {pre.config!r}: unknown option(s) {unknown}")

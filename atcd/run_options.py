@@ -3,9 +3,10 @@
 A training method's own options live in its `Options` class (`atcd/methods/`), an attack's in its registration
 (`atcd/attacks/`), the attack settings every attack shares in `atcd.attacks.AttackConfig`.
 """
+import os
 from dataclasses import dataclass
 
-from .options import AT_LEAST_1, comma_list, option, parse_fraction
+from .options import AT_LEAST_1, comma_list, key_value, option, parse_fraction
 
 __all__ = ["EVAL_GROUPS", "TRAIN_GROUPS", "EvalOptions", "TrainOptions"]
 
@@ -56,6 +57,18 @@ class TrainOptions:
     pretrained: bool = option(False, "start from timm's pretrained weights", group=_M)
     num_classes: int | None = option(None, "classes of the model's head", type=int, group=_M)
     in_chans: int | None = option(None, "input channels", type=int, group=_M)
+    initial_checkpoint: str | None = option(None, "start from these weights (timm's flag): a .safetensors file or a "
+                                            "run dir's model.safetensors; a classifier of another --num-classes is "
+                                            "re-initialised, any other mismatch is an error (--resume also restores "
+                                            "the optimizer)", type=str, check=lambda v: v is None or os.path.exists(v),
+                                            why="names no such file or run dir", group=_M)
+    drop: float = option(0.0, "dropout rate (timm's drop_rate)", check=lambda v: 0 <= v < 1, why="must be in [0, 1)",
+                         group=_M)
+    drop_path: float | None = option(None, "stochastic-depth rate (timm's drop_path_rate; the model must have "
+                                     "drop-path blocks)", type=float, check=lambda v: v is None or 0 <= v < 1,
+                                     why="must be in [0, 1)", group=_M)
+    model_kwargs: tuple = option((), "more timm.create_model arguments, k=v ... (values read as Python literals)",
+                                 type=key_value, nargs="*", metavar="K=V", group=_M)
     dataset: str = option("mnist-mini", "dataset (see the registry listing)", group=_D)
     data_dir: str | None = option(None, "root with train/ and val/ class sub-folders; for wds: a shard directory "
                                   "with _info.json (scripts/make_shards.py) or a shard pattern/URL", group=_D)
@@ -103,6 +116,13 @@ class TrainOptions:
                                          "--mixed_precision` or `accelerate config` set (else no). The resolved "
                                          "value is what args.yaml records", type=str, choices=("no", "bf16", "fp16"),
                                          group=_O)
+    model_ema: bool = option(False, "keep an exponential moving average of the weights (timm's ModelEmaV3): "
+                             "evaluated per epoch (ema_* columns), checkpointed, written as model_ema.safetensors",
+                             group=_O)
+    model_ema_decay: float = option(0.9998, "EMA decay per optimizer update", check=lambda v: 0 < v < 1,
+                                    why="must be in (0, 1)", group=_O)
+    model_ema_warmup: bool = option(False, "EMA decay warm-up (timm's: 1 - (1 + update)^-2/3, capped at the decay)",
+                                    group=_O)
     seed: int = option(42, "seed of weights, data order and the methods' random draws", group=_O)
     train_samples_per_epoch: int | None = option(
         None, "samples drawn per (nominal) epoch over all processes; default: the whole training split. With wds "
@@ -141,8 +161,9 @@ class TrainOptions:
     overwrite: bool = option(False, "the experiment folder holds an earlier run: delete its checkpoints, weights and "
                              "summary and train afresh (without it such a run is refused; --resume auto continues it)",
                              action="store_true", group=_OUT)
-    checkpoint_keep: int = option(2, "complete checkpoints kept (the oldest is pruned only after a new one is in "
-                                  "place)", **AT_LEAST_1, group=_OUT)
+    checkpoint_hist: int = option(2, "complete checkpoints kept (the oldest is pruned only after a new one is in "
+                                  "place); --checkpoint-keep is the same option", short="--checkpoint-keep",
+                                  **AT_LEAST_1, group=_OUT)
     checkpoint_every_steps: int = option(0, "also checkpoint every N minibatches inside an epoch (0: at epoch ends "
                                          "only)", check=_GE0, why="must be >= 0 (0 = at epoch ends only)", group=_OUT)
     max_bad_steps: int = option(10, "non-finite losses/gradients skipped before the run stops (keeps the checkpoint "
@@ -166,6 +187,8 @@ class EvalOptions:
     pretrained: bool = option(False, "load the model's own pretrained weights", group="model")
     num_classes: int | None = option(None, "classes of the model's head", type=int, group="model")
     in_chans: int | None = option(None, "input channels", type=int, group="model")
+    model_kwargs: tuple = option((), "more timm.create_model arguments, k=v ... (as the run was trained with)",
+                                 type=key_value, nargs="*", metavar="K=V", group="model")
     allow_pickle: bool = option(False, "accept a non-safetensors --checkpoint (.pth/.pt/.bin), loaded with "
                                 "torch.load(weights_only=True)", action="store_true", group="model")
     dataset: str = option("mnist-mini", "dataset", group="data")

@@ -32,11 +32,12 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import create_train_loaders, resolve_input_size, set_data_epoch
+from .ema import RunEma
 from .engine import evaluate_attacks, train_one_epoch
 from .errors import ConfigError
 from .faults import FiniteGuard, Preemption
 from .methods import StepContext, create_method, get_method_class
-from .models import build_model, unwrap_timm
+from .models import build_model, load_initial_checkpoint, timm_kwargs, unwrap_timm
 from .ranks import rank_weight_hashes, sync_buffers
 from .schedule import create_lr_scheduler
 
@@ -206,7 +207,9 @@ class _Training:
                               f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume auto, replace it "
                               f"with --overwrite, or choose another --experiment")
         model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans,
-                            mean=cfg.mean, std=cfg.std)
+                            mean=cfg.mean, std=cfg.std, reset_classifier=True,  # fine-tuning hub weights
+                            **timm_kwargs(cfg.drop, cfg.drop_path, cfg.model_kwargs))  # to another class count
+        load_initial_checkpoint(unwrap_timm(model), cfg.initial_checkpoint)
         pcfg = unwrap_timm(model).pretrained_cfg
         input_size = resolve_input_size(pcfg, cfg.input_size, cfg.in_chans, cfg.img_size)
         train_loader, eval_loader, holdout_loader = create_train_loaders(cfg, acc.process_index, acc.num_processes,
@@ -220,6 +223,7 @@ class _Training:
         self.epochs = num_epochs(cfg)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.ema = RunEma.create(cfg, model, acc.device)  # None without --model-ema; an eager copy
         if cfg.torch_compile:
             # in place (no `_orig_mod` wrapper): DDP wraps the compiled module, the attack passes (on the unwrapped
             # module) run compiled too, and state-dict keys stay those of the plain model
@@ -290,6 +294,7 @@ class _Training:
         resume_dir = find_latest_state(self.out_dir) if cfg.resume == "auto" else cfg.resume
         if resume_dir:
             meta = load_run_state(self.accelerator, self.method, resume_dir)
+            RunEma.resume(self.ema, resume_dir)
             if meta.get("epoch_done", True):
                 self.start_epoch = meta["epoch"] + 1
             else:  # mid-epoch: skip the batches of this epoch already trained, carry their running sums
@@ -310,6 +315,8 @@ class _Training:
     def _after_update(self):
         if self.accelerator.sync_gradients:  # the scheduler counts real updates, not accumulation micro-steps
             self.stepper()
+            if self.ema is not None:
+                self.ema.update(self.attack_model, self.stepper.num_updates)
 
     def _meta(self, epoch: int, done: bool, batches: int, snap: dict | None = None) -> dict:
         m = {"epoch": epoch, "epoch_done": done, "batches_done": batches, "num_updates": self.stepper.num_updates,
@@ -320,8 +327,9 @@ class _Training:
 
     def _save(self, name: str, meta: dict) -> str:
         pinned = self.faults["pinned"]
-        path = save_run_state(self.accelerator, self.method, self.out_dir, name, meta, self.cfg.checkpoint_keep,
-                              protect=(os.path.basename(pinned),) if pinned else ())
+        path = save_run_state(self.accelerator, self.method, self.out_dir, name, meta, self.cfg.checkpoint_hist,
+                              protect=(os.path.basename(pinned),) if pinned else (),
+                              weights=self.ema.files() if self.ema is not None else None)
         if self.accelerator.is_main_process:  # one line per checkpoint (Accelerate's own are at DEBUG)
             size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
             where = f"epoch {meta['epoch']}" + ("" if meta["epoch_done"] else f", step {meta['batches_done']}")
@@ -389,6 +397,8 @@ class _Training:
                "eval_top1": round(ev["clean"]["top1"], 2), "eval_pgd_top1": round(ev["pgd"]["top1"], 2),
                "eval_n": ev["clean"]["n"], "lr": self.optimizer.param_groups[0]["lr"],
                "num_updates": self.stepper.num_updates, "bad_steps": self.guard.bad_steps}
+        if self.ema is not None:  # the averaged weights on the same images and attack
+            row.update(self.ema.evaluate(self.eval_loader, self.eval_cfg, acc, channels_last=cfg.channels_last))
         stopped = False
         if self.holdout_loader is not None:
             ho = evaluate_attacks(self.attack_model, self.holdout_loader, ["clean", "pgd"], self.eval_cfg, acc,
@@ -399,7 +409,8 @@ class _Training:
         if acc.is_main_process:
             _write_summary(os.path.join(self.out_dir, "summary.csv"), row)
             print(f"epoch {epoch}: loss {row['train_loss']:.4f} clean {row['eval_top1']:.1f} "
-                  f"pgd{cfg.eval_attack_steps} {row['eval_pgd_top1']:.1f} ({row['seconds']:.1f}s)", flush=True)
+                  f"pgd{cfg.eval_attack_steps} {row['eval_pgd_top1']:.1f}{RunEma.describe(row)} "
+                  f"({row['seconds']:.1f}s)", flush=True)
         acc.wait_for_everyone()
         self.row = row
         return stopped
@@ -422,8 +433,10 @@ class _Training:
             return {"run_dir": self.out_dir, "status": self.status, "checkpoint": self.status_ckpt, **self.faults,
                     "num_updates": self.stepper.num_updates, "num_processes": acc.num_processes}
         if acc.is_main_process:
-            save_weights(unwrap_timm(self.model), os.path.join(self.out_dir, "model.safetensors"),
-                         {"model": cfg.model, "method": cfg.method, "eps": cfg.eps})
+            meta = {"model": cfg.model, "method": cfg.method, "eps": cfg.eps}
+            save_weights(unwrap_timm(self.model), os.path.join(self.out_dir, "model.safetensors"), meta)
+            if self.ema is not None:
+                self.ema.save(self.out_dir, meta)
             if self.data_keys:
                 atomic_write_text(os.path.join(self.out_dir, "data_keys.json"), json.dumps(self.data_keys))
         # cheap cross-process checks a launcher test (or a user) can read off the RESULT line

@@ -107,7 +107,7 @@ TRAIN_CASES = [
     ("T-zero", ["--method", "atcd", "--atcd-T", "0"], "--atcd-T"),
     ("step-above-2eps", ["--method", "pgd", "--eps", "0.1", "--attack-step", "0.3"], "--attack-step 0.3 > 2 x"),
     ("batch-size-zero", ["--batch-size", "0"], "--batch-size"),
-    ("checkpoint-keep-zero", ["--checkpoint-keep", "0"], "--checkpoint-keep"),
+    ("checkpoint-keep-zero", ["--checkpoint-keep", "0"], "--checkpoint-hist"),
     ("checkpoint-every-negative", ["--checkpoint-every-steps", "-1"], "--checkpoint-every-steps"),
     ("max-bad-steps-zero", ["--max-bad-steps", "0"], "--max-bad-steps"),
     ("log-interval-zero", ["--log-interval", "0"], "--log-interval"),

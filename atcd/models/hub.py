@@ -32,6 +32,7 @@ from timm.models._hub import load_model_config_from_hf, load_model_config_from_p
 from torch import nn
 
 from ..checkpoint import CheckpointError, atomic_write_text
+from .transfer import check_fits_but_classifier, safetensors_shapes
 
 __all__ = [
     "CONFIG_NAME",
@@ -150,19 +151,23 @@ def create_hub_model(
         num_classes: int | None = None,
         in_chans: int | None = None,
         cache_dir: str | None = None,
+        reset_classifier: bool = False,
         **kwargs: Any,
 ) -> nn.Module:
     """`timm.create_model(name, pretrained=True)` for an `hf-hub:` / `local-dir:` name, with one-line errors.
 
     Such a name designates published weights, so they are always loaded. timm would silently re-initialise a
     classifier whose size differs from the checkpoint's and average the stem over other input channels; here a
-    `num_classes` or `in_chans` that differs from the checkpoint's is an error instead.
+    `num_classes` or `in_chans` that differs from the checkpoint's is an error instead, unless `reset_classifier`
+    (fine-tuning to another class count): then timm's pretrained loading drops the classifier, and every other
+    tensor of the weights file must still fit the model.
 
     Args:
         name: `hf-hub:org/name[@revision]` or `local-dir:PATH`.
         num_classes: expected number of classes (None: the checkpoint's).
         in_chans: expected input channels (None: the checkpoint's).
         cache_dir: Hugging Face cache folder (None: `HF_HUB_CACHE`).
+        reset_classifier: accept a `num_classes` other than the checkpoint's, with a fresh classifier.
         **kwargs: passed on to `timm.create_model`.
 
     Returns:
@@ -177,7 +182,8 @@ def create_hub_model(
         raise HubError(f"{name}: {CONFIG_NAME} names architecture {arch!r}, which is not registered with timm "
                        f"(import the package that defines it)")
     have_classes, have_chans = pcfg.get("num_classes"), (pcfg.get("input_size") or (None,))[0]
-    if num_classes is not None and have_classes is not None and num_classes != have_classes:
+    reset = num_classes is not None and have_classes is not None and num_classes != have_classes
+    if reset and not reset_classifier:
         raise HubError(f"{name} has {have_classes} classes; --num-classes {num_classes} does not fit its weights "
                        f"(leave --num-classes out)")
     if in_chans is not None and have_chans is not None and in_chans != have_chans:
@@ -188,11 +194,29 @@ def create_hub_model(
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
     try:
-        return timm.create_model(name, pretrained=True, cache_dir=cache_dir, **kwargs)
+        model = timm.create_model(name, pretrained=True, cache_dir=cache_dir, **kwargs)
     except (RuntimeError, SafetensorError) as e:  # strict load_state_dict: missing keys / shape mismatch
         raise HubError(f"{name}: the weights do not fit architecture {arch!r}: {one_line(e)}") from None
     except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled) as e:
         raise hub_error(name, e) from None
+    if reset:  # timm loaded non-strictly without the classifier: the rest must have fitted
+        try:
+            check_fits_but_classifier(model, safetensors_shapes(_weights_file(name, cache_dir)), name)
+        except CheckpointError as e:
+            raise HubError(str(e)) from None
+        _logger.info("%s: classifier re-initialised for %d classes (the weights have %d)", name, num_classes,
+                     have_classes)
+    return model
+
+
+def _weights_file(name: str, cache_dir: str | None) -> str:
+    """The weights file timm loaded for a hub / local-dir name (for hf-hub: the cached copy)."""
+    source, model_id = parse_model_name(name)
+    if source == "local-dir":
+        return str(Path(model_id) / WEIGHTS_NAME)
+    from huggingface_hub import hf_hub_download
+    repo_id, revision = _split_hub_id(model_id)
+    return hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
 
 
 def download_model(name: str, revision: str | None = None, cache_dir: str | None = None) -> str:

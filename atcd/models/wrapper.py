@@ -3,12 +3,14 @@ from collections.abc import Sequence
 
 import timm
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 from ..errors import ConfigError
+from ..options import parse_kwargs
 from .hub import create_hub_model
 
-__all__ = ["NormalizedModel", "build_model", "unwrap_timm"]
+__all__ = ["NormalizedModel", "build_model", "timm_kwargs", "unwrap_timm"]
 
 
 class NormalizedModel(nn.Module):
@@ -56,23 +58,40 @@ def build_model(
         in_chans: int | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        reset_classifier: bool = False,
         **kwargs,
 ) -> NormalizedModel:
     """Create any timm model by name (incl. `hf-hub:` / `local-dir:`) wrapped for [0,1] input.
 
     An `hf-hub:` / `local-dir:` name designates published weights: they are loaded whatever `pretrained` says,
-    strictly (a `num_classes` / `in_chans` that does not fit them is an error), and failures raise
+    strictly (a `num_classes` / `in_chans` that does not fit them is an error; with `reset_classifier` another
+    `num_classes` gets a fresh classifier, as timm's pretrained loading does), and failures raise
     `atcd.models.hub.HubError` (a `CheckpointError`) with a one-line reason. `mean` / `std` replace the
     normalisation of the model's `pretrained_cfg` (`NormalizedModel.from_timm`).
     """
-    if timm.models.parse_model_name(name)[0] is not None:
-        return NormalizedModel.from_timm(create_hub_model(name, num_classes, in_chans, **kwargs), in_chans, mean, std)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if in_chans is not None:
-        kwargs["in_chans"] = in_chans
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    try:
+        if timm.models.parse_model_name(name)[0] is not None:
+            model = create_hub_model(name, num_classes, in_chans, reset_classifier=reset_classifier, **kwargs)
+        else:
+            kwargs.update({k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans)) if v is not None})
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ConfigError(f"model {name} does not take that argument (--model-kwargs?): {e}") from None
+    if kwargs.get("drop_path_rate") and not any(isinstance(m, DropPath) for m in model.modules()):
+        raise ConfigError(f"model {name} has no drop-path (stochastic depth) blocks: --drop-path would be ignored")
     return NormalizedModel.from_timm(model, in_chans, mean, std)
+
+
+def timm_kwargs(drop: float = 0.0, drop_path: float | None = None, model_kwargs=()) -> dict:
+    """The `timm.create_model` arguments of --drop, --drop-path and --model-kwargs (timm's train.py flags)."""
+    out = parse_kwargs(model_kwargs)
+    if drop:
+        out["drop_rate"] = drop
+    if drop_path is not None:
+        out["drop_path_rate"] = drop_path
+    return out
 
 
 def unwrap_timm(model: nn.Module) -> nn.Module:

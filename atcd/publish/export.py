@@ -22,7 +22,7 @@ from timm.models import save_for_hf
 from .. import __version__
 from ..checkpoint import atomic_write_text, load_weights
 from ..data import resolve_data_config
-from ..models import build_model, unwrap_timm
+from ..models import build_model, timm_kwargs, unwrap_timm
 from ..models.hub import CONFIG_NAME, NETWORK_ERRORS, WEIGHTS_NAME, HubError, hub_error, one_line, unreachable
 from .auth import assert_no_token, require_token
 from .card import CARD_NAME, build_model_card
@@ -136,7 +136,9 @@ def export_run(
 
     model = unwrap_timm(build_model(train_args["model"], num_classes=train_args.get("num_classes"),  # --mean/--std
                                     in_chans=train_args.get("in_chans"), mean=train_args.get("mean"),  # reach
-                                    std=train_args.get("std")))  # the published pretrained_cfg
+                                    std=train_args.get("std"),  # the published pretrained_cfg
+                                    reset_classifier=True,  # strict load below
+                                    **timm_kwargs(model_kwargs=train_args.get("model_kwargs") or ())))
     weights = os.path.join(run_dir, WEIGHTS_NAME)
     load_weights(model, weights)
     out_dir = out_dir or os.path.join(run_dir, "hf-export")
