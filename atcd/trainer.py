@@ -5,8 +5,6 @@ prepared map-style loader, or a rank-sharded WebDataset loader that is never pre
 gradients, metrics are reduced over processes and only the main process writes files, except for the per-process
 parts of the resumable checkpoint (RNG states, the method's state: `method_{rank}.safetensors`).
 """
-import csv
-import io
 import json
 import logging
 import math
@@ -40,6 +38,7 @@ from .methods import StepContext, create_method, get_method_class
 from .models import build_model, load_initial_checkpoint, timm_kwargs, unwrap_timm
 from .ranks import rank_weight_hashes, sync_buffers
 from .schedule import create_lr_scheduler
+from .summary import trim_summary, write_summary
 
 __all__ = ["num_epochs", "run", "run_dir_for"]
 
@@ -100,29 +99,6 @@ class _AccumulatingOptimizer:
         self.optimizer.step()  # skipped by Accelerate on accumulation micro-steps
         if self.accelerator.sync_gradients:
             self.optimizer.zero_grad(set_to_none=True)
-
-
-def _write_summary(path: str, row: dict):
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
-def _trim_summary(path: str, start_epoch: int):
-    """On resume: drop the rows of epochs the resumed run trains again (a kill between the row and the checkpoint
-    would otherwise leave the epoch twice)."""
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < start_epoch]
-    if len(keep) < len(rows):
-        buf = io.StringIO()
-        csv.writer(buf).writerows(keep)
-        atomic_write_text(path, buf.getvalue())
 
 
 def _select(cfg: TrainConfig, row: dict, epoch: int, best: dict, best_path: str, model, accelerator) -> bool:
@@ -306,7 +282,7 @@ class _Training:
             _logger.info("resumed from %s at epoch %d, batch %d", resume_dir, self.start_epoch, self.start_batch)
         self.guard.bad_steps = self.faults["bad_steps"]
         if self.accelerator.is_main_process:  # rows of epochs trained again (none kept when no checkpoint was found)
-            _trim_summary(os.path.join(self.out_dir, "summary.csv"), self.start_epoch)
+            trim_summary(os.path.join(self.out_dir, "summary.csv"), self.start_epoch)
 
     def _clip(self):
         if self.cfg.clip_grad and self.accelerator.sync_gradients:
@@ -407,7 +383,7 @@ class _Training:
             stopped = _select(cfg, row, epoch, self.best, os.path.join(self.out_dir, "model_best.safetensors"),
                               self.attack_model, acc)
         if acc.is_main_process:
-            _write_summary(os.path.join(self.out_dir, "summary.csv"), row)
+            write_summary(os.path.join(self.out_dir, "summary.csv"), row)
             print(f"epoch {epoch}: loss {row['train_loss']:.4f} clean {row['eval_top1']:.1f} "
                   f"pgd{cfg.eval_attack_steps} {row['eval_pgd_top1']:.1f}{RunEma.describe(row)} "
                   f"({row['seconds']:.1f}s)", flush=True)
