@@ -1,7 +1,16 @@
 """Datasets in [0,1] pixel space: the bundled `mnist-mini`, image folders (WebDataset in `wds`)."""
 from .factory import create_atcd_dataset, create_atcd_loader, list_builtin_datasets, split_holdout  # noqa: F401
 from .mnist_mini import MnistMini, load_mnist_mini  # noqa: F401
-from .registry import builtin_datasets, describe_datasets, get_dataset_spec, list_datasets, register_dataset  # noqa: F401
+from .registry import (  # noqa: F401
+    builtin_datasets,
+    check_data_dir,
+    dataset_eps,
+    describe_datasets,
+    get_dataset_spec,
+    list_datasets,
+    register_dataset,
+    resolve_dataset,
+)
 from .train_loaders import create_train_loaders  # noqa: F401
 from .transforms import resolve_input_size  # noqa: F401
 from .wds import WdsLoader, create_wds_loader, is_wds  # noqa: F401

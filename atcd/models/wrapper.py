@@ -5,7 +5,7 @@ import timm
 import torch
 from torch import nn
 
-from .hub import create_hub_model
+from .hub import create_hub_model, create_pretrained
 
 __all__ = ["NormalizedModel", "build_model", "unwrap_timm"]
 
@@ -46,7 +46,8 @@ def build_model(
 
     An `hf-hub:` / `local-dir:` name designates published weights: they are loaded whatever `pretrained` says,
     strictly (a `num_classes` / `in_chans` that does not fit them is an error), and failures raise
-    `atcd.models.hub.HubError` (a `CheckpointError`) with a one-line reason.
+    `atcd.models.hub.HubError` (a `CheckpointError`) with a one-line reason. So do timm pretrained weights that do
+    not exist or cannot be fetched (timm would go on with random weights, or raise deep in the download).
     """
     if timm.models.parse_model_name(name)[0] is not None:
         return NormalizedModel.from_timm(create_hub_model(name, num_classes, in_chans, **kwargs), in_chans)
@@ -54,7 +55,7 @@ def build_model(
         kwargs["num_classes"] = num_classes
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    model = create_pretrained(name, **kwargs) if pretrained else timm.create_model(name, **kwargs)
     return NormalizedModel.from_timm(model, in_chans)
 
 
