@@ -3,6 +3,10 @@
 
     python validate.py --model smallcnn_mnist --checkpoint output/demo/atcd/model.safetensors \
         --dataset mnist-mini --eps 0.3 --attacks clean,pgd,autoattack --num-samples 200
+    python validate.py --model 'local-dir:output/*/hf-export' --attacks clean,pgd --results-format csv \
+        --results-file leaderboard.csv
+
+The last line printed is `RESULT {json}`: {attack: top-1} of one model, {"leaderboard": [row, ...]} of several.
 """
 import json
 import logging
@@ -21,7 +25,10 @@ def main(argv=None):
         if cfg.update_card:
             from atcd.publish import update_card_with_results
             user_errors(update_card_with_results, cfg.update_card, out, push=cfg.push_card)
-        print("RESULT " + json.dumps({k: v["top1"] for k, v in out["results"].items()}))
+        if "leaderboard" in out:
+            print("RESULT " + json.dumps({"leaderboard": out["leaderboard"]}))
+        else:
+            print("RESULT " + json.dumps({k: v["top1"] for k, v in out["results"].items()}))
 
 
 if __name__ == "__main__":

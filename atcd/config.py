@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attacks import AttackConfig, attack_options_class, list_attacks
-from .data import builtin_datasets, check_transform_options, describe_datasets, is_wds
+from .data import (
+    builtin_datasets,
+    check_data_dir,
+    check_transform_options,
+    dataset_eps,
+    describe_datasets,
+    is_wds,
+    resolve_dataset,
+)
 from .errors import ConfigError
 from .methods import get_method_class, list_methods
+from .models.sources import check_model_name, check_sources, default_eps, expand_models
 from .options import (
     add_options,
     add_owned_groups,
@@ -38,6 +47,7 @@ class TrainConfig(TrainOptions):
     method_opts: Any = None
 
     def __post_init__(self):
+        object.__setattr__(self, "dataset", resolve_dataset(self.dataset, self.data_dir))  # timm: --data-dir = folder
         if self.method not in list_methods():
             return  # validate() says so
         if self.method_opts is None:
@@ -101,6 +111,7 @@ class TrainConfig(TrainOptions):
                               f"--attack-step "
                               f"{self.eps / 4:.4g} (or leave it out: the method's rule of eps)")
         check_transform_options(self, builtin_datasets())
+        check_data_dir(self.dataset, self.data_dir)
         method.check(self)
         upb = method.updates_per_batch(self.method_opts)
         if self.grad_accum_steps > 1 and upb > 1:  # accumulation would average one minibatch's successive updates
@@ -121,6 +132,14 @@ class EvalConfig(EvalOptions):
     """Run-wide evaluation options plus the attack settings (`attack`, with the options of the attacks run)."""
     attack: AttackConfig = field(default_factory=AttackConfig)
 
+    def __post_init__(self):
+        object.__setattr__(self, "dataset", resolve_dataset(self.dataset, self.data_dir))  # timm: --data-dir = folder
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models evaluated: `--model` (a comma list, local-dir: globs expanded) or `--model-list`."""
+        return expand_models(self.model, self.model_list)
+
     def validate(self) -> "EvalConfig":
         unknown = [a for a in (*self.attacks, self.sweep_attack) if a not in list_attacks()]
         if unknown:
@@ -137,22 +156,13 @@ class EvalConfig(EvalOptions):
             raise ConfigError(f"--sweep-steps must be >= 1 and --sweep-eps in [0,1] (got {self.sweep_steps}, "
                               f"{self.sweep_eps})")
         check_transform_options(self, builtin_datasets())
+        check_data_dir(self.dataset, self.data_dir)
         if self.push_card and not self.update_card:
             raise ConfigError("--push-card needs --update-card org/name")
-        check_model_name(self.model)
+        for name in self.models:
+            check_model_name(name)
+        check_sources(self)
         return self
-
-
-def check_model_name(name: str):
-    """Fail early and in one line on a model timm does not know (hub/local-dir names are resolved later)."""
-    import timm
-
-    from . import models  # noqa: F401  (registers the paper's models)
-    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
-        return
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
-        raise ConfigError(f"unknown model {name!r} (timm has no such architecture; similar: {close})")
 
 
 def _parser(description: str, cls, groups: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -161,7 +171,8 @@ def _parser(description: str, cls, groups: tuple[str, ...]) -> argparse.Argument
     p.add_argument("-c", "--config", default="", help="yaml file of defaults (keys = option names)")
     for title in groups:
         add_options(p.add_argument_group(title), cls, only_group=title)
-    set_help(p, "dataset", f"dataset: {describe_datasets()}")
+    set_help(p, "dataset", f"dataset: {describe_datasets()}. Default: folder with --data-dir (as in timm), else "
+             f"{resolve_dataset(None, None)}")
     return p
 
 
@@ -176,6 +187,9 @@ def eval_parser() -> argparse.ArgumentParser:
     p = _parser("Clean and adversarial accuracy of a checkpoint or hub model.", EvalOptions, EVAL_GROUPS)
     add_options(p.add_argument_group("attack settings shared by the attacks"), AttackConfig)
     set_help(p, "attacks", f"comma list of: {', '.join(list_attacks())}")
+    p.set_defaults(eps=None)  # parse_eval_args: the models' cards, else the dataset, define it; else it is required
+    set_help(p, "eps", "L-inf radius in [0,1] pixels (8/255 ok); default: what the models' results.json record, else "
+             "the dataset's (mnist-mini: 0.3); required otherwise")
     add_owned_groups(p, {a: attack_options_class(a) for a in list_attacks()}, "attack")
     return p
 
@@ -212,6 +226,10 @@ def parse_eval_args(argv: list[str] | None = None) -> EvalConfig:
     refuse_foreign(given, owned, mine, "attack", f"--attacks {','.join(run['attacks'])}", flags)
     options = {a: classes[a](**{k: v for k, v in args.items() if k in {f.name for f in option_fields(classes[a])}})
                for a in ran if classes[a] is not None}
+    if args["eps"] is None:
+        data = resolve_dataset(run["dataset"], run["data_dir"])
+        check_data_dir(data, run["data_dir"])  # (a data error before the eps that data would define)
+        args["eps"] = default_eps(expand_models(run["model"], run["model_list"]), dataset_eps(data), data)
     attack = AttackConfig(**{f.name: args[f.name] for f in option_fields(AttackConfig)}, options=options)
     return EvalConfig(**run, attack=attack).validate()
 

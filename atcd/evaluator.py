@@ -1,4 +1,11 @@
-"""`run(cfg)`: the evaluation job behind validate.py (clean + attacks, JSON results, printed table)."""
+"""`run(cfg)`: the evaluation job behind validate.py (clean + attacks, JSON results, printed table).
+
+Several models (`--model a,b`, `--model-list`, a local-dir: glob) are evaluated in turn with the same data and attacks
+into one leaderboard (a row per model: each attack's top-1, worst case, n, eps, seconds), as timm's validate.py
+writes its bulk results; `--results-format csv` writes that table, json the leaderboard with each model's results.
+"""
+import csv
+import io
 import json
 import logging
 import os
@@ -14,22 +21,31 @@ from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is
 from .device import to_device
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, timm_kwargs, unwrap_timm
+from .models.sources import ema_weights
 from .sanity import model_fingerprint, probe_checks, summarize
 from .sweep import run_sweep, write_sweep
 
-__all__ = ["format_table", "load_model_for_eval", "run"]
+__all__ = ["format_leaderboard", "format_table", "leaderboard_rows", "load_model_for_eval", "run"]
 
 _logger = logging.getLogger(__name__)
 
 
+def _weights(cfg: EvalConfig) -> str | None:
+    """The weights file loaded into the model: --checkpoint, or with --use-ema the EMA weights beside it."""
+    return ema_weights(cfg.checkpoint) if cfg.use_ema else cfg.checkpoint
+
+
 def load_model_for_eval(cfg: EvalConfig) -> NormalizedModel:
-    """timm name (+ --checkpoint safetensors or run dir), `hf-hub:` or `local-dir:`; normaliser from its cfg."""
+    """timm name (+ --checkpoint safetensors or run dir), `hf-hub:` or `local-dir:`; normaliser from its cfg.
+
+    A bare timm name without --checkpoint loads its pretrained weights unless --no-pretrained (timm's rule)."""
+    pretrained = cfg.pretrained if cfg.pretrained is not None else not cfg.checkpoint
     # with --checkpoint a hub model's head may take another --num-classes (a fine-tuned run): it is loaded strictly
-    model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans,
+    model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=pretrained, in_chans=cfg.in_chans,
                         mean=cfg.mean, std=cfg.std, reset_classifier=bool(cfg.checkpoint),
                         **timm_kwargs(model_kwargs=cfg.model_kwargs))
     if cfg.checkpoint:
-        load_weights(unwrap_timm(model), cfg.checkpoint, allow_pickle=cfg.allow_pickle)
+        load_weights(unwrap_timm(model), _weights(cfg), allow_pickle=cfg.allow_pickle)
     return model.eval()
 
 
@@ -41,11 +57,69 @@ def format_table(results: dict[str, dict], eps: float) -> str:
     return "\n".join(lines)
 
 
+def leaderboard_rows(outs: list[dict]) -> list[dict]:
+    """One row per evaluated model: model, checkpoint, top-1 of each attack and the worst case, n, eps, seconds."""
+    return [{"model": o["model"], "checkpoint": o["checkpoint"] or "",
+             **{a: round(r["top1"], 4) for a, r in o["results"].items()},
+             "n": o["num_samples"], "eps": o["eps"], "seconds": o["seconds"]} for o in outs]
+
+
+def format_leaderboard(rows: list[dict]) -> str:
+    """The leaderboard as a fixed-width text table (the results file holds the same rows)."""
+    cols = [c for c in rows[0] if c != "checkpoint" or any(r["checkpoint"] for r in rows)]
+
+    def cell(c, v) -> str:
+        return f"{v:.4g}" if c == "eps" else f"{v:.2f}" if isinstance(v, float) and c != "seconds" else str(v)
+
+    text = [[cell(c, r[c]) for c in cols] for r in rows]
+    width = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(cols)]
+
+    def line(cells) -> str:  # names left-aligned, numbers right-aligned
+        return "  ".join(v.ljust(w) if c in ("model", "checkpoint") else v.rjust(w)
+                         for c, v, w in zip(cols, cells, width))
+
+    return "\n".join([line(cols), "-" * (sum(width) + 2 * len(width) - 2)] + [line(t) for t in text])
+
+
+def _results_text(out: dict, outs: list[dict], fmt: str) -> str:
+    rows = leaderboard_rows(outs)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    return json.dumps(out if len(outs) == 1 else {"leaderboard": rows, "runs": outs}, indent=2)
+
+
 def run(cfg: EvalConfig) -> dict:
+    """Evaluate every model of `cfg` (one, or several into a leaderboard); returns the one model's results dict, or
+    `{"leaderboard": rows, "runs": [results, ...]}`."""
     accelerator = Accelerator()
     if not cfg.no_progress and accelerator.is_main_process:  # AutoAttack reports its progress at DEBUG level
         logging.getLogger("auto-attack").setLevel(logging.DEBUG)
         logging.getLogger("atcd.attacks.autoattack").setLevel(logging.INFO)  # a line per sub-attack as it starts
+    models = cfg.models
+    outs = []
+    for name in models:
+        if len(models) > 1 and accelerator.is_main_process:
+            print(f"== {name}")
+        outs.append(_evaluate(replace(cfg, model=name, model_list=None), accelerator))
+        accelerator.free_memory()  # drop the prepared model before the next one is loaded
+    out = outs[0] if len(outs) == 1 else {"leaderboard": leaderboard_rows(outs), "runs": outs}
+    if accelerator.is_main_process:
+        if len(outs) > 1:
+            print(format_leaderboard(out["leaderboard"]))
+        if cfg.results_file:
+            os.makedirs(os.path.dirname(os.path.abspath(cfg.results_file)), exist_ok=True)
+            atomic_write_text(cfg.results_file, _results_text(out, outs, cfg.results_format))
+    out["is_main_process"] = accelerator.is_main_process
+    accelerator.end_training()
+    return out
+
+
+def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
+    """One model: load, build its loader, run the attacks, probes and sweeps; print its table (main process)."""
     model = load_model_for_eval(cfg)
     tf = transform_kwargs(cfg, unwrap_timm(model).pretrained_cfg)
     if is_wds(cfg.dataset):  # rank-sharded, exact once: never through prepare(); results gathered at the end
@@ -65,7 +139,7 @@ def run(cfg: EvalConfig) -> dict:
     sanity = _probe(model, loader, cfg, acfg) if cfg.sanity_samples else {}
     res = evaluate_attacks(model, loader, list(cfg.attacks), acfg, accelerator, progress=not cfg.no_progress)
     out = {
-        "model": cfg.model, "checkpoint": cfg.checkpoint, "dataset": cfg.dataset or cfg.data_dir,
+        "model": cfg.model, "checkpoint": _weights(cfg), "dataset": cfg.dataset or cfg.data_dir,
         "split": cfg.split, "num_samples": res[cfg.attacks[0]]["n"], "eps": acfg.eps, "norm": "Linf",
         "attack_config": acfg.as_dict(),
         "results": strip_private(res), "seconds": round(time.time() - t0, 1),
@@ -90,11 +164,6 @@ def run(cfg: EvalConfig) -> dict:
         print(format_table(out["results"], acfg.eps))
         for msg in summarize(sanity):
             _logger.warning(msg)
-        if cfg.results_file:
-            os.makedirs(os.path.dirname(os.path.abspath(cfg.results_file)), exist_ok=True)
-            atomic_write_text(cfg.results_file, json.dumps(out, indent=2))
-    out["is_main_process"] = accelerator.is_main_process
-    accelerator.end_training()
     return out
 
 

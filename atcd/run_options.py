@@ -3,6 +3,7 @@
 A training method's own options live in its `Options` class (`atcd/methods/`), an attack's in its registration
 (`atcd/attacks/`), the attack settings every attack shares in `atcd.attacks.AttackConfig`.
 """
+import argparse
 import os
 from dataclasses import dataclass
 
@@ -69,7 +70,7 @@ class TrainOptions:
                                      why="must be in [0, 1)", group=_M)
     model_kwargs: tuple = option((), "more timm.create_model arguments, k=v ... (values read as Python literals)",
                                  type=key_value, nargs="*", metavar="K=V", group=_M)
-    dataset: str = option("mnist-mini", "dataset (see the registry listing)", group=_D)
+    dataset: str | None = option(None, "dataset (see the registry listing)", type=str, group=_D)
     data_dir: str | None = option(None, "root with train/ and val/ class sub-folders; for wds: a shard directory "
                                   "with _info.json (scripts/make_shards.py) or a shard pattern/URL", group=_D)
     input_size: tuple | None = _input_size(_D)
@@ -182,16 +183,23 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    model: str = option("smallcnn_mnist", "timm name, hf-hub:org/name or local-dir:PATH", group="model")
+    model: str = option("smallcnn_mnist", "timm name, hf-hub:org/name or local-dir:PATH; a comma list or a local-dir: "
+                        "glob (local-dir:'runs/*/hf-export') evaluates each into one leaderboard", group="model")
+    model_list: str | None = option(None, "file of model names, one a line, evaluated in place of --model (timm's "
+                                    "flag)", type=str, group="model")
     checkpoint: str | None = option(None, "weights (.safetensors) or a training run dir", type=str, group="model")
-    pretrained: bool = option(False, "load the model's own pretrained weights", group="model")
+    use_ema: bool = option(False, "evaluate the EMA weights (model_ema.safetensors) beside --checkpoint",
+                           action="store_true", group="model")
+    pretrained: bool | None = option(None, "timm's pretrained weights; default: implied for a timm name without "
+                                     "--checkpoint, as in timm (--no-pretrained: random weights on purpose)",
+                                     action=argparse.BooleanOptionalAction, group="model")
     num_classes: int | None = option(None, "classes of the model's head", type=int, group="model")
     in_chans: int | None = option(None, "input channels", type=int, group="model")
     model_kwargs: tuple = option((), "more timm.create_model arguments, k=v ... (as the run was trained with)",
                                  type=key_value, nargs="*", metavar="K=V", group="model")
     allow_pickle: bool = option(False, "accept a non-safetensors --checkpoint (.pth/.pt/.bin), loaded with "
                                 "torch.load(weights_only=True)", action="store_true", group="model")
-    dataset: str = option("mnist-mini", "dataset", group="data")
+    dataset: str | None = option(None, "dataset", type=str, group="data")
     data_dir: str | None = option(None, "dataset root (folder) or shard directory/pattern (wds)", type=str,
                                   group="data")
     split: str = option("test", "split to evaluate", group="data")
@@ -217,7 +225,10 @@ class EvalOptions:
     sweep_eps: tuple = option((), "robustness curve over eps, e.g. 0,2/255,4/255,8/255",
                               type=lambda s: tuple(parse_fraction(v) for v in comma_list(s)), group="evaluation")
     sweep_attack: str = option("pgd", "attack used by the sweeps", group="evaluation")
-    results_file: str | None = option(None, "write the results JSON here", type=str, group="output")
+    results_file: str | None = option(None, "write the results here (one model: its results JSON; several: the "
+                                      "leaderboard)", type=str, group="output")
+    results_format: str = option("json", "format of --results-file; csv: the leaderboard table (a row per model)",
+                                 choices=("json", "csv"), group="output")
     update_card: str | None = option(None, "a model card (README.md path, folder, or org/name) to add these results "
                                      "to", type=str, group="output")
     push_card: bool = option(False, "with --update-card org/name: push the updated card to the Hub",

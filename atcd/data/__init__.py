@@ -9,10 +9,13 @@ from .factory import (  # noqa: F401
 from .mnist_mini import MnistMini, load_mnist_mini  # noqa: F401
 from .registry import (  # noqa: F401
     builtin_datasets,
+    check_data_dir,
+    dataset_eps,
     describe_datasets,
     get_dataset_spec,
     list_datasets,
     register_dataset,
+    resolve_dataset,
 )
 from .train_loaders import create_train_loaders  # noqa: F401
 from .transforms import (  # noqa: F401

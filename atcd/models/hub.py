@@ -40,6 +40,7 @@ __all__ = [
     "HubError",
     "add_folder_to_hf_cache",
     "create_hub_model",
+    "create_pretrained",
     "download_model",
 ]
 
@@ -217,6 +218,29 @@ def _weights_file(name: str, cache_dir: str | None) -> str:
     from huggingface_hub import hf_hub_download
     repo_id, revision = _split_hub_id(model_id)
     return hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
+
+
+def create_pretrained(name: str, **kwargs: Any) -> nn.Module:
+    """`timm.create_model(name, pretrained=True)` for a bare timm name, with one-line errors.
+
+    timm starts a model that has no pretrained weights from random ones with only a log line; here that is an
+    error, and so are weights that cannot be fetched (offline, not in the Hugging Face cache).
+
+    Raises:
+        HubError: no pretrained weights exist, or they cannot be fetched.
+    """
+    from timm.models import get_pretrained_cfg, is_model_pretrained
+    if not is_model_pretrained(name):
+        raise HubError(f"{name} has no pretrained weights (timm would start from random ones): leave out "
+                       f"--pretrained, or load weights with --checkpoint")
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled, *NETWORK_ERRORS) as e:
+        hub_id = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
+        fetch = f"python scripts/download.py hf-hub:{hub_id}" if hub_id else "a first online run"
+        raise HubError(f"{name}: timm's pretrained weights cannot be fetched and are not in the Hugging Face cache "
+                       f"({type(e).__name__}): give --checkpoint FILE or a local-dir:PATH model, or fetch them once "
+                       f"online ({fetch}) and run with HF_HUB_OFFLINE=1") from None
 
 
 def download_model(name: str, revision: str | None = None, cache_dir: str | None = None) -> str:

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..options import parse_kwargs
-from .hub import create_hub_model
+from .hub import create_hub_model, create_pretrained
 
 __all__ = ["NormalizedModel", "build_model", "timm_kwargs", "unwrap_timm"]
 
@@ -66,15 +66,16 @@ def build_model(
     An `hf-hub:` / `local-dir:` name designates published weights: they are loaded whatever `pretrained` says,
     strictly (a `num_classes` / `in_chans` that does not fit them is an error; with `reset_classifier` another
     `num_classes` gets a fresh classifier, as timm's pretrained loading does), and failures raise
-    `atcd.models.hub.HubError` (a `CheckpointError`) with a one-line reason. `mean` / `std` replace the
-    normalisation of the model's `pretrained_cfg` (`NormalizedModel.from_timm`).
+    `atcd.models.hub.HubError` (a `CheckpointError`) with a one-line reason. So do timm pretrained weights that do
+    not exist or cannot be fetched (timm would go on with random weights, or raise deep in the download).
+    `mean` / `std` replace the normalisation of the model's `pretrained_cfg` (`NormalizedModel.from_timm`).
     """
     try:
         if timm.models.parse_model_name(name)[0] is not None:
             model = create_hub_model(name, num_classes, in_chans, reset_classifier=reset_classifier, **kwargs)
         else:
             kwargs.update({k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans)) if v is not None})
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            model = create_pretrained(name, **kwargs) if pretrained else timm.create_model(name, **kwargs)
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise
