@@ -113,7 +113,6 @@ TRAIN_CASES = [
     ("log-interval-zero", ["--log-interval", "0"], "--log-interval"),
     ("reuse-grad-not-atcd", ["--method", "free", "--reuse-grad"], "--reuse-grad"),
     ("reuse-grad-kinetic", ["--method", "atcd", "--reuse-grad", "--mh-kinetic", "1"], "--mh-kinetic > 0"),
-    ("mh-granularity", ["--method", "atcd", "--mh-granularity", "pixel"], "--mh-granularity"),
     ("resume-missing", ["--resume", "/nonexistent/checkpoint-0003"], "/nonexistent/checkpoint-0003"),
     ("folder-without-data-dir", ["--dataset", "folder"], "--data-dir"),
     ("data-dir-missing", ["--dataset", "folder", "--data-dir", "/nonexistent/data"], "/nonexistent/data"),

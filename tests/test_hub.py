@@ -159,6 +159,12 @@ def test_card_method_table_comes_from_the_train_parser(pub):
     assert "| `--cd-lambda` | `2.0` |" in text and "hardware: test CPU" in text
     assert "--trades-beta" not in text and "--free-m" not in text and "--yopo-m" not in text
     assert "atcd" in card.data.tags and "the run folder had no `summary.csv`" in text
+    assert "(`--method atcd`)" in text and "with `--reuse-grad`" not in text
+    # a --reuse-grad run is never presented as plain ATCD
+    reuse = yaml.safe_load(yaml.safe_dump(parse_train_args(["--method", "atcd", "--reuse-grad"]).flat()))
+    text = ModelCard(str(build_model_card(REPO, reuse, pub.results, config, hardware="test CPU"))).text
+    assert "(`--method atcd --reuse-grad`)" in text and "**ATCD (Adversarial Training using Contrastive Divergence) " \
+        "with `--reuse-grad`**" in text
 
 
 def test_validate_from_hub_reproduces_the_card(pub, tmp_path):
