@@ -135,6 +135,7 @@ def _five_digit_folder(root) -> str:
     return str(root)
 
 
+@pytest.mark.slow  # end to end: publish, fine-tune (Fast-AT), validate.py
 def test_fine_tune_a_local_dir_model_to_five_classes_trains_and_validates(standard_model, tmp_path):
     """The published 10-class model (timm's save_for_hf, as scripts/publish.py writes it) fine-tuned on digits 0-4:
     the head is re-initialised, the features kept, and validate.py measures the result."""
