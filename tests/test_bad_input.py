@@ -23,6 +23,7 @@ from atcd.data.factory import DataError
 TRAIN = ("--method", "standard", "--epochs", "1", "--train-samples-per-epoch", "256", "--eval-samples", "50",
          "--no-progress")
 VALIDATE = ("--num-samples", "20", "--attacks", "clean", "--sanity-samples", "0", "--no-progress")  # sanity: test_sanity
+FOLDER = ("--eps", "0.3", "--no-pretrained")  # a folder defines no eps; random weights read the data as well
 
 
 def _assert_one_line_error(r, needle: str):
@@ -233,7 +234,7 @@ def test_load_weights_pickle_layouts_bit_equal(tmp_path, checkpoints):
 def test_validate_skips_and_names_corrupt_images(tmp_path, folders):
     """Default: both bad files are skipped (their neighbours stand in), each named once; the run succeeds."""
     results = tmp_path / "results.json"
-    r = run_script("validate.py", *VALIDATE, "--dataset", "folder", "--data-dir", str(folders["bad"]),
+    r = run_script("validate.py", *VALIDATE, *FOLDER, "--dataset", "folder", "--data-dir", str(folders["bad"]),
                    "--split", "val", "--results-file", str(results))
     assert r.returncode == 0, r.stderr[-2000:]
     val = folders["bad"] / "val"
@@ -255,8 +256,8 @@ def test_validate_strict_data_names_the_file(tmp_path, folders, workers, bad_fil
         png = (val / "5" / "1.png").read_bytes()
         (val / "5" / "1.png").write_bytes(png[:len(png) // 2])
     results = tmp_path / "results.json"
-    r = run_script("validate.py", *VALIDATE, "--dataset", "folder", "--data-dir", str(val.parent), "--split", "val",
-                   "-j", workers, "--strict-data", "--results-file", str(results))
+    r = run_script("validate.py", *VALIDATE, *FOLDER, "--dataset", "folder", "--data-dir", str(val.parent), "--split",
+                   "val", "-j", workers, "--strict-data", "--results-file", str(results))
     _assert_one_line_error(r, f"corrupt image {val / bad_file}")
     assert not results.exists()
 
