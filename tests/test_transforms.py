@@ -16,6 +16,8 @@ from atcd.config import ConfigError, parse_eval_args, parse_train_args
 from atcd.data import create_atcd_dataset, create_atcd_loader, create_pixel_transform, transform_kwargs
 from atcd.data.transforms import Reseeded
 
+HERE = os.path.dirname(os.path.abspath(__file__))  # an existing --data-dir for the parse-only cases
+
 
 def _astronaut(size: int | None = None) -> Image.Image:
     """scikit-image's astronaut photo (512 px, RGB), optionally resized to `size` px: a real, asymmetric image."""
@@ -148,8 +150,8 @@ def test_res256crop224_equals_robustbench_preprocessing():
     """RobustBench's ImageNet Res256Crop224 is `--img-size 224 --crop-pct 0.875 --interpolation bilinear`."""
     import timm
     from skimage import data
-    cfg = parse_eval_args(["--model", "resnet50", "--dataset", "folder", "--data-dir", "/x", "--img-size", "224",
-                           "--crop-pct", "0.875", "--interpolation", "bilinear"])
+    cfg = parse_eval_args(["--model", "resnet50", "--dataset", "folder", "--data-dir", HERE, "--img-size", "224",
+                           "--crop-pct", "0.875", "--interpolation", "bilinear", "--eps", "4/255"])
     kw = transform_kwargs(cfg, timm.models.get_pretrained_cfg("resnet50").to_dict())
     assert kw == {"input_size": (3, 224, 224), "interpolation": "bilinear", "crop_pct": 0.875}
     ours = create_pixel_transform(**kw, is_training=False)
@@ -162,7 +164,7 @@ def test_res256crop224_equals_robustbench_preprocessing():
 def test_size_flags_resolve_like_timm():
     import timm
     r18 = timm.models.get_pretrained_cfg("resnet18").to_dict()  # 224 px, crop_pct 0.95, bicubic
-    args = ["--model", "resnet18", "--dataset", "folder", "--data-dir", "/x"]
+    args = ["--model", "resnet18", "--dataset", "folder", "--data-dir", HERE]
     kw = transform_kwargs(parse_train_args(args + ["--input-size", "3", "32", "32"]), r18)
     assert kw == {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0}  # <= 32 px: whole image
     kw = transform_kwargs(parse_train_args(args + ["--img-size", "160", "--in-chans", "1"]), r18, is_training=True)
@@ -174,9 +176,9 @@ def test_size_flags_resolve_like_timm():
     (["--hflip", "0"], "--hflip augments image folders and shards"),
     (["--no-aug"], "--no-aug augments image folders and shards"),
     (["--img-size", "32"], "--img-size resizes image folders and shards"),
-    (["--dataset", "folder", "--data-dir", "/x", "--img-size", "32", "--input-size", "3", "32", "32"],
+    (["--dataset", "folder", "--data-dir", HERE, "--img-size", "32", "--input-size", "3", "32", "32"],
      "--input-size and --img-size"),
-    (["--dataset", "folder", "--data-dir", "/x", "--scale", "0.5", "0.1"], "--scale must be LOW HIGH"),
+    (["--dataset", "folder", "--data-dir", HERE, "--scale", "0.5", "0.1"], "--scale must be LOW HIGH"),
     (["--sched", "multistep"], "--sched multistep decays at --decay-milestones"),
     (["--decay-milestones", "3"], "--sched multistep decays at --decay-milestones"),
     (["--sched", "multistep", "--decay-milestones", "3", "2"], "--decay-milestones must be increasing"),
@@ -200,23 +202,28 @@ def test_mean_std_reach_the_model_wrapper_and_its_pretrained_cfg(monkeypatch, tm
                  "128", "--train-samples-per-epoch", "128", "--eval-samples", "20", "--eval-attack-steps", "1",
                  "--no-progress", "--output", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
-    for model in (built[0], evaluator.load_model_for_eval(parse_eval_args(["--mean", "0.5", "--std", "0.25"]))):
+    loaded = evaluator.load_model_for_eval(parse_eval_args(["--mean", "0.5", "--std", "0.25", "--no-pretrained"]))
+    for model in (built[0], loaded):
         assert model.mean.flatten().tolist() == [0.5] and model.std.flatten().tolist() == [0.25]
         assert unwrap_timm(model).pretrained_cfg["mean"] == (0.5,)  # what a published config.json states
     with pytest.raises(ConfigError, match="--mean takes 1 or 3 values"):
-        evaluator.load_model_for_eval(parse_eval_args(["--model", "resnet18", "--mean", "0.5", "0.5"]))
+        evaluator.load_model_for_eval(parse_eval_args(["--model", "resnet18", "--mean", "0.5", "0.5",
+                                                       "--no-pretrained"]))
 
 
 def test_args_yaml_with_list_options_runs_again(tmp_path):
     """args.yaml holds --input-size / --mean / --scale / --decay-milestones as yaml lists; `-c args.yaml` reads them
     back (each element through the option's type) to the same configuration."""
     import yaml
-    cfg = parse_train_args(["--dataset", "folder", "--data-dir", "/x", "--input-size", "3", "32", "32", "--mean", "0.5",
+    cfg = parse_train_args(["--dataset", "folder", "--data-dir", HERE, "--input-size", "3", "32", "32", "--mean", "0.5",
                             "--std", "0.25", "0.5", "0.5", "--scale", "0.5", "1", "--ratio", "3/4", "4/3", "--sched",
                             "multistep", "--decay-milestones", "3", "4.5"])
     (tmp_path / "args.yaml").write_text(yaml.safe_dump(cfg.flat()))
     again = parse_train_args(["-c", str(tmp_path / "args.yaml")])
-    assert again.flat() == cfg.flat() and again.ratio == [0.75, 4 / 3] and again.decay_milestones == [3.0, 4.5]
+    def as_yaml(d):  # yaml has lists, not tuples
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    assert as_yaml(again.flat()) == as_yaml(cfg.flat())
+    assert again.ratio == [0.75, 4 / 3] and again.decay_milestones == [3.0, 4.5]
 
 
 def test_multistep_lr_drops_by_decay_rate_at_each_milestone():
