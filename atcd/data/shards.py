@@ -306,14 +306,9 @@ def write_dataset_shards(
         splits: Sequence[str] = ("train", "val"),
         data_dir: str | None = None,
         name: str | None = None,
-        shard_size: int = 10000,
-        max_count: int | None = None,
         seed: int | None = 0,
         image_format: str = "keep",
-        progress: bool = False,
-        key: str = "index",
-        shard_digits: int | str = 6,
-        strict: bool = False,
+        **write_kw,
 ) -> dict:
     """Write several splits of a source and then `_info.json`.
 
@@ -323,22 +318,18 @@ def write_dataset_shards(
         splits: split names; eval splits (val/validation/test) are never shuffled.
         data_dir: image-folder root or torchvision root.
         name: dataset name (shard prefix); default derived from the source.
-        shard_size: max samples per shard.
-        max_count: per split, write an evenly strided subset of at most this many samples.
         seed: shuffle seed for training splits (None: source order).
         image_format: `keep` (copy files as they are / PNG for arrays), `png` or `jpg` (re-encode).
-        progress: tqdm bars.
-        key: `index` or `filename` (image folders: the file stem, plus a `json` member), see `write_shards`.
-        shard_digits: digits of the shard index, or `auto` (see `shard_index_digits`).
-        strict: raise `DataError` on an unreadable source image instead of skipping it (see `write_shards`).
+        **write_kw: `write_shards`'s options, the same for every split: shard_size, max_count (per split, an
+            evenly strided subset), progress, key (`index` or `filename`), shard_digits (or `auto`), strict.
 
     Returns:
         the `_info.json` content written.
     """
     if image_format not in ("keep", "png", "jpg"):
         raise DataError(f"image format must be keep, png or jpg (got {image_format!r})")
-    shard_index_digits(1, shard_digits)  # bad options fail before any source is loaded
-    if key == "filename" and source not in ("folder", "imagefolder"):
+    shard_index_digits(1, write_kw.get("shard_digits", 6))  # bad options fail before any source is loaded
+    if write_kw.get("key") == "filename" and source not in ("folder", "imagefolder"):
         raise DataError("--key filename needs a source with file names (--source folder)")
     if source == "mnist-mini":
         make: Callable[[str], ShardSource] = lambda s: mnist_mini_source(s, image_format)
@@ -358,9 +349,8 @@ def write_dataset_shards(
     for split in splits:
         src = make(split)
         classes = classes or src.classes
-        entries[split] = write_shards(src, out_dir, name, split, shard_size=shard_size, max_count=max_count,
-                                      shuffle_seed=None if split in EVAL_SPLITS else seed, progress=progress,
-                                      key=key, shard_digits=shard_digits, strict=strict)
+        entries[split] = write_shards(src, out_dir, name, split, shuffle_seed=None if split in EVAL_SPLITS else seed,
+                                      **write_kw)
     write_info(out_dir, name, entries, classes)
     for split, e in entries.items():
         _remove_stale(out_dir, name, split, e["filenames"])

@@ -375,12 +375,6 @@ def create_wds_loader(
         seed: int = 0,
         num_workers: int = 0,
         input_size: tuple[int, int, int] = (3, 224, 224),
-        interpolation: str = "bilinear",
-        crop_pct: float = 1.0,
-        no_aug: bool = False,
-        hflip: float | None = None,
-        scale: tuple[float, float] | None = None,
-        ratio: tuple[float, float] | None = None,
         rank: int = 0,
         world_size: int = 1,
         samples_per_epoch: int | None = None,
@@ -389,6 +383,7 @@ def create_wds_loader(
         strict: bool = False,
         max_skipped: int | None = None,
         with_keys: bool = False,
+        **transform_kw,
 ) -> WdsLoader:
     """A rank-sharded streaming loader over WebDataset shards, yielding float [0,1] batches.
 
@@ -404,9 +399,6 @@ def create_wds_loader(
         seed: one seed shared by all ranks; with the epoch it fixes the shard order, shuffle and augmentation.
         num_workers: loader worker processes per rank.
         input_size: (C, H, W) for `create_pixel_transform`.
-        interpolation: resize interpolation.
-        crop_pct: centre-crop fraction.
-        no_aug, hflip, scale, ratio: training augmentation (timm's names; `create_pixel_transform`).
         rank: this process's rank.
         world_size: number of processes.
         samples_per_epoch: training: samples per epoch over all ranks (default: the split's size).
@@ -415,6 +407,7 @@ def create_wds_loader(
         strict: raise `DataError` on the first unreadable member instead of skipping it.
         max_skipped: raise `DataError` once more than this many members were skipped.
         with_keys: batches are `(images, labels, keys)` instead of `(images, labels)`.
+        **transform_kw: `create_pixel_transform`'s options (interpolation, crop_pct, no_aug, hflip, scale, ratio).
 
     Returns:
         a `WdsLoader`: `len()` is the number of batches this rank yields per epoch; call `set_epoch(e)`
@@ -428,8 +421,7 @@ def create_wds_loader(
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1 (got {batch_size})")
     src = resolve_wds_source(data_dir_or_url, split, name)
-    transform = create_pixel_transform(tuple(input_size), is_training, interpolation, crop_pct, no_aug=no_aug,
-                                       hflip=hflip, scale=scale, ratio=ratio, seed=seed)
+    transform = create_pixel_transform(tuple(input_size), is_training, seed=seed, **transform_kw)
     handler = _SkipCounter(strict, max_skipped)
     decode = _Decode(transform, with_keys, give_up_after=max(1000, src.num_samples or 0))
     if is_training:
