@@ -99,19 +99,9 @@ def test_two_processes_stream_disjoint_shards_and_stay_in_sync(tmp_path, even_sh
     assert res["eval_n"] == 200  # exact once over the two ranks
 
 
-def _rank_pid(launcher: subprocess.Popen, rank: int, timeout: float = 120.0) -> int:
-    """pid of the training process with RANK=`rank` among the launcher's descendants."""
-    import psutil
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for child in psutil.Process(launcher.pid).children(recursive=True):
-            try:
-                if child.environ().get("RANK") == str(rank):
-                    return child.pid
-            except psutil.Error:
-                continue
-        time.sleep(0.1)
-    raise AssertionError(f"no process with RANK={rank} under the launcher")
+def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    """pid of the training process with RANK=`rank` among the launcher's descendants (the rehearsal's helper)."""
+    return _load_script(os.path.join("scripts", "rehearse_imagenet.py")).rank_pid(launcher, rank)
 
 
 def test_sigterm_to_one_rank_checkpoints_both_then_resume_is_bit_identical(tmp_path, even_shards):
