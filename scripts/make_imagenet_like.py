@@ -97,7 +97,7 @@ def _view(src: Image.Image, rng: np.random.Generator, min_area: float, wide: boo
     cw, ch = np.sqrt(area * aspect), np.sqrt(area / aspect)
     shrink = min(1.0, w / cw, h / ch)  # a crop of that aspect must fit inside the source
     cw, ch = cw * shrink, ch * shrink
-    left, top = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    left, top = rng.uniform(0, max(0.0, w - cw)), rng.uniform(0, max(0.0, h - ch))  # (h/ch)*ch may exceed h
     img = src.resize(size, Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch))
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip and rng.random() < 0.5 else img
 

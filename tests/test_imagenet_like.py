@@ -365,3 +365,10 @@ def test_slurm_usr1_checkpoints_then_requeues(tmp_path):
     # one signal reached the trainer, it checkpointed, the launcher survived and exited 0, and only then: requeue
     assert calls[2:] == ["scancel --signal=USR1 4242", "trainer checkpointed after 1 signal(s)", "agent exit 0",
                          "scontrol requeue 4242"]
+
+
+def test_crops_that_fill_the_source_exactly_do_not_fail(maker, tmp_path):
+    """10 classes x 40 (the rehearsal's default size) draws a crop whose rescaled height exceeds the photo's by a
+    rounding error: the crop's offset range must be clamped at 0 (it was a numpy 'high - low < 0' error)."""
+    res = maker.make_imagenet_like(str(tmp_path / "big"), classes=10, per_class=40, seed=0)
+    assert sum(1 for _ in (tmp_path / "big" / "train").rglob("*.JPEG")) == 400, res
