@@ -26,4 +26,5 @@ diverged = rank_weight_hashes(inner, acc)
 if acc.is_main_process:
     print("RANKS " + json.dumps({"num_processes": acc.num_processes, "raw": raw, "synced": synced,
                                  "diverged": diverged}))
+acc.wait_for_everyone()  # both ranks reach teardown together (gloo aborts when a peer tears down early)
 acc.end_training()
