@@ -87,6 +87,7 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
     for b, batch in enumerate(it, start=start_batch + 1):
         batch = to_device(batch, device, channels_last)  # streamed loaders are never prepare()d
         x, y = batch[0], batch[1]
+        method.set_progress(epoch + ((b - 1) / total if total else 0.0))  # --eps-warmup-epochs: host-side numbers
         if keys_out is not None and len(batch) > 2:
             keys_out.extend(batch[2])
         # sync_gradients is False on accumulation micro-steps: the prepared optimizer then skips step/zero_grad
@@ -114,6 +115,8 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
         **{k: tot[k] + v - p0[k] for k, v in method.passes.as_dict().items()},
         "completed": completed,
     }
+    if getattr(method.cfg, "eps_warmup_epochs", 0) > 0:
+        out["train_eps"] = method.eps  # the eps of the epoch's last step
     out.update(method.epoch_metrics(accelerator))  # e.g. M-H acceptance: summed over ranks, reset per epoch
     return out
 

@@ -26,6 +26,20 @@ def run_script(*args, env=None, timeout=1800):
     return r
 
 
+class Recorder(torch.nn.Module):
+    """The real model; records every call's input, train flag and logits (tests read what a method computed)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = []
+
+    def forward(self, x):
+        z = self.inner(x)
+        self.calls.append((x.detach().clone(), self.training, z.detach().float()))
+        return z
+
+
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 

@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import Recorder
 from torch import nn
 
 import atcd  # noqa: F401
@@ -33,19 +34,6 @@ def test_jcd_logit_gradient_is_eq14(lam, rho):
         torch.testing.assert_close(grad, lam * gce)
 
 
-class Recorder(nn.Module):
-    """Real forward of the wrapped model; remembers every input and the train flag it was called in."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = []
-
-    def forward(self, x):
-        self.calls.append((x.detach().clone(), self.training))
-        return self.inner(x)
-
-
 def _run_step(cfg, x, y, model=None, method=None):
     model = model or _model()
     rec = Recorder(model)
@@ -62,7 +50,7 @@ def test_trajectory_stays_in_eps_ball_and_pixel_box(mnist_test_batch):
     cfg = TrainConfig.of(eps=0.3, attack_step=0.2, atcd_T=3, atcd_K=3, momentum_decay=0.5)
     _, _, rec = _run_step(cfg, x, y)
     assert len(rec.calls) > 0
-    for xin, _ in rec.calls:
+    for xin, *_ in rec.calls:
         assert (xin - x).abs().max() <= 0.3 + 1e-6
         assert xin.min() >= 0 and xin.max() <= 1
 
@@ -93,7 +81,7 @@ def test_mh_forced_rejection_keeps_start_state(mnist_test_batch):
     cfg = TrainConfig.of(atcd_T=3, atcd_K=2, mh_kinetic=1e9, mh_kinetic_v="normalised", seed=7)
     method, _, rec = _run_step(cfg, x, y)
     d0 = random_init(x, cfg.eps, torch.Generator().manual_seed(7))
-    weight_inputs = [xin for xin, training in rec.calls if training]
+    weight_inputs = [xin for xin, training, _ in rec.calls if training]
     assert len(weight_inputs) == 3
     for xin in weight_inputs:
         torch.testing.assert_close(xin, x + d0)
@@ -128,7 +116,7 @@ def test_bn_untouched_by_attack_steps(mnist_test_batch):
 def test_attack_bn_train_flag_is_honoured(mnist_test_batch):
     x, y = mnist_test_batch[0][:8], mnist_test_batch[1][:8]
     _, _, rec = _run_step(TrainConfig.of(atcd_T=1, atcd_K=2, attack_bn="train", mh=False), x, y)
-    assert all(training for _, training in rec.calls)
+    assert all(training for _, training, _ in rec.calls)
 
 
 def test_q0_prev_differs_from_start(mnist_test_batch):
@@ -158,5 +146,5 @@ def test_atcd_state_round_trip_replays_same_draws(mnist_test_batch):
         m2.load_state_dict(load_file(os.path.join(d, "m.safetensors")))
     _, _, r1 = _run_step(cfg, x, y, method=m1)
     _, _, r2 = _run_step(cfg, x, y, method=m2)
-    for (a, _), (b, _) in zip(r1.calls, r2.calls):
+    for (a, *_), (b, *_) in zip(r1.calls, r2.calls):
         assert torch.equal(a, b)

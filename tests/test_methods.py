@@ -121,8 +121,8 @@ def test_free_perturbation_carries_across_minibatches(mnist_test_batch):
 
 
 def test_fast_alpha_defaults_to_1_25_eps():
-    assert create_method("fast", TrainConfig.of(method="fast", eps=0.2)).alpha == pytest.approx(0.25)
-    assert create_method("fast", TrainConfig.of(method="fast", eps=0.2, fast_alpha=0.1)).alpha == 0.1
+    assert create_method("fast", TrainConfig.of(method="fast", eps=0.2)).attack_step == pytest.approx(0.25)
+    assert create_method("fast", TrainConfig.of(method="fast", eps=0.2, fast_alpha=0.1)).attack_step == 0.1
 
 
 def test_yopo_finds_the_stem_of_any_timm_model():
@@ -302,3 +302,41 @@ def test_atcd_reuse_grad_q0_is_the_start_output_under_the_current_weights(mh, mn
         assert torch.equal(seen[1], sm[3])
     else:  # calls: attack, weight | attack, weight
         assert len(outs) == 4 and torch.equal(seen[1], sm[1])
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_eps_warmup_ramps_every_methods_ball(name, mnist_test_batch):
+    """--eps-warmup-epochs 2: after 0 epochs every input the network sees is the clean image, after half an epoch
+    the ball is eps/4 and the attack reaches well into it, from 2 epochs on it is --eps; the step keeps its ratio."""
+    over = {"method": name, **CASES[name][0], "eps_warmup_epochs": 2.0}
+    cfg = TrainConfig.of(eps=0.3, attack_step=0.1, **over)
+    torch.manual_seed(0)
+    model = Counting(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
+    ctx = StepContext(model=model, attack_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                      backward=lambda loss: loss.backward(), after_update=lambda: None)
+    method = create_method(cfg.method, cfg)
+    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    for done, radius in ((0.0, 0.0), (0.5, 0.075), (1.0, 0.15), (3.0, 0.3)):
+        method.set_progress(done)
+        assert method.eps == pytest.approx(radius) and method.attack_step == pytest.approx(radius / 3)
+        model.inputs = []
+        method.step(ctx, x, y)
+        moved = max(float((xi - x).abs().max()) for xi in model.inputs if xi.shape == x.shape)
+        assert moved <= radius + 1e-6, (name, done, moved)
+        if name != "standard":
+            assert moved >= 0.5 * radius, (name, done, moved)
+
+
+def test_eps_warmup_from_the_cli_is_recorded_per_epoch(tmp_path):
+    """The trainer sets the ramp per minibatch from (epoch, batch): 2 batches per epoch, warm-up over 2 epochs, so
+    the last step of epoch 0 trains at eps/4 and of epoch 1 at 3 eps/4 (summary.csv's train_eps); args.yaml keeps it."""
+    import csv
+
+    import yaml
+    from conftest import run_main
+    r = run_main("train_atcd.py", "--method", "pgd", "--attack-steps", "2", "--eps", "0.3", "--eps-warmup-epochs", "2",
+                 "--epochs", "2", "--batch-size", "128", "--train-samples-per-epoch", "256", "--eval-samples", "20",
+                 "--no-progress", "--output", str(tmp_path), "--experiment", "w")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "w" / "summary.csv").read_text().splitlines()))
+    assert [float(row["train_eps"]) for row in rows] == pytest.approx([0.075, 0.225])
+    assert yaml.safe_load((tmp_path / "w" / "args.yaml").read_text())["eps_warmup_epochs"] == 2.0

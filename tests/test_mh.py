@@ -8,8 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import run_script
-from torch import nn
+from conftest import Recorder, run_script
 
 import atcd.methods.atcd as atcd_module
 from atcd.attacks.core import random_init
@@ -17,20 +16,6 @@ from atcd.config import TrainConfig
 from atcd.errors import CheckpointError, ConfigError
 from atcd.methods import StepContext, create_method, get_method_class
 from atcd.models import NormalizedModel
-
-
-class Recorder(nn.Module):
-    """The real model; records every call's input, train flag and logits."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = []
-
-    def forward(self, x):
-        z = self.inner(x)
-        self.calls.append((x.detach().clone(), self.training, z.detach().float()))
-        return z
 
 
 def _run(cfg, x, y, lr=0.01, method=None, seed=0):

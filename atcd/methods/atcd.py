@@ -177,11 +177,11 @@ class ATCD(TrainMethod):
             return self._step_reuse(ctx, x, y)
         c, o = self.cfg, self.opts
         res = StepResult()
-        delta = random_init(x, c.eps, self.gen)
+        delta = random_init(x, self.eps, self.gen)
         v = torch.zeros_like(x)
         for t in range(o.atcd_T):
             if o.atcd_restart and t > 0:  # ablation: fresh noise per replay instead of the warm-started chain
-                delta, v = random_init(x, c.eps, self.gen), torch.zeros_like(x)
+                delta, v = random_init(x, self.eps, self.gen), torch.zeros_like(x)
             d_start, v_start = delta, v
             with attack_mode(ctx.attack_model, c.attack_bn):
                 delta, v, start = self._trajectory(ctx, x, y, delta, v, None, o.atcd_K)
@@ -195,13 +195,13 @@ class ATCD(TrainMethod):
         c, o = self.cfg, self.opts
         res = StepResult()
         if self.delta is None or self.delta.shape != x.shape:
-            self.delta = random_init(x, c.eps, self.gen)
-        delta = project(x, self.delta.to(x.device, x.dtype), c.eps)
+            self.delta = random_init(x, self.eps, self.gen)
+        delta = project(x, self.delta.to(x.device, x.dtype), self.eps)
         v = torch.zeros_like(x)
         g = p_ref = None  # g: CE input gradient at this replay's start, from the last weight pass
         for t in range(o.atcd_T):
             if o.atcd_restart and t > 0:  # ablation: the fresh start stands in for the first step
-                delta, v, g = random_init(x, c.eps, self.gen), torch.zeros_like(x), None
+                delta, v, g = random_init(x, self.eps, self.gen), torch.zeros_like(x), None
             d_start, v_start = delta, v
             with attack_mode(ctx.attack_model, c.attack_bn):
                 if g is None:  # the start's own first attack pass gives Q0 and its CE (no step, no test at K = 1)
@@ -211,7 +211,7 @@ class ATCD(TrainMethod):
                         start = self._forward(ctx, x, y, delta)
                         p_ref = start[1]
                     # J_cd's gradient at the start is (lam - rho) x CE's
-                    delta, v = sign_step(x, delta, v, (o.cd_lambda - o.cd_rho) * g.float(), c.eps, c.attack_step,
+                    delta, v = sign_step(x, delta, v, (o.cd_lambda - o.cd_rho) * g.float(), self.eps, self.attack_step,
                                          o.momentum_decay)
                     delta, v, _ = self._trajectory(ctx, x, y, delta, v, p_ref, o.atcd_K - 1)
                 if o.mh and start is not None:
@@ -254,7 +254,7 @@ class ATCD(TrainMethod):
         input gradient) there for the M-H test. Returns (delta, v, start); start is None when `p_ref` was given or
         `steps` is 0.
         """
-        c, o = self.cfg, self.opts
+        o = self.opts
         start = None
         for _ in range(steps):
             # p_ref: 'start' = output at the trajectory's start; 'prev' = output at transition k-1.
@@ -265,7 +265,7 @@ class ATCD(TrainMethod):
                 start, p_ref = (ce, p, g), p
             elif o.atcd_q0 == "prev":
                 p_ref = p
-            delta, v = sign_step(x, delta, v, g, c.eps, c.attack_step, o.momentum_decay)
+            delta, v = sign_step(x, delta, v, g, self.eps, self.attack_step, o.momentum_decay)
         return delta, v, start
 
     def _metropolis(self, ctx, x, y, t, start, delta, v):

@@ -56,6 +56,7 @@ class TrainMethod:
     A method's options are a frozen dataclass `Options` whose fields are `atcd.options.option(...)`: the flags,
     help, defaults and checks of `--help`, `args.yaml` and the model card all come from it. `self.cfg` is the
     run-wide `TrainConfig` (eps, attack step, BN mode, seed), `self.opts` the method's own options.
+    Step code reads `self.eps` and `self.attack_step` (this minibatch's, see `set_progress`), not `self.cfg`'s.
     `self.gen` draws the method's randomness (random starts, M-H tests); it is saved with the resumable state so a
     resumed run draws what the uninterrupted one would.
     """
@@ -68,6 +69,15 @@ class TrainMethod:
         self.opts = cfg.method_opts if isinstance(cfg.method_opts, self.Options) else self.Options()
         self.passes = PassCounter()
         self.gen = generator or torch.Generator().manual_seed(cfg.seed)
+        self.eps, self.attack_step = cfg.eps, cfg.attack_step  # this step's; --eps-warmup-epochs ramps them
+
+    def set_progress(self, epochs_done: float):
+        """Called before every minibatch with the epochs trained so far (e.g. 1.25): sets this step's `eps` and
+        `attack_step`, ramped linearly from 0 over `--eps-warmup-epochs` (the step keeps its ratio to eps)."""
+        w = getattr(self.cfg, "eps_warmup_epochs", 0.0)
+        f = 1.0 if w <= 0 else min(1.0, epochs_done / w)
+        self.eps = self.cfg.eps * f
+        self.attack_step = None if self.cfg.attack_step is None else self.cfg.attack_step * f
 
     @classmethod
     def updates_per_batch(cls, opts) -> int:

@@ -5,8 +5,6 @@ Cost per minibatch: 1 input-gradient pass + 1 weight pass. Catastrophic overfitt
 """
 from dataclasses import dataclass
 
-import torch
-
 from ..attacks.core import input_grad, project, random_init
 from ..attacks.losses import ce_loss
 from ..errors import ConfigError
@@ -24,10 +22,6 @@ class FastAT(TrainMethod):
     class Options:
         fast_alpha: float | None = option(None, "Fast-AT FGSM step (default 1.25*eps)", type=parse_fraction,
                                           check=lambda v: v is None or v > 0, why="must be > 0")
-
-    def __init__(self, cfg, generator: torch.Generator | None = None):
-        super().__init__(cfg, generator)
-        self.alpha = cfg.attack_step
 
     @classmethod
     def passes_per_batch(cls, opts) -> int:
@@ -48,9 +42,9 @@ class FastAT(TrainMethod):
     def step(self, ctx, x, y):
         c = self.cfg
         res = StepResult()
-        delta = random_init(x, c.eps, self.gen)
+        delta = random_init(x, self.eps, self.gen)
         with attack_mode(ctx.attack_model, c.attack_bn), ctx.autocast():
             g, _, _ = input_grad(ctx.attack_model, x, delta, y, ce_loss, self.passes)
-        delta = project(x, delta + self.alpha * g.float().sign(), c.eps)
+        delta = project(x, delta + self.attack_step * g.float().sign(), self.eps)
         self.weight_update(ctx, x, y, res, delta)
         return res

@@ -44,14 +44,13 @@ class FreeAT(TrainMethod):
         return opts.free_m
 
     def step(self, ctx, x, y):
-        c = self.cfg
         res = StepResult()
         if self.delta is None or self.delta.shape != x.shape:
             self.delta = torch.zeros_like(x)  # the original starts from zero noise
-        delta = project(x, self.delta.to(x.device, x.dtype), c.eps)
+        delta = project(x, self.delta.to(x.device, x.dtype), self.eps)
         for _ in range(self.opts.free_m):
             g, _ = self.weight_update(ctx, x, y, res, delta, input_grad=True)
-            delta = project(x, delta + c.attack_step * g.float().sign(), c.eps)
+            delta = project(x, delta + self.attack_step * g.float().sign(), self.eps)
         self.delta = delta.detach()
         return res
 

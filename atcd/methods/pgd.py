@@ -35,7 +35,7 @@ class PGDAT(TrainMethod):
         c = self.cfg
         res = StepResult()
         with attack_mode(ctx.attack_model, c.attack_bn), ctx.autocast():
-            delta = perturb(ctx.attack_model, x, y, ce_loss, c.eps, c.attack_step, self.opts.attack_steps,
-                            random_init(x, c.eps, self.gen), counter=self.passes)
+            delta = perturb(ctx.attack_model, x, y, ce_loss, self.eps, self.attack_step, self.opts.attack_steps,
+                            random_init(x, self.eps, self.gen), counter=self.passes)
         self.weight_update(ctx, x, y, res, delta)
         return res

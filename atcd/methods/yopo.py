@@ -102,7 +102,7 @@ class YOPO(TrainMethod):
         c, o = self.cfg, self.opts
         res = StepResult()
         stem = find_stem(ctx.attack_model)
-        eta = random_init(x, c.eps, self.gen)
+        eta = random_init(x, self.eps, self.gen)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss_sum, logits = 0.0, None
         for _ in range(o.yopo_m):
@@ -122,7 +122,7 @@ class YOPO(TrainMethod):
             with attack_mode(ctx.attack_model, c.attack_bn):
                 for _ in range(o.yopo_n):
                     g = self._stem_grad(ctx.attack_model, stem, x, eta, p)
-                    eta = project(x, eta + c.attack_step * g.sign(), c.eps)
+                    eta = project(x, eta + self.attack_step * g.sign(), self.eps)
         self.apply_update(ctx)
         self.record(res, loss_sum, logits, y)
         return res
