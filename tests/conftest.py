@@ -7,12 +7,13 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-torch.set_num_threads(2)
+THREADS = os.environ.get("OMP_NUM_THREADS", "2")  # scripts/test.sh: 1 per pytest-xdist worker
+torch.set_num_threads(int(THREADS))
 
 
 def run_script(*args, env=None, timeout=1800):
     """Run a repo script as a user would; returns CompletedProcess (text)."""
-    e = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=ROOT)
+    e = dict(os.environ, OMP_NUM_THREADS=THREADS, PYTHONPATH=ROOT)
     e.update(env or {})
     r = subprocess.run([sys.executable, *args], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout,
                        check=False)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, THREADS
 from safetensors.torch import load_file
 
 # ATCD (per-rank generator + M-H counts in the method state), Adam state, cosine LR: everything a resume restores.
@@ -24,7 +24,7 @@ ARGS = ("--method", "atcd", "--atcd-T", "2", "--atcd-K", "1", "--mh-kinetic", "1
 
 
 def _start(out, name, *extra, log=None):
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS=THREADS, PYTHONPATH=ROOT)
     return subprocess.Popen([sys.executable, "train_atcd.py", *ARGS, "--output", str(out), "--experiment", name,
                              *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL,
                             text=True)
