@@ -162,7 +162,7 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
                 out[f"sweep_{param}_files"] = write_sweep(rows, sweep_dir, param)
     if accelerator.is_main_process:
         print(format_table(out["results"], acfg.eps))
-        for msg in summarize(sanity):
+        for msg in summarize(sanity, cfg.attacks):
             _logger.warning(msg)
     return out
 

@@ -78,8 +78,8 @@ def probe_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Attack
     return checks
 
 
-def summarize(checks: dict[str, dict]) -> list[str]:
-    """One warning line per failed check."""
+def summarize(checks: dict[str, dict], attacks=()) -> list[str]:
+    """One warning line per failed check; `attacks` (those run) says which result row already accounts for it."""
     msgs = {
         "eps0_equals_clean": "accuracy at eps=0 differs from clean accuracy (randomised or non-deterministic model?)",
         "non_increasing_in_eps": "PGD accuracy rises with eps (the attack is not converging: gradient masking?)",
@@ -90,4 +90,7 @@ def summarize(checks: dict[str, dict]) -> list[str]:
         "robust_le_clean": "an attack scored above clean accuracy",
         "model_unchanged": "the model's parameters or buffers changed during evaluation",
     }
+    if any(a in ("autoattack", "square") for a in attacks):  # the robust number to read already includes Square
+        msgs["whitebox_beats_square"] += ("; the autoattack/square rows include Square's result: report those (or "
+                                          "worst_case), not PGD (README: Gradient masking on the MNIST demo)")
     return [f"sanity check failed: {k}: {msgs.get(k, '')}" for k, v in checks.items() if not v["ok"]]

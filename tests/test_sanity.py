@@ -40,6 +40,9 @@ def test_checks_flag_gradient_masking(standard_model, mnist_test_batch):
     checks = probe_checks(masked, x, y, AttackConfig(eps=0.15, step_size=0.0375, steps=10))
     assert not checks["whitebox_beats_square"]["ok"], checks
     assert any("masked" in m for m in summarize(checks))
+    # with AutoAttack in the run the line says which row is the robust number (the demo's case, README)
+    assert not any("report those" in m for m in summarize(checks, ["clean", "pgd"]))
+    assert any("report those" in m for m in summarize(checks, ["clean", "pgd", "autoattack"]))
 
 
 def test_fingerprint_sees_a_buffer_change(standard_model):
