@@ -115,8 +115,9 @@ class TrainOptions:
                                      nargs="+", metavar="BETA", check=lambda v: v is None or all(0 <= b < 1 for b in v),
                                      why="must be in [0, 1)", group=_O)
     layer_decay: float | None = option(None, "layer-wise lr decay (timm's flag): the lr of layer group i of n is "
-                                       "lr x decay^(n-1-i), groups from the model's group_matcher (timm's "
-                                       "param_groups_layer_decay)", type=float, check=lambda v: v is None or 0 < v <= 1,
+                                       "lr x decay^(n-1-i), groups as timm's param_groups_layer_decay makes them "
+                                       "(the model's group_matcher, else its fallback); one group only is an error",
+                                       type=float, check=lambda v: v is None or 0 < v <= 1,
                                        why="must be in (0, 1]", group=_O)
     sched: str = option("cosine", "timm scheduler name (stepped per update)", group=_O)
     decay_milestones: tuple | None = option(None, "--sched multistep: epochs at which the lr is multiplied by "
