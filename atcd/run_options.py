@@ -193,8 +193,9 @@ class TrainOptions:
                                 "checkpoints", **AT_LEAST_1, group=_OUT)
     no_progress: bool = option(False, "no progress bars", action="store_true", group=_OUT)
     log_interval: int = option(50, "timm's flag: every N minibatches the progress bar's loss and --log-with are "
-                               "updated and skipped non-finite updates are counted (--max-bad-steps); the device's running sums are read "
-                               "only then, at epoch ends and at checkpoints, never per step", **AT_LEAST_1, group=_OUT)
+                               "updated and skipped non-finite updates are counted (--max-bad-steps); the device's "
+                               "running sums are read only then, at epoch ends and at checkpoints, never per step",
+                               **AT_LEAST_1, group=_OUT)
     log_with: str | None = option(None, "experiment tracker (Accelerate's; main process only): the running train loss "
                                   "and accuracy every --log-interval minibatches, every summary.csv column per epoch. "
                                   "tensorboard writes RUN_DIR/tensorboard/; all: every installed tracker", type=str,
