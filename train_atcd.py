@@ -4,7 +4,7 @@
     python train_atcd.py --model smallcnn_mnist --dataset mnist-mini --method atcd --eps 0.3
     accelerate launch --config_file hfconfigs/cpu_1proc.yaml train_atcd.py -c recipes/mnist_atcd.yaml
     ACCELERATE_USE_CPU=1 accelerate launch --config_file hfconfigs/cpu_2proc.yaml train_atcd.py \
-        --dataset wds --data-dir data/mnist-mini-wds --train-samples-per-epoch 2048
+        --dataset wds --data-dir data/mnist-mini-wds --eps 0.3 --train-samples-per-epoch 2048
 
 The last line printed (by the main process only) is `RESULT {json}`. Exit codes: 0 done, or stopped by
 SIGTERM/SIGUSR1 after writing a checkpoint (`"status": "preempted"`; resume with --resume auto); 2 bad input;

@@ -225,7 +225,9 @@ def save_state_dir(run_dir: str, name: str, write_fn, meta: dict, keep: int, pro
 
 
 
-RUN_FILES = ("summary.csv", "model.safetensors", "model_best.safetensors", "model_ema.safetensors", "data_keys.json")
+# (tensorboard/, wandb/: what --log-with's trackers write, atcd.trackers.TRACKER_DIRS)
+RUN_FILES = ("summary.csv", "model.safetensors", "model_best.safetensors", "model_ema.safetensors", "data_keys.json",
+             "tensorboard", "wandb")
 
 
 def earlier_run(out_dir: str) -> list[str]:

@@ -24,21 +24,23 @@ from .data import (
 from .errors import ConfigError
 from .methods import get_method_class, list_methods
 from .models.sources import check_model_name, check_sources, default_eps, expand_models
+from .optim import check_optimizer
 from .options import (
     add_options,
     add_owned_groups,
     check_options,
     flag_of,
     option_fields,
-    option_rows,
     owners_of,
     parse_with_yaml,
     refuse_foreign,
     set_help,
 )
 from .run_options import EVAL_GROUPS, TRAIN_GROUPS, EvalOptions, TrainOptions
+from .schedule import check_schedule
+from .trackers import check_trackers
 
-__all__ = ["ConfigError", "EvalConfig", "TrainConfig", "option_table", "parse_eval_args", "parse_train_args"]
+__all__ = ["ConfigError", "EvalConfig", "TrainConfig", "parse_eval_args", "parse_train_args"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,13 @@ class TrainConfig(TrainOptions):
 
     def __post_init__(self):
         object.__setattr__(self, "dataset", resolve_dataset(self.dataset, self.data_dir))  # timm: --data-dir = folder
+        if self.eps is None:  # the dataset's (mnist-mini: 0.3); folders and shards define none: validate() says so
+            object.__setattr__(self, "eps", dataset_eps(self.dataset))
         if self.method not in list_methods():
             return  # validate() says so
         if self.method_opts is None:
             object.__setattr__(self, "method_opts", get_method_class(self.method).Options())
-        if self.attack_step is None:  # the method's own rule of eps (and of its step count)
+        if self.attack_step is None and self.eps is not None:  # the method's own rule of eps (and of its steps)
             object.__setattr__(self, "attack_step", get_method_class(self.method).default_attack_step(self))
 
     @classmethod
@@ -82,6 +86,10 @@ class TrainConfig(TrainOptions):
             raise ConfigError(f"unknown method {self.method!r}; available: {list_methods()}")
         check_options(self)
         check_options(self.method_opts)
+        check_data_dir(self.dataset, self.data_dir)  # (a data error before the eps that data would define)
+        if self.eps is None:
+            raise ConfigError(f"--eps is required: the {self.dataset} dataset defines no L-inf radius; give e.g. --eps "
+                              f"8/255 (in [0,1] pixel units)")
         method = get_method_class(self.method)
         ms = list(self.decay_milestones or ())
         checks = [
@@ -111,7 +119,9 @@ class TrainConfig(TrainOptions):
                               f"--attack-step "
                               f"{self.eps / 4:.4g} (or leave it out: the method's rule of eps)")
         check_transform_options(self, builtin_datasets())
-        check_data_dir(self.dataset, self.data_dir)
+        check_trackers(self.log_with)
+        check_optimizer(self)
+        check_schedule(self)
         method.check(self)
         upb = method.updates_per_batch(self.method_opts)
         if self.grad_accum_steps > 1 and upb > 1:  # accumulation would average one minibatch's successive updates
@@ -232,18 +242,3 @@ def parse_eval_args(argv: list[str] | None = None) -> EvalConfig:
         args["eps"] = default_eps(expand_models(run["model"], run["model_list"]), dataset_eps(data), data)
     attack = AttackConfig(**{f.name: args[f.name] for f in option_fields(AttackConfig)}, options=options)
     return EvalConfig(**run, attack=attack).validate()
-
-
-def option_table(train_args: dict, section: str) -> list[tuple[str, Any, str]]:
-    """(flag, value, help) of a run's options for its model card: 'method' (the adversary settings and the method's
-    own options; none for standard training) or a run-wide group such as 'optimisation'."""
-    method = train_args.get("method", TrainOptions.method)
-    known = {f.name for f in option_fields(TrainOptions)} | {f.name for f in option_fields(
-        get_method_class(method).Options)}
-    cfg = TrainConfig.of(**{k: v for k, v in train_args.items() if k in known})
-    if section != "method":
-        return option_rows(cfg, [f.name for f in option_fields(TrainOptions)
-                                 if f.metadata["option"]["group"] == section])
-    if method == "standard":
-        return []
-    return option_rows(cfg, ["eps", "attack_step", "attack_bn"]) + option_rows(cfg.method_opts)

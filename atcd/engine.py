@@ -34,12 +34,13 @@ def _skip_batches(loader, accelerator, num_batches: int):
 
 def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, epoch: int, progress: bool = True,
                     channels_last: bool = False, keys_out: list | None = None, start_batch: int = 0,
-                    totals: dict | None = None, after_batch=None, log_interval: int = 50) -> dict[str, float]:
+                    totals: dict | None = None, after_batch=None, log_interval: int = 50,
+                    on_log=None) -> dict[str, float]:
     """One pass over `loader`: each minibatch goes through `method.step` inside `accelerator.accumulate`.
 
     The running loss and accuracy sums stay on the device: the host reads them (and so waits for the device) only
-    every `log_interval` minibatches for the progress bar, when `after_batch` asks for a snapshot (a checkpoint
-    is being written) and once at the end of the epoch. Between those points a step makes no host sync.
+    every `log_interval` minibatches for the progress bar and `on_log`, when `after_batch` asks for a snapshot (a
+    checkpoint is being written) and once at the end of the epoch. Between those points a step makes no host sync.
 
     Args:
         method: the training method (owns its optimizer steps through `ctx`).
@@ -57,6 +58,8 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
             preemption); True ends the epoch there. `snapshot()` returns the JSON-able running sums (what `totals`
             takes back); call it only when they are needed: it reads them from the device.
         log_interval: update the progress bar's loss every this many minibatches (timm's `--log-interval`).
+        on_log: `on_log(batches_done, snapshot_dict)` at the same points (experiment trackers; pass it on the main
+            process only): one read of the running sums, as `snapshot()` returns them.
 
     Returns:
         loss and adversarial accuracy reduced over processes, seconds, this process's pass counts, and
@@ -98,8 +101,12 @@ def train_one_epoch(method: TrainMethod, ctx: StepContext, loader, accelerator, 
         n_loss += len(res.losses)
         correct += res.correct
         count += res.count
-        if show and b % log_interval == 0:  # the only read between epoch ends
-            it.set_postfix(loss=f"{float(loss_sum) / max(1, n_loss):.3f}")
+        if b % log_interval == 0 and (show or on_log is not None):  # the only read between epoch ends
+            s = snapshot() if on_log is not None else {"loss_sum": float(loss_sum)}
+            if show:
+                it.set_postfix(loss=f"{s['loss_sum'] / max(1, n_loss):.3f}")
+            if on_log is not None:
+                on_log(b, s)
         if after_batch is not None and after_batch(b, snapshot):
             completed = False
             break

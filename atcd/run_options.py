@@ -70,6 +70,11 @@ class TrainOptions:
                                      why="must be in [0, 1)", group=_M)
     model_kwargs: tuple = option((), "more timm.create_model arguments, k=v ... (values read as Python literals)",
                                  type=key_value, nargs="*", metavar="K=V", group=_M)
+    grad_checkpointing: bool = option(False, "gradient checkpointing through the model's blocks (timm's "
+                                      "set_grad_checkpointing: less memory, one more forward per backward)",
+                                      action="store_true", group=_M)
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics over processes (torch SyncBatchNorm, GPUs; timm's "
+                           "flag); on one process nothing to synchronise", action="store_true", group=_M)
     dataset: str | None = option(None, "dataset (see the registry listing)", type=str, group=_D)
     data_dir: str | None = option(None, "root with train/ and val/ class sub-folders; for wds: a shard directory "
                                   "with _info.json (scripts/make_shards.py) or a shard pattern/URL", group=_D)
@@ -104,6 +109,16 @@ class TrainOptions:
     lr: float = option(0.05, "learning rate", check=lambda v: v > 0, why="must be > 0", group=_O)
     weight_decay: float = option(5e-4, "weight decay", group=_O)
     momentum: float = option(0.9, "optimizer momentum", group=_O)
+    opt_eps: float | None = option(None, "optimizer epsilon (timm's flag; default: the optimizer's)", type=float,
+                                   check=lambda v: v is None or v > 0, why="must be > 0", group=_O)
+    opt_betas: tuple | None = option(None, "optimizer betas (timm's flag; default: the optimizer's)", type=float,
+                                     nargs="+", metavar="BETA", check=lambda v: v is None or all(0 <= b < 1 for b in v),
+                                     why="must be in [0, 1)", group=_O)
+    layer_decay: float | None = option(None, "layer-wise lr decay (timm's flag): the lr of layer group i of n is "
+                                       "lr x decay^(n-1-i), groups as timm's param_groups_layer_decay makes them "
+                                       "(the model's group_matcher, else its fallback); one group only is an error",
+                                       type=float, check=lambda v: v is None or 0 < v <= 1,
+                                       why="must be in (0, 1]", group=_O)
     sched: str = option("cosine", "timm scheduler name (stepped per update)", group=_O)
     decay_milestones: tuple | None = option(None, "--sched multistep: epochs at which the lr is multiplied by "
                                             "--decay-rate, in --epochs units (with --epochs-as-budget divided like "
@@ -111,7 +126,11 @@ class TrainOptions:
     decay_rate: float = option(0.1, "lr factor at each milestone (timm's flag)", check=lambda v: 0 < v <= 1,
                                why="must be in (0, 1]", group=_O)
     warmup_epochs: int = option(0, "learning-rate warm-up epochs", group=_O)
+    warmup_lr: float = option(1e-5, "learning rate of the first warm-up update, rising linearly to --lr (timm's flag)",
+                              check=_GE0, why="must be >= 0", group=_O)
     min_lr: float = option(0.0, "lowest learning rate of the schedule", group=_O)
+    cooldown_epochs: int = option(0, "epochs at --min-lr after the cosine/tanh/poly schedule ends, added to the run "
+                                  "(timm's flag)", check=_GE0, why="must be >= 0", group=_O)
     clip_grad: float | None = option(None, "clip the gradient norm to this", type=float, group=_O)
     mixed_precision: str | None = option(None, "autocast precision; not given: what `accelerate launch "
                                          "--mixed_precision` or `accelerate config` set (else no). The resolved "
@@ -135,8 +154,10 @@ class TrainOptions:
                                        "backend (default inductor)", nargs="?", const="inductor", metavar="BACKEND",
                                        type=str, group=_O)
     method: str = option("atcd", "training method", group=_A)
-    eps: float = option(0.3, "L-inf radius in [0,1] pixels (8/255 ok)", type=parse_fraction,
-                        check=lambda v: 0 <= v <= 1, why="must be in [0,1] pixel units; use e.g. 8/255", group=_A)
+    eps: float | None = option(None, "L-inf radius in [0,1] pixels (8/255 ok); default: the dataset's (mnist-mini: "
+                               "0.3), required for image folders and shards", type=parse_fraction,
+                               check=lambda v: v is None or 0 <= v <= 1,
+                               why="must be in [0,1] pixel units; use e.g. 8/255", group=_A)
     attack_step: float | None = option(None, "step size alpha of the method's attack steps; default: the method's "
                                        "rule of eps (ATCD eps/(2K), PGD-AT/TRADES 2.5 eps/r, YOPO 2.5 eps/(m n), "
                                        "Fast 1.25 eps, Free eps); args.yaml records the resolved value",
@@ -174,9 +195,14 @@ class TrainOptions:
                                 "from before the first one); checked every --log-interval minibatches and at "
                                 "checkpoints", **AT_LEAST_1, group=_OUT)
     no_progress: bool = option(False, "no progress bars", action="store_true", group=_OUT)
-    log_interval: int = option(50, "timm's flag: every N minibatches the progress bar's loss is updated and skipped "
-                               "non-finite updates are counted (--max-bad-steps); the device's running sums are read "
-                               "only then, at epoch ends and at checkpoints, never per step", **AT_LEAST_1, group=_OUT)
+    log_interval: int = option(50, "timm's flag: every N minibatches the progress bar's loss and --log-with are "
+                               "updated and skipped non-finite updates are counted (--max-bad-steps); the device's "
+                               "running sums are read only then, at epoch ends and at checkpoints, never per step",
+                               **AT_LEAST_1, group=_OUT)
+    log_with: str | None = option(None, "experiment tracker (Accelerate's; main process only): the running train loss "
+                                  "and accuracy every --log-interval minibatches, every summary.csv column per epoch. "
+                                  "tensorboard writes RUN_DIR/tensorboard/; all: every installed tracker", type=str,
+                                  choices=("tensorboard", "wandb", "all"), group=_OUT)
     log_level: str = option("INFO", "what is logged: INFO is one line per epoch and per checkpoint; DEBUG adds "
                             "Accelerate's own save/load messages", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                             group=_OUT)

@@ -16,7 +16,6 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
-from timm.optim import create_optimizer_v2
 
 from .attacks import AttackConfig
 from .checkpoint import (
@@ -35,10 +34,19 @@ from .engine import evaluate_attacks, train_one_epoch
 from .errors import ConfigError
 from .faults import FiniteGuard, Preemption
 from .methods import StepContext, create_method, get_method_class
-from .models import build_model, load_initial_checkpoint, timm_kwargs, unwrap_timm
+from .models import (
+    build_model,
+    convert_sync_bn,
+    load_initial_checkpoint,
+    set_grad_checkpointing,
+    timm_kwargs,
+    unwrap_timm,
+)
+from .optim import AccumulatingOptimizer, create_run_optimizer
 from .ranks import rank_weight_hashes, sync_buffers
-from .schedule import create_lr_scheduler
+from .schedule import UpdateCounter, create_lr_scheduler
 from .summary import trim_summary, write_summary
+from .trackers import accelerator_kwargs, log_scalars, start_trackers
 
 __all__ = ["num_epochs", "run", "run_dir_for"]
 
@@ -55,50 +63,6 @@ def num_epochs(cfg: TrainConfig) -> int:
     if not cfg.epochs_as_budget:
         return cfg.epochs
     return max(1, math.ceil(cfg.epochs / get_method_class(cfg.method).budget_divisor(cfg.method_opts)))
-
-
-class _Scheduled:
-    """Holds the update counter so the scheduler steps per optimizer update; timm's schedulers are functions of
-    that counter, so restoring it restores the learning rate exactly."""
-
-    def __init__(self, scheduler):
-        self.scheduler = scheduler
-        self.num_updates = 0
-
-    def __call__(self):
-        self.num_updates += 1
-        if self.scheduler is not None:
-            self.scheduler.step_update(num_updates=self.num_updates)
-
-    def load_state_dict(self, sd):
-        self.num_updates = sd["num_updates"]
-        if self.scheduler is not None:
-            self.scheduler.step_update(num_updates=self.num_updates)
-
-
-class _AccumulatingOptimizer:
-    """The optimizer the methods see under gradient accumulation: gradients are cleared after each real update.
-
-    Methods call `zero_grad()` before every backward; with accumulation that would wipe the micro-steps already
-    accumulated (Accelerate's optimizer zeroes on the syncing step, just before its backward). So `zero_grad`
-    is a no-op here and the prepared optimizer zeroes right after the step it really took.
-    """
-
-    def __init__(self, optimizer, accelerator: Accelerator):
-        self.optimizer = optimizer
-        self.accelerator = accelerator
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    def zero_grad(self, set_to_none: bool = True):
-        pass
-
-    def step(self):
-        self.optimizer.step()  # skipped by Accelerate on accumulation micro-steps
-        if self.accelerator.sync_gradients:
-            self.optimizer.zero_grad(set_to_none=True)
 
 
 def _select(cfg: TrainConfig, row: dict, epoch: int, best: dict, best_path: str, model, accelerator) -> bool:
@@ -143,7 +107,8 @@ def run(cfg: TrainConfig) -> dict:
     # mixed_precision None: the launcher's or `accelerate config`'s value (ACCELERATE_MIXED_PRECISION) wins
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
-                                                                        data_seed=cfg.seed))
+                                                                        data_seed=cfg.seed),
+                              **accelerator_kwargs(cfg.log_with, run_dir_for(cfg)))  # --log-with trackers
     try:
         cfg = replace(cfg, mixed_precision=accelerator.mixed_precision)  # what runs is what args.yaml records
         if cfg.mixed_precision == "fp16" and accelerator.scaler is None:  # Accelerate turns fp16 off on cpu
@@ -172,6 +137,7 @@ class _Training:
         self.start_epoch, self.start_batch, self.totals = 0, 0, None
         self._setup()
         self._resume()
+        self.logs = start_trackers(accelerator, cfg.flat(), self.out_dir)  # --log-with: True on the main process
 
     def _setup(self):
         """Model, loaders, run dir, method, optimizer, scheduler and the step context, in that order."""
@@ -186,6 +152,11 @@ class _Training:
                             mean=cfg.mean, std=cfg.std, reset_classifier=True,  # fine-tuning hub weights
                             **timm_kwargs(cfg.drop, cfg.drop_path, cfg.model_kwargs))  # to another class count
         load_initial_checkpoint(unwrap_timm(model), cfg.initial_checkpoint)
+        if cfg.grad_checkpointing:
+            set_grad_checkpointing(unwrap_timm(model), cfg.model)
+        if cfg.sync_bn:
+            model = convert_sync_bn(model, acc.num_processes, acc.device.type)
+        optimizer = create_run_optimizer(cfg, unwrap_timm(model), cfg.model)  # (its errors before the run dir)
         pcfg = unwrap_timm(model).pretrained_cfg
         input_size = resolve_input_size(pcfg, cfg.input_size, cfg.in_chans, cfg.img_size)
         train_loader, eval_loader, holdout_loader = create_train_loaders(cfg, acc.process_index, acc.num_processes,
@@ -196,7 +167,6 @@ class _Training:
         set_seed(cfg.seed, device_specific=True)  # per-process global RNG from here on (seed + rank)
         # per-rank random starts and M-H draws (each rank attacks different images); rank 0 keeps cfg.seed
         self.method = create_method(cfg.method, replace(cfg, seed=cfg.seed + acc.process_index))
-        self.epochs = num_epochs(cfg)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = RunEma.create(cfg, model, acc.device)  # None without --model-ema; an eager copy
@@ -204,8 +174,6 @@ class _Training:
             # in place (no `_orig_mod` wrapper): DDP wraps the compiled module, the attack passes (on the unwrapped
             # module) run compiled too, and state-dict keys stay those of the plain model
             model.compile(backend=cfg.torch_compile)
-        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                        momentum=cfg.momentum)
         if cfg.streamed:  # rank-sharded loaders never go through prepare()
             model, optimizer = acc.prepare(model, optimizer)
         else:
@@ -217,12 +185,13 @@ class _Training:
         # len() is per process for both kinds of loader (prepared: its shard; streamed: the fixed batch count)
         updates_per_epoch = (math.ceil(len(train_loader) / cfg.grad_accum_steps)
                              * get_method_class(cfg.method).updates_per_batch(cfg.method_opts))
-        scheduler = create_lr_scheduler(cfg, optimizer, self.epochs, updates_per_epoch)
+        # --cooldown-epochs at --min-lr are added to the passes (timm's train.py)
+        scheduler, self.epochs = create_lr_scheduler(cfg, optimizer, num_epochs(cfg), updates_per_epoch)
         # the update counter lives in state.json (not registered with Accelerate, whose custom-object files are
         # pickles loaded with weights_only=False: a resume must never run code from a checkpoint)
-        self.stepper = _Scheduled(scheduler)
+        self.stepper = UpdateCounter(scheduler)
         self.attack_model = acc.unwrap_model(model)
-        inner = optimizer if cfg.grad_accum_steps == 1 else _AccumulatingOptimizer(optimizer, acc)
+        inner = optimizer if cfg.grad_accum_steps == 1 else AccumulatingOptimizer(optimizer, acc)
         self.guard = FiniteGuard(inner, acc, num_updates=lambda: self.stepper.num_updates)
         self.ctx = StepContext(model=model, attack_model=self.attack_model, optimizer=self.guard,
                                backward=acc.backward, after_update=self._after_update, clip_grad=self._clip,
@@ -283,6 +252,16 @@ class _Training:
         self.guard.bad_steps = self.faults["bad_steps"]
         if self.accelerator.is_main_process:  # rows of epochs trained again (none kept when no checkpoint was found)
             trim_summary(os.path.join(self.out_dir, "summary.csv"), self.start_epoch)
+
+    def _lr(self) -> float:
+        """The schedule's lr: that of the unscaled parameter group under --layer-decay (the head's)."""
+        return max(g["lr"] for g in self.optimizer.param_groups)
+
+    def _log_interval(self, batches: int, s: dict):
+        """--log-with, every --log-interval minibatches (main process): the epoch's running train loss and accuracy."""
+        log_scalars(self.accelerator, {"step/train_loss": s["loss_sum"] / max(1, s["n_loss"]),
+                                       "step/train_adv_top1": 100.0 * s["correct"] / max(1, s["count"]),
+                                       "step/lr": self._lr()}, self.stepper.num_updates)
 
     def _clip(self):
         if self.cfg.clip_grad and self.accelerator.sync_gradients:
@@ -357,7 +336,8 @@ class _Training:
         self.stats = train_one_epoch(self.method, self.ctx, self.train_loader, self.accelerator, epoch,
                                      progress=not cfg.no_progress, channels_last=cfg.channels_last, keys_out=keys,
                                      start_batch=self.start_batch, totals=self.totals, log_interval=cfg.log_interval,
-                                     after_batch=lambda b, snapshot: self._after_batch(epoch, b, snapshot))
+                                     after_batch=lambda b, snapshot: self._after_batch(epoch, b, snapshot),
+                                     on_log=self._log_interval if self.logs else None)
         self.start_batch, self.totals = 0, None
         if keys is not None:
             self.data_keys[str(epoch)] = gather_object([keys])  # one list of keys per rank
@@ -371,7 +351,7 @@ class _Training:
                               channels_last=cfg.channels_last)
         row = {"epoch": epoch, **{k: round(v, 5) if isinstance(v, float) else v for k, v in self.stats.items()},
                "eval_top1": round(ev["clean"]["top1"], 2), "eval_pgd_top1": round(ev["pgd"]["top1"], 2),
-               "eval_n": ev["clean"]["n"], "lr": self.optimizer.param_groups[0]["lr"],
+               "eval_n": ev["clean"]["n"], "lr": self._lr(),
                "num_updates": self.stepper.num_updates, "bad_steps": self.guard.bad_steps}
         if self.ema is not None:  # the averaged weights on the same images and attack
             row.update(self.ema.evaluate(self.eval_loader, self.eval_cfg, acc, channels_last=cfg.channels_last))
@@ -384,6 +364,7 @@ class _Training:
                               self.attack_model, acc)
         if acc.is_main_process:
             write_summary(os.path.join(self.out_dir, "summary.csv"), row)
+            log_scalars(acc, row, self.stepper.num_updates)
             print(f"epoch {epoch}: loss {row['train_loss']:.4f} clean {row['eval_top1']:.1f} "
                   f"pgd{cfg.eval_attack_steps} {row['eval_pgd_top1']:.1f}{RunEma.describe(row)} "
                   f"({row['seconds']:.1f}s)", flush=True)

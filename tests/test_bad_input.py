@@ -161,7 +161,7 @@ def test_train_unknown_yaml_key(tmp_path):
 @pytest.mark.slow  # a subprocess, as a user runs it (loader workers, real exit code)
 @pytest.mark.parametrize("which,needle", [("empty", "Found 0 images"), ("loose", "outside class sub-folders")])
 def test_train_data_dir_without_classes(tmp_path, folders, which, needle):
-    r = run_script("train_atcd.py", *TRAIN, "--dataset", "folder", "--data-dir", str(folders[which]),
+    r = run_script("train_atcd.py", *TRAIN, *FOLDER, "--dataset", "folder", "--data-dir", str(folders[which]),
                    "--output", str(tmp_path), "--experiment", "x")
     _assert_one_line_error(r, needle)
     _assert_no_weights(tmp_path / "x")
@@ -170,7 +170,7 @@ def test_train_data_dir_without_classes(tmp_path, folders, which, needle):
 @pytest.mark.slow  # a subprocess, as a user runs it (loader workers, real exit code)
 def test_train_strict_data_names_the_corrupt_file(tmp_path, folders):
     # 20 images in one batch: the first step reads the corrupt files
-    r = run_script("train_atcd.py", "--method", "standard", "--epochs", "1", "--batch-size", "20",
+    r = run_script("train_atcd.py", "--method", "standard", "--epochs", "1", "--batch-size", "20", *FOLDER,
                    "--eval-samples", "20", "--no-progress", "--dataset", "folder", "--data-dir", str(folders["bad"]),
                    "--strict-data", "--output", str(tmp_path), "--experiment", "x")
     _assert_one_line_error(r, "corrupt image " + str(folders["bad"] / "train"))

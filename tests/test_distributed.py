@@ -77,11 +77,13 @@ def _train_1proc(*args) -> dict:
 
 
 def test_two_processes_stream_disjoint_shards_and_stay_in_sync(tmp_path, even_shards):
-    """ATCD over 2 ranks x 2 loader workers: disjoint data, same weights on both ranks, per-rank method state."""
-    res = _train_2proc("--dataset", "wds", "--data-dir", even_shards, "--method", "atcd", "--atcd-T", "2",
-                       "--atcd-K", "1", "--epochs", "1", "-b", "32", "--workers", "2", "--shuffle-buffer", "1",
-                       "--log-data-keys", "--opt", "adam", "--lr", "1e-3", "--output", str(tmp_path),
-                       "--experiment", "wds2", *QUICK)
+    """ATCD over 2 ranks x 2 loader workers: disjoint data, same weights on both ranks, per-rank method state; the
+    tracker (--log-with tensorboard) is written by the main process alone."""
+    res = _train_2proc("--dataset", "wds", "--data-dir", even_shards, "--eps", "0.3", "--method", "atcd",
+                       "--atcd-T", "2", "--atcd-K", "1", "--epochs", "1", "-b", "32", "--workers", "2",
+                       "--shuffle-buffer", "1", "--log-data-keys", "--opt", "adam", "--lr", "1e-3", "--output",
+                       str(tmp_path), "--experiment", "wds2", "--log-with", "tensorboard", "--log-interval", "4",
+                       *QUICK)
     assert res["num_processes"] == 2
     h0, h1 = res["rank_weights_sha256"]
     assert h0 == h1  # gradients really synchronised
@@ -97,6 +99,13 @@ def test_two_processes_stream_disjoint_shards_and_stay_in_sync(tmp_path, even_sh
     g0, g1 = (load_file(ckpt / f"method_{r}.safetensors")["generator"] for r in (0, 1))
     assert not torch.equal(g0, g1)  # per-rank random starts / M-H draws, each saved by its own rank
     assert res["eval_n"] == 200  # exact once over the two ranks
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    logdir = tmp_path / "wds2" / "tensorboard" / "wds2"
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1  # one writer: the main process
+    ea = EventAccumulator(str(logdir))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("step/train_loss")] == [8, 16]  # minibatches 4 and 8, 2 updates each
+    assert [(e.step, round(e.value, 2)) for e in ea.Scalars("eval_top1")] == [(16, res["eval_top1"])]
 
 
 def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
@@ -109,7 +118,8 @@ def test_sigterm_to_one_rank_checkpoints_both_then_resume_is_bit_identical(tmp_p
     step, write one mid-epoch checkpoint (per-rank RNG, method state and running sums) and exit 0. Resumed with
     --resume auto (the streamed loader skips the epoch's seen batches), it ends with the uninterrupted run's weights,
     bit for bit."""
-    args = ("--dataset", "wds", "--data-dir", even_shards, "--method", "atcd", "--atcd-T", "2", "--atcd-K", "1",
+    args = ("--dataset", "wds", "--data-dir", even_shards, "--eps", "0.3", "--method", "atcd", "--atcd-T", "2",
+            "--atcd-K", "1",
             "--epochs", "2", "-b", "32", "--opt", "adam", "--lr", "1e-3", "--eval-samples", "100",
             "--eval-attack-steps", "1", "--output", str(tmp_path), "--no-progress")
     full = _train_2proc(*args, "--experiment", "full")
@@ -143,7 +153,8 @@ def test_sigterm_to_one_rank_checkpoints_both_then_resume_is_bit_identical(tmp_p
 
 
 def test_uneven_shards_two_ranks_two_workers_do_not_hang(tmp_path, uneven_shards):
-    res = _train_2proc("--dataset", "wds", "--data-dir", uneven_shards, "--method", "standard", "--epochs", "2",
+    res = _train_2proc("--dataset", "wds", "--data-dir", uneven_shards, "--eps", "0.3", "--method", "standard",
+                       "--epochs", "2",
                        "-b", "4", "--workers", "2", "--eval-samples", "100", "--eval-attack-steps", "1",
                        "--output", str(tmp_path), "--experiment", "uneven", "--no-progress")
     assert res["num_processes"] == 2
@@ -231,8 +242,9 @@ def _load_script(name):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--dataset", "wds", "--data-dir", "{tmp}"], "_info.json"),
-    (["--dataset", "wds", "--data-dir", "{even}", "--early-stop", "robust"], "map-style"),
+    (["--dataset", "wds", "--data-dir", "{tmp}", "--eps", "0.3"], "_info.json"),
+    (["--dataset", "wds", "--data-dir", "{even}", "--eps", "0.3", "--early-stop", "robust"], "map-style"),
+    (["--dataset", "wds", "--data-dir", "{even}"], "--eps is required: the wds dataset"),  # shards define no eps
     (["--log-data-keys"], "--dataset wds"),
     (["--grad-accum-steps", "2", "--method", "free"], "optimizer updates per minibatch"),
 ])

@@ -164,7 +164,7 @@ def test_res256crop224_equals_robustbench_preprocessing():
 def test_size_flags_resolve_like_timm():
     import timm
     r18 = timm.models.get_pretrained_cfg("resnet18").to_dict()  # 224 px, crop_pct 0.95, bicubic
-    args = ["--model", "resnet18", "--dataset", "folder", "--data-dir", HERE]
+    args = ["--model", "resnet18", "--dataset", "folder", "--data-dir", HERE, "--eps", "8/255"]
     kw = transform_kwargs(parse_train_args(args + ["--input-size", "3", "32", "32"]), r18)
     assert kw == {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0}  # <= 32 px: whole image
     kw = transform_kwargs(parse_train_args(args + ["--img-size", "160", "--in-chans", "1"]), r18, is_training=True)
@@ -176,9 +176,9 @@ def test_size_flags_resolve_like_timm():
     (["--hflip", "0"], "--hflip augments image folders and shards"),
     (["--no-aug"], "--no-aug augments image folders and shards"),
     (["--img-size", "32"], "--img-size resizes image folders and shards"),
-    (["--dataset", "folder", "--data-dir", HERE, "--img-size", "32", "--input-size", "3", "32", "32"],
+    (["--dataset", "folder", "--data-dir", HERE, "--eps", "0.1", "--img-size", "32", "--input-size", "3", "32", "32"],
      "--input-size and --img-size"),
-    (["--dataset", "folder", "--data-dir", HERE, "--scale", "0.5", "0.1"], "--scale must be LOW HIGH"),
+    (["--dataset", "folder", "--data-dir", HERE, "--eps", "0.1", "--scale", "0.5", "0.1"], "--scale must be LOW HIGH"),
     (["--sched", "multistep"], "--sched multistep decays at --decay-milestones"),
     (["--decay-milestones", "3"], "--sched multistep decays at --decay-milestones"),
     (["--sched", "multistep", "--decay-milestones", "3", "2"], "--decay-milestones must be increasing"),
@@ -215,8 +215,8 @@ def test_args_yaml_with_list_options_runs_again(tmp_path):
     """args.yaml holds --input-size / --mean / --scale / --decay-milestones as yaml lists; `-c args.yaml` reads them
     back (each element through the option's type) to the same configuration."""
     import yaml
-    cfg = parse_train_args(["--dataset", "folder", "--data-dir", HERE, "--input-size", "3", "32", "32", "--mean", "0.5",
-                            "--std", "0.25", "0.5", "0.5", "--scale", "0.5", "1", "--ratio", "3/4", "4/3", "--sched",
+    cfg = parse_train_args(["--dataset", "folder", "--data-dir", HERE, "--eps", "8/255", "--input-size", "3", "32",
+                            "32", "--mean", "0.5", "--std", "0.25", "0.5", "0.5", "--scale", "0.5", "1", "--ratio", "3/4", "4/3", "--sched",
                             "multistep", "--decay-milestones", "3", "4.5"])
     (tmp_path / "args.yaml").write_text(yaml.safe_dump(cfg.flat()))
     again = parse_train_args(["-c", str(tmp_path / "args.yaml")])
@@ -231,7 +231,8 @@ def test_multistep_lr_drops_by_decay_rate_at_each_milestone():
     cfg = parse_train_args(["--sched", "multistep", "--decay-milestones", "3", "4", "--decay-rate", "0.2",
                             "--lr", "0.5", "--epochs", "5"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched, upe = create_lr_scheduler(cfg, opt, 5, 10), 10
+    (sched, passes), upe = create_lr_scheduler(cfg, opt, 5, 10), 10
+    assert passes == 5  # no --cooldown-epochs: the passes of the schedule
     lrs = []  # the lr each update runs with: the trainer steps the scheduler after every update
     for u in range(5 * upe):
         lrs.append(opt.param_groups[0]["lr"])
@@ -242,7 +243,7 @@ def test_multistep_lr_drops_by_decay_rate_at_each_milestone():
     rec = parse_train_args(["-c", os.path.join(ROOT, "recipes", "cifar10_wrn34_atcd.yaml")])
     assert (rec.sched, rec.decay_milestones, rec.epochs_as_budget) == ("multistep", [30.0, 36.0], True)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=rec.lr)
-    sched = create_lr_scheduler(rec, opt, 5, 8)  # 40 / (T*K = 8) = 5 passes of 8 updates
+    sched, _ = create_lr_scheduler(rec, opt, 5, 8)  # 40 / (T*K = 8) = 5 passes of 8 updates
     lrs = []
     for u in range(40):
         lrs.append(opt.param_groups[0]["lr"])
@@ -255,7 +256,8 @@ def test_multistep_lr_drops_by_decay_rate_at_each_milestone():
 def test_resnet18_trains_at_32px_from_a_32px_folder(tmp_path, mnist_test_batch):
     root = _write_digit_folder(tmp_path / "digits32", mnist_test_batch, per_class=(8, 2))
     r = run_script("train_atcd.py", "--model", "resnet18", "--num-classes", "10", "--input-size", "3", "32", "32",
-                   "--dataset", "folder", "--data-dir", root, "--method", "standard", "--epochs", "1", "-b", "16",
+                   "--dataset", "folder", "--data-dir", root, "--eps", "8/255", "--method", "standard", "--epochs", "1",
+                   "-b", "16",
                    "--hflip", "0", "--eval-samples", "20", "--eval-attack-steps", "1", "--no-progress",
                    "--output", str(tmp_path / "out"), "--experiment", "r18")
     assert r.returncode == 0, r.stderr[-3000:]

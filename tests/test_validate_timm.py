@@ -113,8 +113,9 @@ def test_data_dir_alone_reads_the_image_folder(folder, weights, tmp_path):
     assert _result(r)["clean"] > 80
     out = json.loads(res.read_text())
     assert out["dataset"] == "folder" and out["num_samples"] == 30  # the folder's 30 digits, not mnist-mini's 1000
-    assert parse_train_args(["--data-dir", str(folder)]).dataset == "folder"
-    r = run_main("train_atcd.py", "--data-dir", str(folder), "--method", "standard", "--epochs", "1", "-b", "10",
+    assert parse_train_args(["--data-dir", str(folder), "--eps", "0.3"]).dataset == "folder"
+    r = run_main("train_atcd.py", "--data-dir", str(folder), "--eps", "0.3", "--method", "standard", "--epochs", "1",
+                 "-b", "10",
                  "--eval-samples", "30", "--no-progress", "--output", str(tmp_path), "--experiment", "t")
     trained = _result(r)
     assert trained["num_updates"] == 3 and trained["eval_n"] == 30  # the folder's 30 digits, in batches of 10

@@ -78,10 +78,14 @@ def dataset_eps(name: str | None) -> float | None:
 
 
 def check_data_dir(name: str, data_dir: str | None) -> None:
-    """A `--data-dir` that would be ignored (a built-in dataset) or does not exist (an image folder) is an error."""
+    """A `--data-dir` that would be ignored (a built-in dataset), is missing or does not exist (an image folder) is an
+    error."""
     spec = get_dataset_spec(name)
-    if spec is None or not data_dir:
+    if spec is None or not (data_dir or spec.needs_data_dir):
         return
+    if not data_dir:
+        raise ConfigError(f"--dataset {name} needs --data-dir: " + ("a shard directory with _info.json, or a shard "
+                          "pattern" if spec.streamed else "an image folder with train/ and val/ class sub-folders"))
     if spec.builder is not None:
         raise ConfigError(f"--data-dir {data_dir!r} is not read by the built-in dataset {name}: leave out --dataset "
                           f"(or give --dataset folder) for an image folder, --dataset wds for shards")
