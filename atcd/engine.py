@@ -2,11 +2,13 @@
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
 from .attacks import AttackConfig, get_attack
+from .data import chunk_seed
 from .device import to_device
 from .methods import StepContext, TrainMethod
 
@@ -150,28 +152,59 @@ def gather_uneven(accelerator, values: torch.Tensor) -> torch.Tensor:
     return torch.cat([everything[r * width:r * width + s] for r, s in enumerate(sizes)]).to(values.dtype)
 
 
+def _chunk_of(loader, accelerator, prepared: bool):
+    """Batch index -> chunk of the global order (`atcd.data.eval_plan`): what the loader says (an evaluation loader
+    over an `EvalPlan`), else round-robin over processes (what Accelerate's batch sharding does), else the index."""
+    ids = getattr(loader, "chunk_ids", None)
+    if ids is not None:
+        return ids.__getitem__
+    if accelerator is not None and (prepared or accelerator.num_processes > 1):
+        return lambda i: i * accelerator.num_processes + accelerator.process_index
+    return lambda i: i
+
+
+def _gather_flags(accelerator, info: dict) -> dict:
+    """Every process's attack flags (AutoAttack's checks), merged once at the end."""
+    from accelerate.utils import gather_object
+    out = {}
+    for name, extra in info.items():
+        merged = gather_object([extra]) if accelerator is not None and accelerator.num_processes > 1 else [extra]
+        out[name] = {k: sorted({f for e in merged for f in e.get(k, [])}) for e in merged for k in e}
+    return out
+
+
 def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, accelerator=None,
                      progress: bool = False, channels_last: bool = False) -> dict[str, dict]:
     """Top-1 accuracy per attack (plus `worst_case` over attacks per example); model is put in eval mode.
 
-    Per-example correctness is gathered across processes so every sample is counted exactly once: per batch with
-    `gather_for_metrics` for a loader Accelerate prepared (it drops the samples it duplicated to even out the
-    processes), once at the end for any other loader, which must then already be sharded by rank (WebDataset).
+    Every batch is a chunk of the global sample order (`loader.chunk_ids` of an evaluation loader over an
+    `EvalPlan`; otherwise as `_chunk_of` assumes), and each attack's randomness is seeded from (`cfg.seed`, chunk):
+    a chunk's result does not depend on the number of processes or on the one that ran it. Per-example
+    correctness is gathered so every sample is counted exactly once: per batch with `gather_for_metrics` for a
+    loader Accelerate prepared (it drops the samples it duplicated to even out the processes), once at the end for
+    any other loader (which must then hold this process's chunks only), put back in the global order by chunk.
     The per-example results stay on the device until the attack's last batch: one read per attack, not per batch.
     """
     was_training = model.training
     model.eval()
     per_batch_gather = accelerator is not None and _is_prepared(loader)
+    chunk_of = _chunk_of(loader, accelerator, per_batch_gather)
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     per_attack = {a: [] for a in attacks}
     info = {a: {} for a in attacks}
+    chunk_rows = []  # the chunk of every example this process evaluated, in its order
     try:
         for name in attacks:
             fn = get_attack(name)
             it = tqdm(loader, desc=name, disable=not progress, leave=False)
-            for batch in it:
+            for i, batch in enumerate(it):
                 x, y = to_device(batch[:2], device, channels_last)  # streamed loaders are never prepare()d
-                x_adv = fn(model, x, y, cfg)
+                c = chunk_of(i)
+                if name == attacks[0]:
+                    chunk_rows.append(torch.full((len(y),), c, dtype=torch.long))
+                if len(y) == 0:  # a chunk whose every image was unreadable
+                    continue
+                x_adv = fn(model, x, y, replace(cfg, seed=chunk_seed(cfg.seed, c)))
                 if isinstance(x_adv, tuple):  # (x_adv, info): e.g. AutoAttack's own check flags
                     x_adv, extra = x_adv
                     for k, v in extra.items():
@@ -183,12 +216,21 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
                 per_attack[name].append(ok)
     finally:
         model.train(was_training)
+    order = None
+    if not per_batch_gather:  # this process's chunks, then every process's, back in the global order
+        chunks = torch.cat(chunk_rows) if chunk_rows else torch.zeros(0, dtype=torch.long)
+        if accelerator is not None:
+            chunks = gather_uneven(accelerator, chunks)
+        order = torch.argsort(chunks, stable=True)
+    info = _gather_flags(accelerator, info) if not per_batch_gather else info
     results = {}
     for name, oks in per_attack.items():
         ok = torch.cat(oks) if oks else torch.zeros(0, dtype=torch.bool, device=device)
         if accelerator is not None and not per_batch_gather:
             ok = gather_uneven(accelerator, ok)
         ok = ok.cpu()  # the attack's one read
+        if order is not None:
+            ok = ok[order]
         results[name] = {"top1": 100.0 * ok.float().mean().item(), "n": int(ok.numel()), "_ok": ok, **info[name]}
     if len(attacks) > 1:
         worst = torch.stack([r["_ok"] for r in results.values()]).all(0)

@@ -17,7 +17,15 @@ from accelerate import Accelerator
 
 from .checkpoint import atomic_write_text, load_weights
 from .config import EvalConfig
-from .data import create_atcd_dataset, create_atcd_loader, create_wds_loader, is_wds, transform_kwargs
+from .data import (
+    create_atcd_dataset,
+    create_eval_loader,
+    create_wds_loader,
+    is_wds,
+    read_sample_ids,
+    shard_keys,
+    transform_kwargs,
+)
 from .device import to_device
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, timm_kwargs, unwrap_timm
@@ -122,16 +130,18 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
     """One model: load, build its loader, run the attacks, probes and sweeps; print its table (main process)."""
     model = load_model_for_eval(cfg)
     tf = transform_kwargs(cfg, unwrap_timm(model).pretrained_cfg)
-    if is_wds(cfg.dataset):  # rank-sharded, exact once: never through prepare(); results gathered at the end
+    # fixed chunks of the global order, rank r taking chunks r, r+N, ...: never through prepare(), which would
+    # re-shard and pad them; results are gathered once at the end (atcd.data.eval_plan)
+    sample_ids = read_sample_ids(cfg.sample_ids) if cfg.sample_ids else None
+    shard = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
+             "num_samples": cfg.num_samples, "sample_ids": sample_ids, "num_workers": cfg.workers}
+    if is_wds(cfg.dataset):
         loader = create_wds_loader(cfg.data_dir, cfg.split, cfg.batch_size, False, name=cfg.dataset,
-                                   num_workers=cfg.workers, rank=accelerator.process_index,
-                                   world_size=accelerator.num_processes, num_samples=cfg.num_samples,
-                                   strict=cfg.strict_data, **tf)
-        model = accelerator.prepare(model)
+                                   strict=cfg.strict_data, **shard, **tf)
     else:
         ds = create_atcd_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, strict=cfg.strict_data, **tf)
-        loader = create_atcd_loader(ds, cfg.batch_size, False, num_workers=cfg.workers, num_samples=cfg.num_samples)
-        model, loader = accelerator.prepare(model, loader)
+        loader = create_eval_loader(ds, cfg.batch_size, **shard)
+    model = accelerator.prepare(model)
     model = accelerator.unwrap_model(model).eval()
     acfg = cfg.attack
     t0 = time.time()
@@ -140,11 +150,13 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
     res = evaluate_attacks(model, loader, list(cfg.attacks), acfg, accelerator, progress=not cfg.no_progress)
     out = {
         "model": cfg.model, "checkpoint": _weights(cfg), "dataset": cfg.dataset or cfg.data_dir,
-        "split": cfg.split, "num_samples": res[cfg.attacks[0]]["n"], "eps": acfg.eps, "norm": "Linf",
+        "split": cfg.split, "num_samples": res[cfg.attacks[0]]["n"],
+        "evaluated_ids": _evaluated_ids(loader, listed=sample_ids is not None),
+        "eps": acfg.eps, "norm": "Linf",
         "attack_config": acfg.as_dict(),
-        "results": strip_private(res), "seconds": round(time.time() - t0, 1),
-        "num_skipped": int(getattr(loader, "num_skipped", 0) or getattr(getattr(loader, "dataset", None),
-                                                                        "num_skipped", 0) or 0),
+        "results": {a: {**r, "correct": _bits(res[a]["_ok"])} for a, r in strip_private(res).items()},
+        "seconds": round(time.time() - t0, 1),
+        "num_skipped": int(loader.num_skipped),
     }
     if cfg.sanity_samples:
         sanity["model_unchanged"] = {"ok": model_fingerprint(model) == fingerprint, "sha256": fingerprint}
@@ -167,10 +179,27 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
     return out
 
 
+def _bits(ok: torch.Tensor) -> str:
+    """Per-example correctness as a string of 0/1 in `evaluated_ids` order (the results file's per-example record)."""
+    return "".join("1" if v else "0" for v in ok.tolist())
+
+
+def _evaluated_ids(loader, listed: bool) -> list[str] | str:
+    """The ids of the evaluated samples in evaluation order (RobustBench's protocol names its 5,000 images), or
+    "first N" when the whole split of N samples was evaluated without a list. Shard keys are listed from the tar
+    headers."""
+    plan = loader.plan
+    if not listed and plan.split_size == len(plan.positions):
+        return f"first {plan.split_size}"
+    ids = plan.ids if plan.ids is not None else [shard_keys(loader.source)[p] for p in plan.positions]
+    return list(ids)
+
+
 def _probe(model, loader, cfg: EvalConfig, acfg) -> dict:
     """Sanity checks on the first `cfg.sanity_samples` images this process evaluates (see atcd.sanity)."""
     xs, ys, n = [], [], 0
-    for x, y in loader:
+    for batch in loader:
+        x, y = batch[:2]
         xs.append(x)
         ys.append(y)
         n += len(y)

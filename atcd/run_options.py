@@ -242,6 +242,9 @@ class EvalOptions:
     workers: int = option(0, "loader worker processes", short="-j", check=_GE0, why="must be >= 0", group="data")
     num_samples: int | None = option(None, "evaluate a fixed class-mixed subset", type=int,
                                      check=lambda v: v is None or v >= 1, why="must be >= 1", group="data")
+    sample_ids: str | None = option(None, "file of the sample ids to evaluate, one a line (RobustBench's ImageNet "
+                                    "list: file names relative to the split, their stems, or shard keys); with "
+                                    "--num-samples N the first N of them", type=str, group="data")
     strict_data: bool = option(False, "fail on the first corrupt image or shard member (default: skip it, count it, "
                                "warn)", action="store_true", group="data")
     attacks: tuple = option(("clean", "pgd"), "comma list of attacks", type=comma_list, group="evaluation")

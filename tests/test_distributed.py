@@ -265,32 +265,42 @@ def trained_checkpoint(tmp_path_factory, standard_model):
     return path
 
 
-def test_validate_wds_equals_folder_and_two_ranks_equal_one(tmp_path, trained_checkpoint):
-    """validate.py on shards and on the same images as a folder: identical results JSON; over 2 ranks the
-    streamed validation covers every sample exactly once and gives the 1-process clean accuracy."""
+def test_validate_two_ranks_equal_one_on_folder_and_shards(tmp_path, trained_checkpoint):
+    """validate.py with clean, PGD (random start) and AutoAttack, on shards and on the same images as a folder, with
+    1 and with 2 processes: the same per-attack accuracies and the same per-example correctness, exactly. 20 images
+    in chunks of 8: rank 0 evaluates chunks 0 and 2, rank 1 chunk 1, and every chunk seeds its attacks from its
+    index; the shards (7 images each) cut through the chunks, and one 2-process run reads them with 2 loader
+    workers per rank. All runs use one thread per process, so the arithmetic is the same. (At eps 0.3 APGD-CE
+    fools the trained CNN on every image, so AutoAttack's later attacks, minutes per image on CPU, get none.)"""
     export = _load_script(os.path.join("scripts", "export_dataset.py"))
     folder = str(tmp_path / "folder")
     export.export_mnist_mini(folder, progress=False)
     shards = str(tmp_path / "shards")
-    write_dataset_shards("folder", shards, splits=("val",), data_dir=folder, shard_size=128)
+    write_dataset_shards("folder", shards, splits=("val",), data_dir=folder, shard_size=7)
     out = {}
-    for run, kind, data_dir in (("wds", "wds", shards), ("folder", "folder", folder), ("wds2", "wds", shards)):
+    runs = (("folder", "folder", folder, 1, "0"), ("wds", "wds", shards, 1, "0"), ("folder2", "folder", folder, 2, "0"),
+            ("wds2", "wds", shards, 2, "2"))
+    for run, kind, data_dir, procs, workers in runs:
         args = ("validate.py", "--model", "smallcnn_mnist", "--checkpoint", trained_checkpoint, "--dataset", kind,
-                "--data-dir", data_dir, "--split", "val", "--num-samples", "300", "--attacks", "clean,pgd",
-                "--eps", "0.1", "--attack-steps", "5", "-j", "0", "--no-progress",
-                "--results-file", str(tmp_path / f"{run}.json"))
-        if run == "wds2":
-            r = run_script(*LAUNCH_2PROC[:-1], *args, "--batch-size", "64", env=ENV_2PROC, timeout=600)
-        else:
-            r = run_script(*args)
+                "--data-dir", data_dir, "--split", "val", "--num-samples", "20", "-b", "8", "-j", workers,
+                "--attacks", "clean,pgd,autoattack", "--eps", "0.3", "--attack-steps", "2", "--attack-step", "0.1",
+                "--sanity-samples", "0",
+                "--no-progress", "--results-file", str(tmp_path / f"{run}.json"))
+        launch = LAUNCH_2PROC[:-1] if procs == 2 else ()
+        r = run_script(*launch, *args, env=ENV_2PROC if procs == 2 else {"OMP_NUM_THREADS": "1"}, timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
         out[run] = json.loads((tmp_path / f"{run}.json").read_text())
-    assert out["wds"]["results"] == out["folder"]["results"]
-    assert out["wds"]["num_samples"] == out["folder"]["num_samples"] == 300
-    assert 50.0 < out["wds"]["results"]["clean"]["top1"] < 100.0  # a real model: agreement is informative
-    # 2 ranks (150 samples each, batches of 64: unequal batch counts per worker plan): same samples, same accuracy
-    assert out["wds2"]["results"]["clean"] == out["wds"]["results"]["clean"]
-    assert out["wds2"]["results"]["pgd"]["n"] == 300
+    ref = out["folder"]["results"]
+    assert out["folder"]["num_samples"] == 20 and set(ref) == {"clean", "pgd", "autoattack", "worst_case"}
+    assert ref["clean"]["top1"] > ref["pgd"]["top1"] > 0.0  # a real model; 2 PGD steps bite but not always
+    assert ref["autoattack"]["top1"] <= ref["pgd"]["top1"]
+    for run in ("wds", "folder2", "wds2"):
+        assert out[run]["results"] == ref, run  # top1, n, flags and the per-example "correct" string
+    # the evaluated samples, named: folder paths relative to the split; shard keys = the images' folder indices
+    ids = out["folder"]["evaluated_ids"]
+    assert len(ids) == 20 and all(os.path.isfile(os.path.join(folder, "val", i)) for i in ids)
+    assert [int(k) for k in out["wds"]["evaluated_ids"]] == [i * 50 for i in range(20)]
+    assert out["folder2"]["evaluated_ids"] == ids and out["wds2"]["evaluated_ids"] == out["wds"]["evaluated_ids"]
 
 
 def test_weight_check_ignores_unsynchronised_bn_buffers_and_catches_a_diverged_parameter():

@@ -1,4 +1,11 @@
 """Datasets in [0,1] pixel space: the bundled `mnist-mini`, image folders (WebDataset in `wds`)."""
+from .eval_plan import (  # noqa: F401
+    ChunkLoader,
+    EvalPlan,
+    chunk_seed,
+    create_eval_loader,
+    read_sample_ids,
+)
 from .factory import (  # noqa: F401
     create_atcd_dataset,
     create_atcd_loader,
@@ -26,3 +33,4 @@ from .transforms import (  # noqa: F401
     transform_kwargs,
 )
 from .wds import WdsLoader, create_wds_loader, is_wds  # noqa: F401
+from .wds_read import shard_keys  # noqa: F401
