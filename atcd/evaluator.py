@@ -22,6 +22,7 @@ from .device import to_device
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, timm_kwargs, unwrap_timm
 from .models.sources import ema_weights
+from .provenance import measurement_record
 from .sanity import model_fingerprint, probe_checks, summarize
 from .sweep import run_sweep, write_sweep
 
@@ -146,6 +147,7 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
         "num_skipped": int(getattr(loader, "num_skipped", 0) or getattr(getattr(loader, "dataset", None),
                                                                         "num_skipped", 0) or 0),
     }
+    out.update(measurement_record(cfg.model, _weights(cfg), loader, tf, model, cfg.attacks))  # what publish checks
     if cfg.sanity_samples:
         sanity["model_unchanged"] = {"ok": model_fingerprint(model) == fingerprint, "sha256": fingerprint}
         if "clean" in res:
