@@ -28,6 +28,7 @@ __all__ = [
     "save_run_state",
     "save_state_dir",
     "save_weights",
+    "torch_load_weights_only",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -95,8 +96,8 @@ def _first_line(e: BaseException) -> str:
     return (why or (lines[0] if lines else type(e).__name__)).split(". ")[0]
 
 
-def _read_pickle_state_dict(path: str) -> dict:
-    """`torch.load(weights_only=True)` of a plain state dict, or of a dict holding one under 'state_dict'/'model'.
+def torch_load_weights_only(path: str):
+    """`torch.load(path, weights_only=True)` on the cpu, the only way a pickle checkpoint is ever read here.
 
     weights_only refuses any pickle global outside tensors and containers, so a file whose `__reduce__` would run
     code is rejected before anything of it executes (torch < 2.6 had a bypass, CVE-2025-32434: refused there).
@@ -105,15 +106,21 @@ def _read_pickle_state_dict(path: str) -> dict:
 
     import torch
     if tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2]) < (2, 6):
-        raise CheckpointError(f"{path}: --allow-pickle needs torch >= 2.6 (weights_only loading is unsafe before, "
-                              f"CVE-2025-32434); convert the checkpoint to safetensors instead")
+        raise CheckpointError(f"{path}: reading a pickle checkpoint needs torch >= 2.6 (weights_only loading is "
+                              f"unsafe before, CVE-2025-32434); convert the checkpoint to safetensors instead")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused by torch.load(weights_only=True), the pickle holds more than "
                               f"tensors ({_first_line(e)})") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
+
+
+def _read_pickle_state_dict(path: str) -> dict:
+    """`torch_load_weights_only` of a plain state dict, or of a dict holding one under 'state_dict'/'model'."""
+    import torch
+    obj = torch_load_weights_only(path)
     if isinstance(obj, dict):
         inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), None)
         obj = inner if inner is not None else obj

@@ -30,6 +30,7 @@ from .device import to_device
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, timm_kwargs, unwrap_timm
 from .models.sources import ema_weights
+from .provenance import measurement_record
 from .sanity import model_fingerprint, probe_checks, summarize
 from .sweep import run_sweep, write_sweep
 
@@ -158,6 +159,7 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
         "seconds": round(time.time() - t0, 1),
         "num_skipped": int(loader.num_skipped),
     }
+    out.update(measurement_record(cfg.model, _weights(cfg), loader, tf, model, cfg.attacks))  # what publish checks
     if cfg.sanity_samples:
         sanity["model_unchanged"] = {"ok": model_fingerprint(model) == fingerprint, "sha256": fingerprint}
         if "clean" in res:

@@ -16,7 +16,7 @@ FLOORS = [
     ("atcd.attacks",),
     ("atcd.methods",),
     ("atcd.run_options", "atcd.config", "atcd.faults", "atcd.ranks"),
-    ("atcd.engine", "atcd.sanity", "atcd.sweep", "atcd.diagnostics", "atcd.ema"),
+    ("atcd.engine", "atcd.sanity", "atcd.sweep", "atcd.diagnostics", "atcd.ema", "atcd.provenance"),
     ("atcd.trainer", "atcd.evaluator"),
     ("atcd.publish",),
 ]

@@ -106,6 +106,24 @@ def test_local_dir_and_hf_hub_give_identical_logits(pub, mnist_test_batch, tmp_p
     assert torch.equal(load_file(tmp_path / "y.safetensors")["y"], ref)
 
 
+def _card_snippet(folder: Path) -> str:
+    text = (folder / "README.md").read_text()
+    return text.split("## How to use", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_card_snippet_loads_the_model_and_needs_import_atcd(pub):
+    """The card's usage snippet, run as printed (from the offline Hub cache), gives logits; without its
+    `import atcd` line plain timm cannot build the architecture, which is why the card says to install the suite."""
+    snippet = _card_snippet(pub.folder)
+    assert "import atcd" in snippet and "pip install -e ." in (pub.folder / "README.md").read_text()
+    code = "from PIL import Image\nimg = Image.new('L', (28, 28))\n" + snippet + "\nprint(tuple(logits.shape))\n"
+    r = _ok(run_script("-c", code, env=pub.env))
+    assert r.stdout.strip().splitlines()[-1] == "(1, 10)"
+    plain = code.replace("import atcd", "pass  # import atcd")
+    r = run_script("-c", plain, env={**pub.env, "PYTHONPATH": ""})
+    assert r.returncode != 0 and "smallcnn_mnist" in r.stderr
+
+
 def test_cache_is_laid_out_like_huggingface_hub(pub):
     info = scan_cache_dir(pub.cache)
     (repo,) = info.repos
@@ -127,7 +145,9 @@ def test_cache_is_laid_out_like_huggingface_hub(pub):
 def test_card_parses_and_holds_the_measured_numbers(pub):
     card = ModelCard.load(pub.folder / "README.md")
     d = card.data
-    assert d.library_name == "timm" and d.license == "apache-2.0" and d.pipeline_tag == "image-classification"
+    # smallcnn_mnist is registered by this package: the card must not promise a plain-timm load (which fails)
+    assert d.library_name == "atcd" and "timm" not in d.tags
+    assert d.license == "apache-2.0" and d.pipeline_tag == "image-classification"
     assert {"adversarial-robustness", "atcd", "standard"} <= set(d.tags) and d.datasets == ["ylecun/mnist"]
     got = _card_results(card)
     assert len(got) == len(pub.results["results"]) == 3  # clean, pgd, worst_case

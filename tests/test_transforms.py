@@ -279,7 +279,9 @@ def test_a_published_run_states_its_size_and_normalisation(tmp_path):
             "input_size": [3, 64, 64], "mean": [0.5], "std": [0.25]}
     (run / "args.yaml").write_text(yaml.safe_dump(args))
     save_weights(unwrap_timm(build_model(args["model"])), str(run / "model.safetensors"))
-    (run / "results.json").write_text(json.dumps({"model": args["model"], "eps": 0.0, "norm": "Linf",
+    # a results file of an older validate.py (no data_config, no sha256): the path it measured, the run's flags
+    (run / "results.json").write_text(json.dumps({"model": args["model"], "checkpoint": str(run / "model.safetensors"),
+                                                  "eps": 0.0, "norm": "Linf",
                                                   "num_samples": 10, "results": {"clean": {"top1": 50.0, "n": 10}}}))
     out = export_run(str(run), "org/name", out_dir=str(tmp_path / "export"))
     with open(os.path.join(out, "config.json")) as f:

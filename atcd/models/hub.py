@@ -42,6 +42,7 @@ __all__ = [
     "create_hub_model",
     "create_pretrained",
     "download_model",
+    "weights_file",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def create_hub_model(
         raise hub_error(name, e) from None
     if reset:  # timm loaded non-strictly without the classifier: the rest must have fitted
         try:
-            check_fits_but_classifier(model, safetensors_shapes(_weights_file(name, cache_dir)), name)
+            check_fits_but_classifier(model, safetensors_shapes(weights_file(name, cache_dir)), name)
         except CheckpointError as e:
             raise HubError(str(e)) from None
         _logger.info("%s: classifier re-initialised for %d classes (the weights have %d)", name, num_classes,
@@ -210,7 +211,7 @@ def create_hub_model(
     return model
 
 
-def _weights_file(name: str, cache_dir: str | None) -> str:
+def weights_file(name: str, cache_dir: str | None) -> str:
     """The weights file timm loaded for a hub / local-dir name (for hf-hub: the cached copy)."""
     source, model_id = parse_model_name(name)
     if source == "local-dir":

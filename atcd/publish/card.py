@@ -20,6 +20,8 @@ from ..run_options import TrainOptions
 from .auth import require_token
 from .labels import HUB_DATASETS, attack_label, dataset_ids, eps_text
 from .results import RESULTS_BEGIN, RESULTS_END, eval_results_from_validate, result_key, results_block
+from .robustbench import protocol_section
+from .usage import card_library, usage_section
 
 __all__ = ["CARD_NAME", "build_model_card", "update_card_with_results"]
 
@@ -126,39 +128,6 @@ def _this_machine() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def _usage_section(repo_id: str, arch: str, pcfg: dict) -> str:
-    mean, std = tuple(pcfg.get("mean", ())), tuple(pcfg.get("std", ()))
-    input_size = tuple(pcfg.get("input_size", ()))
-    identity = all(m == 0 for m in mean) and all(v == 1 for v in std)
-    note = " (the identity for this model; keep the step, it is what other timm models need)" if identity else ""
-    from_atcd = not (timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__.startswith("timm."))
-    register = f"import atcd  # registers the architecture `{arch}` with timm\n" if from_atcd else ""
-    return f"""## How to use
-
-**timm models take normalised input.** Give the model `(x - mean) / std`, where `x` holds float pixels in
-[0, 1] of shape (N, {", ".join(map(str, input_size))}) and mean = {mean}, std = {std} come from
-`model.pretrained_cfg`{note}. Resize / centre-crop to `input_size` first (interpolation
-'{pcfg.get("interpolation")}', crop_pct {pcfg.get("crop_pct")}). ε is in [0, 1] pixel units: perturb `x`, not the
-normalised tensor.
-
-```python
-import timm
-import torch
-{register}
-model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()
-cfg = model.pretrained_cfg
-mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
-std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-x = torch.rand(8, *cfg["input_size"])  # your images: float pixels in [0, 1]
-logits = model((x - mean) / std)
-```
-
-With the ATCD suite, `atcd.models.build_model("hf-hub:{repo_id}")` returns the same weights wrapped so that the
-model itself takes [0, 1] pixels (normalisation inside, as attacks need). Offline use:
-`python scripts/download.py hf-hub:{repo_id}` once, then set `HF_HUB_OFFLINE=1`.
-"""
-
-
 def _training_section(train_args: dict, arch: str, summary_rows: list[dict] | None, hardware: str | None) -> str:
     name, label = _method_name(train_args)
     lines = ["## Training", "",
@@ -227,6 +196,7 @@ def build_model_card(
         hardware: str | None = None,
         weights_sha256: str | None = None,
         dataset_id: str | None = None,
+        weights_name: str = "model.safetensors",
 ) -> ModelCard:
     """The model card of a published run: Hub metadata with a `model-index` plus the human sections.
 
@@ -240,13 +210,15 @@ def build_model_card(
         hardware: what training ran on (the run folder does not record it).
         weights_sha256: sha256 of the published model.safetensors.
         dataset_id: Hub dataset id (default: derived from the dataset name).
+        weights_name: the run's weights file that was published (and measured).
     """
     eval_results = eval_results_from_validate(results, dataset_id)
     method, arch = train_args.get("method", "unknown"), model_config["architecture"]
     train_ds = train_args.get("dataset") or train_args.get("data_dir")
     hub_datasets = {dataset_ids(train_ds, dataset_id)[0], eval_results[0].dataset_type}
-    tags = list(dict.fromkeys(["image-classification", "timm", "adversarial-robustness", "atcd", method]))
-    data = ModelCardData(library_name="timm", license=license, tags=tags, pipeline_tag="image-classification",
+    library, library_tags = card_library(arch)
+    tags = list(dict.fromkeys(["image-classification", *library_tags, "adversarial-robustness", "atcd", method]))
+    data = ModelCardData(library_name=library, license=license, tags=tags, pipeline_tag="image-classification",
                          datasets=sorted(d for d in hub_datasets if "/" in d) or None,
                          model_name=repo_id.split("/")[-1], eval_results=eval_results)
     pcfg = model_config.get("pretrained_cfg", {})
@@ -270,11 +242,13 @@ Reproduce these numbers (same images, attacks and seeds):
 {_reproduce_command("hf-hub:" + repo_id, results)}
 ```
 
-{_usage_section(repo_id, arch, pcfg)}
+{protocol_section(results, train_args, weights_name, results.get('weights_sha256'), additional_data=False)}
+{usage_section(repo_id, arch, pcfg)}
 {_training_section(train_args, arch, summary_rows, hardware)}
 ## Files
 
-- `model.safetensors`: weights of the bare timm model, sha256 `{weights_sha256}` (no pickle files)
+- `model.safetensors`: weights of the bare timm model (the run's `{weights_name}`), sha256 `{weights_sha256}`
+  (no pickle files)
 - `config.json`: timm's config (`architecture`, `num_classes`, `label_names`, `pretrained_cfg` with mean / std /
   input_size / crop)
 - `args.yaml`: the exact training configuration; `summary.csv`: the per-epoch training log

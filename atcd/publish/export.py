@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import torch
 import yaml
@@ -22,43 +23,18 @@ from timm.models import save_for_hf
 from .. import __version__
 from ..checkpoint import atomic_write_text, load_weights
 from ..data import resolve_data_config
-from ..models import build_model, timm_kwargs, unwrap_timm
-from ..models.hub import CONFIG_NAME, NETWORK_ERRORS, WEIGHTS_NAME, HubError, hub_error, one_line, unreachable
+from ..models import NormalizedModel, build_model, timm_kwargs, unwrap_timm
+from ..models.hub import CONFIG_NAME, NETWORK_ERRORS, WEIGHTS_NAME, HubError, hub_error, unreachable
 from .auth import assert_no_token, require_token
 from .card import CARD_NAME, build_model_card
-from .labels import eps_text
+from .measured import read_measured_results, run_weights
+from .robustbench import model_info
 
-__all__ = ["export_run", "push_folder"]
+__all__ = ["ROBUSTBENCH_INFO_NAME", "export_run", "measured_hub_folder", "push_folder"]
 
 _logger = logging.getLogger(__name__)
 
-
-def _read_results(path: str, run_dir: str, train_args: dict) -> dict:
-    if not os.path.isfile(path):
-        raise HubError(f"no results file {path}: measure the weights first, e.g. python validate.py --checkpoint "
-                       f"{os.path.join(run_dir, WEIGHTS_NAME)} --attacks clean,pgd,autoattack --eps "
-                       f"{eps_text(float(train_args.get('eps', 0.3)))} --results-file {path}")
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except (OSError, ValueError) as e:
-        raise HubError(f"{path}: not a readable results JSON ({one_line(e)})") from None
-    for key in ("results", "eps", "norm", "num_samples"):
-        if key not in results:
-            raise HubError(f"{path}: no {key!r} (expected the file validate.py --results-file writes)")
-    if results.get("model") not in (train_args.get("model"), None):
-        raise HubError(f"{path} measured model {results.get('model')!r}, but the run trained "
-                       f"{train_args.get('model')!r}")
-    weights = os.path.join(run_dir, WEIGHTS_NAME)
-    ckpt = results.get("checkpoint")
-    if ckpt:
-        cand = os.path.join(ckpt, WEIGHTS_NAME) if os.path.isdir(ckpt) else ckpt
-        if os.path.exists(cand) and not os.path.samefile(cand, weights):
-            raise HubError(f"{path} measured {ckpt}, not this run's {weights}")
-    if os.path.getmtime(weights) > os.path.getmtime(path) + 1.0:
-        raise HubError(f"{path} is older than {weights}: the weights changed after they were measured; run "
-                       f"validate.py again")
-    return results
+ROBUSTBENCH_INFO_NAME = "robustbench_model_info.json"
 
 
 def _label_names(train_args: dict, num_classes: int) -> list[str] | None:
@@ -75,15 +51,20 @@ def _label_names(train_args: dict, num_classes: int) -> list[str] | None:
     return list(names) if names and len(names) == num_classes else None
 
 
-def _data_config(model, train_args: dict) -> dict | None:
-    """The size, crop and interpolation the run's eval transform used, when its flags changed them: the published
-    `pretrained_cfg` then states them (its mean/std come from `build_model(mean=, std=)`)."""
-    flags = ("input_size", "img_size", "crop_pct", "interpolation")
-    if all(train_args.get(k) is None for k in flags):
-        return None
-    dc = resolve_data_config(model.pretrained_cfg, *(train_args.get(k) for k in ("input_size", "img_size", "in_chans",
-                                                                                 "crop_pct", "interpolation")))
-    return {k: dc[k] for k in ("input_size", "crop_pct", "interpolation")}
+def _data_config(model, train_args: dict, results: dict) -> dict:
+    """The data config the card's numbers were measured with, for `save_for_hf`: validate.py records it (size, crop,
+    interpolation of the transform; mean/std of the model wrapper); for a results file without it, the run's flags.
+    Given in full, it also drops the source cfg's `test_input_size` / `test_crop_pct`, which no number here used."""
+    dc = results.get("data_config")
+    if not dc:
+        _logger.warning("the results JSON records no data_config (an older validate.py): publishing the run's")
+        dc = resolve_data_config(model.pretrained_cfg, *(train_args.get(k) for k in (
+            "input_size", "img_size", "in_chans", "crop_pct", "interpolation")))
+        wrapper = NormalizedModel.from_timm(model, train_args.get("in_chans"), train_args.get("mean"),
+                                            train_args.get("std"))
+        dc = {**dc, "mean": wrapper.mean.flatten().tolist(), "std": wrapper.std.flatten().tolist()}
+    return {"input_size": tuple(dc["input_size"]), "crop_pct": float(dc["crop_pct"]), "crop_mode": "center",
+            "interpolation": dc["interpolation"], "mean": tuple(dc["mean"]), "std": tuple(dc["std"])}
 
 
 def export_run(
@@ -94,6 +75,8 @@ def export_run(
         license: str = "apache-2.0",
         hardware: str | None = None,
         dataset_id: str | None = None,
+        weights: str = "final",
+        robustbench_info: dict | None = None,
 ) -> str:
     """Write a Hub-ready folder for a training run: timm's `config.json` + `model.safetensors`, the run's
     `args.yaml` and `summary.csv`, validate.py's `results.json`, and a model card `README.md`.
@@ -111,6 +94,10 @@ def export_run(
         license: license id of the weights (card metadata and pretrained_cfg).
         hardware: what training ran on, for the card.
         dataset_id: Hub dataset id (default: derived from the dataset name).
+        weights: which of the run's weights to publish: final, best or ema (`atcd.publish.measured.WEIGHTS`); the
+            results JSON must have measured that very file.
+        robustbench_info: when given (keys name, authors, venue, link of `atcd.publish.robustbench.model_info`),
+            also write RobustBench's model_info JSON into the folder as `ROBUSTBENCH_INFO_NAME`.
 
     Returns:
         The folder written.
@@ -120,14 +107,14 @@ def export_run(
     """
     if "/" not in repo_id or repo_id.count("/") != 1:
         raise HubError(f"--repo-id must be org/name (got {repo_id!r})")
-    for f in ("args.yaml", WEIGHTS_NAME):
-        if not os.path.isfile(os.path.join(run_dir, f)):
-            raise HubError(f"{run_dir} has no {f} (expected a train_atcd.py run folder)")
+    if not os.path.isfile(os.path.join(run_dir, "args.yaml")):
+        raise HubError(f"{run_dir} has no args.yaml (expected a train_atcd.py run folder)")
+    weights = run_weights(run_dir, weights)
     with open(os.path.join(run_dir, "args.yaml")) as f:
-        args_text = f.read()
-    train_args = yaml.safe_load(args_text) or {}
+        train_args = yaml.safe_load(f) or {}
     results_path = results_path or os.path.join(run_dir, "results.json")
-    results = _read_results(results_path, run_dir, train_args)
+    results = read_measured_results(results_path, weights, train_args)
+    info = model_info(results, train_args["model"], **robustbench_info) if robustbench_info is not None else None
     summary_path = os.path.join(run_dir, "summary.csv")
     summary_rows = None
     if os.path.isfile(summary_path):
@@ -139,25 +126,15 @@ def export_run(
                                     std=train_args.get("std"),  # the published pretrained_cfg
                                     reset_classifier=True,  # strict load below
                                     **timm_kwargs(model_kwargs=train_args.get("model_kwargs") or ())))
-    weights = os.path.join(run_dir, WEIGHTS_NAME)
     load_weights(model, weights)
     out_dir = out_dir or os.path.join(run_dir, "hf-export")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG_NAME)):
-        raise HubError(f"{out_dir} exists and is not an earlier export (no {CONFIG_NAME}); choose another --out")
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-hf-export-")
-    try:
+
+    def fill(tmp: str):
         tag = f"{train_args.get('method')}_{train_args.get('dataset') or 'folder'}"
-        save_for_hf(model, tmp, safe_serialization=True,
-                    model_config={"label_names": _label_names(train_args, model.num_classes),
-                                  "pretrained_cfg": {"tag": tag, "license": license}},
-                    data_config=_data_config(model, train_args))
-        published, trained = load_file(os.path.join(tmp, WEIGHTS_NAME)), load_file(weights)
-        if published.keys() != trained.keys() or any(not torch.equal(published[k], trained[k]) for k in trained):
-            raise HubError(f"the weights written by save_for_hf differ from {weights}")
-        with open(os.path.join(tmp, CONFIG_NAME)) as f:
-            model_config = json.load(f)
+        model_config = save_checked(model, tmp, load_file(weights), weights,
+                                    model_config={"label_names": _label_names(train_args, model.num_classes),
+                                                  "pretrained_cfg": {"tag": tag, "license": license}},
+                                    data_config=_data_config(model, train_args, results))
         shutil.copyfile(os.path.join(run_dir, "args.yaml"), os.path.join(tmp, "args.yaml"))
         if summary_rows is not None:
             shutil.copyfile(summary_path, os.path.join(tmp, "summary.csv"))
@@ -165,9 +142,38 @@ def export_run(
         with open(os.path.join(tmp, WEIGHTS_NAME), "rb") as f:
             sha = sha_fileobj(f).hex()
         card = build_model_card(repo_id, train_args, results, model_config, summary_rows, license=license,
-                                hardware=hardware, weights_sha256=sha, dataset_id=dataset_id)
+                                hardware=hardware, weights_sha256=sha, dataset_id=dataset_id,
+                                weights_name=os.path.basename(weights))
         atomic_write_text(os.path.join(tmp, CARD_NAME), str(card))
+        if info is not None:
+            atomic_write_text(os.path.join(tmp, ROBUSTBENCH_INFO_NAME), json.dumps(info, indent=2) + "\n")
         assert_no_token(tmp)
+
+    write_folder(out_dir, fill)
+    return out_dir
+
+
+def save_checked(model: torch.nn.Module, folder: str, expected: dict, source: str, **kwargs) -> dict:
+    """`timm.models.save_for_hf` into `folder`, checked tensor by tensor against `expected` (the state dict of
+    `source`); returns the config.json written."""
+    save_for_hf(model, folder, safe_serialization=True, **kwargs)
+    written = load_file(os.path.join(folder, WEIGHTS_NAME))
+    if written.keys() != expected.keys() or any(not torch.equal(written[k], expected[k]) for k in expected):
+        raise HubError(f"the weights written by save_for_hf differ from {source}")
+    with open(os.path.join(folder, CONFIG_NAME)) as f:
+        return json.load(f)
+
+
+def write_folder(out_dir: str, fill: Callable[[str], None]):
+    """Build a hub folder with `fill(tmp)` in a temp dir beside `out_dir`, then rename it into place (an earlier hub
+    folder there is replaced; any other non-empty folder is refused). Nothing is left behind on failure."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG_NAME)):
+        raise HubError(f"{out_dir} exists and is not an earlier export (no {CONFIG_NAME}); choose another --out")
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-hf-export-")
+    try:
+        fill(tmp)
         os.chmod(tmp, 0o777 & ~_umask())
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
@@ -175,7 +181,23 @@ def export_run(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
+
+
+def measured_hub_folder(folder: str) -> str:
+    """A hub folder to push as it is (e.g. written by scripts/import_checkpoint.py): config.json, model.safetensors
+    and a card that holds measured results (`validate.py --update-card`).
+
+    Raises:
+        HubError: a file is missing, or the card records no evaluation.
+    """
+    from huggingface_hub import ModelCard
+    for f in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
+        if not os.path.isfile(os.path.join(folder, f)):
+            raise HubError(f"{folder} has no {f} (expected a train_atcd.py run or a hub folder)")
+    if not ModelCard.load(os.path.join(folder, CARD_NAME)).data.eval_results:
+        raise HubError(f"{folder}: its card records no results; measure them first: python validate.py --model "
+                       f"local-dir:{folder} --attacks clean,autoattack --eps EPS --update-card {folder}")
+    return folder
 
 
 def _umask() -> int:
