@@ -12,15 +12,13 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidat
 
 from .. import __version__
 from ..checkpoint import atomic_write_text
-from ..config import TrainConfig
 from ..methods import get_method_class, list_methods
 from ..models.hub import NETWORK_ERRORS, HubError, hub_error, one_line, unreachable
-from ..options import option_fields, option_rows
-from ..run_options import TrainOptions
 from .auth import require_token
 from .labels import HUB_DATASETS, attack_label, dataset_ids, eps_text
 from .results import RESULTS_BEGIN, RESULTS_END, eval_results_from_validate, result_key, results_block
 from .robustbench import protocol_section
+from .run_table import option_table
 from .usage import card_library, usage_section
 
 __all__ = ["CARD_NAME", "build_model_card", "update_card_with_results"]
@@ -82,24 +80,6 @@ def _reproduce_command(model: str, results: dict) -> str:
     return " ".join(parts)
 
 
-def _option_rows(train_args: dict, section: str) -> list[tuple[str, Any, str]]:
-    """(flag, value, help) of a run's options for a card table, from the method's and the run-wide declarations:
-    'method' (the adversary settings and the method's own options; none for standard training) or a run-wide group
-    such as 'optimisation'."""
-    method = train_args.get("method", TrainOptions.method)
-    known = {f.name for f in option_fields(TrainOptions)} | {f.name for f in option_fields(
-        get_method_class(method).Options)}
-    cfg = TrainConfig.of(**{k: v for k, v in train_args.items() if k in known})
-    if section != "method":
-        rows = option_rows(cfg, [f.name for f in option_fields(TrainOptions)
-                                 if f.metadata["option"]["group"] == section])
-    elif method == "standard":
-        rows = []
-    else:
-        rows = option_rows(cfg, ["eps", "attack_step", "attack_bn"]) + option_rows(cfg.method_opts)
-    return [(flag, value, help_text.replace("%%", "%").replace("|", "\\|")) for flag, value, help_text in rows]
-
-
 def _summary_cost(rows: list[dict]) -> dict:
     by_epoch = {r.get("epoch"): r for r in rows}  # a resumed run may repeat an epoch: the last row wins
     rows = list(by_epoch.values())
@@ -134,8 +114,8 @@ def _training_section(train_args: dict, arch: str, summary_rows: list[dict] | No
              (f"Method: {name} (`--method {label}`), model `{arch}`, data "
              f"`{train_args.get('dataset') or train_args.get('data_dir')}`. `args.yaml` holds the exact configuration "
              "(`python train_atcd.py -c args.yaml` runs it again)."), ""]
-    tables = (("Method options", _option_rows(train_args, "method")),
-              ("Optimisation", _option_rows(train_args, "optimisation")))
+    tables = (("Method options", option_table(train_args, "method")),
+              ("Optimisation", option_table(train_args, "optimisation")))
     for title, rows in tables:
         if rows:
             lines += [f"{title}:", "", "| option | value | meaning |", "|---|---|---|"]

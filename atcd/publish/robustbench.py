@@ -6,10 +6,10 @@ run's args.yaml (the training recipe)."""
 import logging
 import os
 
-from ..config import option_table
 from ..methods import list_methods
 from ..models.hub import HubError
 from .labels import eps_text
+from .run_table import option_table
 
 __all__ = ["model_info", "protocol_section", "training_recipe"]
 
