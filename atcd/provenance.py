@@ -10,7 +10,6 @@ import importlib.metadata
 import os
 
 from timm.models import parse_model_name
-from torch.utils.data import Subset
 
 __all__ = ["AUTOATTACK_PACKAGE", "autoattack_package", "file_sha256", "measurement_record", "weights_file"]
 
@@ -45,15 +44,16 @@ def autoattack_package() -> dict:
 
 
 def _images(loader) -> dict:
-    """Which images of the split were evaluated: all of them, or the evenly strided subset (its indices, in the
-    dataset's order: timm's sorted file order for a folder)."""
-    ds = getattr(loader, "dataset", None)
-    if isinstance(ds, Subset):
-        return {"selection": "strided", "split_size": len(ds.dataset), "indices": [int(i) for i in ds.indices]}
-    try:
-        return {"selection": "all", "split_size": len(ds)}
-    except TypeError:  # a streamed (webdataset) split: the same strided rule over its samples, see atcd.data.shards
-        return {"selection": "strided over the shards' samples (atcd.data.shards)"}
+    """Which images of the split were evaluated, from the loader's evaluation plan (`atcd.data.eval_plan`): all of
+    them, or the evenly strided / listed subset with its positions in the split's order (timm's sorted file order
+    for a folder, the sample number for shards)."""
+    plan = getattr(loader, "plan", None)
+    if plan is None:
+        return {"selection": "not recorded"}
+    if plan.ids is None and len(plan.positions) == plan.split_size:
+        return {"selection": "all", "split_size": plan.split_size}
+    return {"selection": "strided" if plan.ids is None else "listed (--sample-ids)", "split_size": plan.split_size,
+            "indices": [int(p) for p in plan.positions]}
 
 
 def _float32_values(t) -> list[float]:

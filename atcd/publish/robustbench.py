@@ -30,6 +30,9 @@ def images_text(results: dict) -> str:
     where = f"{results.get('dataset')} {results.get('split', 'test')}"
     if img.get("selection") == "all":
         return f"all {img['split_size']} images of {where}"
+    if "indices" in img and img.get("selection") != "strided":
+        return (f"{n} images of {where} listed with --sample-ids (their ids: `results.json` `evaluated_ids`, their "
+                f"positions: `images.indices`)")
     if "indices" in img:
         ids = img["indices"]
         head = ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")
