@@ -11,6 +11,8 @@ import os
 
 from timm.models import parse_model_name
 
+from .data.eval_plan import strided_positions
+
 __all__ = ["AUTOATTACK_PACKAGE", "autoattack_package", "file_sha256", "measurement_record", "weights_file"]
 
 AUTOATTACK_PACKAGE = "pyautoattack"
@@ -50,10 +52,12 @@ def _images(loader) -> dict:
     plan = getattr(loader, "plan", None)
     if plan is None:
         return {"selection": "not recorded"}
-    if plan.ids is None and len(plan.positions) == plan.split_size:
+    positions = [int(p) for p in plan.positions]
+    if len(positions) == plan.split_size:
         return {"selection": "all", "split_size": plan.split_size}
-    return {"selection": "strided" if plan.ids is None else "listed (--sample-ids)", "split_size": plan.split_size,
-            "indices": [int(p) for p in plan.positions]}
+    strided = positions == strided_positions(plan.split_size, len(positions))
+    return {"selection": "strided" if strided else "listed (--sample-ids)", "split_size": plan.split_size,
+            "indices": positions}
 
 
 def _float32_values(t) -> list[float]:
