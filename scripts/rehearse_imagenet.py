@@ -21,7 +21,8 @@ Stages, each a real command a user runs at scale:
    be equal (the script exits 1 otherwise). AutoAttack is the official package; at 224 px on a CPU its full
    protocol costs minutes for every image the model keeps (APGD-T and FAB-T: 9 targets x 100 iterations, Square:
    5,000 queries), so the rehearsal runs its first attack, APGD-CE (`--aa-attacks standard` runs all of it; the
-   whole protocol is compared on 1 and 2 processes in tests/test_distributed.py at MNIST size).
+   standard protocol runs on 1 and 2 processes in tests/test_distributed.py at MNIST size, where APGD-CE already
+   fools every image, so its later attacks are not yet compared across process counts).
 
 The last lines printed are a throughput table, the accuracy table and a `RESULT {json}` line. The target is under
 10 minutes on a 2-core machine; measured here with other jobs sharing the 2 cores (load
