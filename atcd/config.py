@@ -104,6 +104,8 @@ class TrainConfig(TrainOptions):
             (self.resume in (None, "", "auto") or os.path.isdir(self.resume),
              f"--resume {self.resume!r}: no such checkpoint directory (give a checkpoint-* dir or 'auto')"),
             (not (self.overwrite and self.resume), "--overwrite replaces the run that --resume continues: give one"),
+            (self.eps_warmup_epochs == 0 or method.default_attack_step(self) is not None,
+             f"--eps-warmup-epochs ramps the attack's eps-ball; --method {self.method} attacks nothing"),
             (bool(ms) == (self.sched == "multistep"), (f"--sched multistep decays at --decay-milestones: give both "
                                                        f"or neither (got --sched {self.sched}"
                                                        f"{' --decay-milestones' if ms else ''})")),
