@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -44,23 +45,41 @@ class Recorder(torch.nn.Module):
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
+def load_script(path: str):
+    """A repo script (`train_atcd.py`, `scripts/publish.py`) as a module, imported once per test process."""
+    import importlib.util
+    path = path if path.endswith(".py") else path.replace(".", "/") + ".py"  # "scripts.publish" too
+    name = "_script_" + path.removesuffix(".py").replace("/", "_")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
 def run_main(script: str, *args) -> subprocess.CompletedProcess:
-    """Call a repo script's `main(argv)` in this process (no interpreter start-up: for the many error cases whose
-    whole point is what main prints and returns); same result shape as `run_script`. An exception escaping main
-    (the traceback a user would see) propagates and fails the test."""
+    """Call a repo script's `main(argv)` in this process (`train_atcd.py`, `scripts/publish.py`): no interpreter
+    start-up (5 s a run), for the runs whose point is what they write, print and return rather than the process
+    itself (environment, signals, launchers: `run_script`). Same result shape as `run_script`. An exception escaping
+    main (the traceback a user would see) propagates and fails the test."""
     import contextlib
-    import importlib
     import io
 
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)  # each run picks its own precision, as a new process does
-    mod = importlib.import_module(script.removesuffix(".py"))
+    mod = load_script(script)
     out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers = []  # as in a new process: the script's logging.basicConfig installs its handler, on `err`
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             rc = mod.main(list(args)) or 0
         except SystemExit as e:
             rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            root.handlers = handlers
+            root.setLevel(level)
     return subprocess.CompletedProcess([script, *args], rc, out.getvalue(), err.getvalue())
 
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_main, run_script
 
 from atcd.attacks import AttackConfig, get_attack
 from atcd.config import ConfigError, parse_train_args
@@ -57,7 +57,7 @@ def test_folder_export_is_lossless(folder):
 
 
 def _train(tmp_path, name, *extra):
-    r = run_script("train_atcd.py", "--method", "standard", "--opt", "adam", "--lr", "1e-3", "--batch-size", "256",
+    r = run_main("train_atcd.py", "--method", "standard", "--opt", "adam", "--lr", "1e-3", "--batch-size", "256",
                    "--eval-samples", "100", "--eval-attack-steps", "2", "--output", str(tmp_path),
                    "--experiment", name, "--no-progress", *extra)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -39,7 +39,7 @@ def test_one_line_per_checkpoint_and_a_start_header(tmp_path):
 
 @pytest.mark.slow
 def test_model_far_from_its_pretrained_size_is_warned_about(tmp_path):
-    r = run_script("train_atcd.py", "--model", "resnet18", "--in-chans", "1", "--method", "standard", *TINY,
+    r = run_main("train_atcd.py", "--model", "resnet18", "--in-chans", "1", "--method", "standard", *TINY,
                    "--output", str(tmp_path), "--experiment", "x")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "pretrained at 224x224; the data is 28x28" in r.stderr and "--input-size" in r.stderr

@@ -3,7 +3,6 @@ WebDataset streaming into the trainer and validate.py, gradient accumulation, bf
 torch.compile. Real mnist-mini data throughout; every multi-process run asserts `num_processes == 2` from inside.
 """
 import functools
-import importlib.util
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, load_script, run_script
 from safetensors.torch import load_file
 
 from atcd.checkpoint import save_weights
@@ -110,7 +109,7 @@ def test_two_processes_stream_disjoint_shards_and_stay_in_sync(tmp_path, even_sh
 
 def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
     """pid of the training process with RANK=`rank` among the launcher's descendants (the rehearsal's helper)."""
-    return _load_script(os.path.join("scripts", "rehearse_imagenet.py")).rank_pid(launcher, rank)
+    return load_script(os.path.join("scripts", "rehearse_imagenet.py")).rank_pid(launcher, rank)
 
 
 def test_sigterm_to_one_rank_checkpoints_both_then_resume_is_bit_identical(tmp_path, even_shards):
@@ -234,13 +233,6 @@ def test_bf16_autocast_trains_atcd_like_fp32(tmp_path):
     assert res["bf16"]["rank_weights_sha256"] != res["no"]["rank_weights_sha256"]  # autocast really changed the math
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, name))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("args,needle", [
     (["--dataset", "wds", "--data-dir", "{tmp}", "--eps", "0.3"], "_info.json"),
     (["--dataset", "wds", "--data-dir", "{even}", "--eps", "0.3", "--early-stop", "robust"], "map-style"),
@@ -251,7 +243,7 @@ def _load_script(name):
 def test_bad_scale_out_input_one_line_error(tmp_path, even_shards, capsys, args, needle):
     argv = [a.format(tmp=tmp_path, even=even_shards) for a in args] + ["--output", str(tmp_path), "--no-progress"]
     with pytest.raises(SystemExit) as e:
-        _load_script("train_atcd.py").main(argv)
+        load_script("train_atcd.py").main(argv)
     assert e.value.code == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and needle in err[0]
@@ -272,7 +264,7 @@ def test_validate_two_ranks_equal_one_on_folder_and_shards(tmp_path, trained_che
     index; the shards (7 images each) cut through the chunks, and one 2-process run reads them with 2 loader
     workers per rank. All runs use one thread per process, so the arithmetic is the same. (At eps 0.3 APGD-CE
     fools the trained CNN on every image, so AutoAttack's later attacks, minutes per image on CPU, get none.)"""
-    export = _load_script(os.path.join("scripts", "export_dataset.py"))
+    export = load_script(os.path.join("scripts", "export_dataset.py"))
     folder = str(tmp_path / "folder")
     export.export_mnist_mini(folder, progress=False)
     shards = str(tmp_path / "shards")

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import run_main, run_script
+from conftest import run_main
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
@@ -97,7 +97,7 @@ def test_robustness_library_checkpoint_with_normaliser(resnet_digits, tmp_path):
     path = _save(tmp_path / "robustness.pt", {"model": ckpt, "epoch": 150})
     read = read_checkpoint(str(path))
     assert read.mean == CIFAR_MEAN and read.std == CIFAR_STD and set(read.state_dict) == set(sd)
-    r = run_script("scripts/import_checkpoint.py", str(path), "--model", "resnet18", "--out", str(tmp_path / "out"),
+    r = run_main("scripts/import_checkpoint.py", str(path), "--model", "resnet18", "--out", str(tmp_path / "out"),
                    "--repo-id", REPO, "--input-size", "3", "32", "32", "--source-model", "torchvision.models:resnet18",
                    "--source-kwargs", "num_classes=10")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -182,7 +182,7 @@ def test_imported_folder_is_measured_then_ready_to_push(standard_model, tmp_path
     assert "import atcd" in card.text and "pip install -e ." in card.text
     r = run_main("scripts.publish", str(out), "--repo-id", REPO)
     assert r.returncode == 2 and "records no results" in r.stderr and "--update-card" in r.stderr
-    r = run_script("validate.py", "--model", f"local-dir:{out}", "--attacks", "clean", "--num-samples", "100",
+    r = run_main("validate.py", "--model", f"local-dir:{out}", "--attacks", "clean", "--num-samples", "100",
                    "--sanity-samples", "0", "--no-progress", "--update-card", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     (clean,) = ModelCard.load(out / "README.md").data.eval_results

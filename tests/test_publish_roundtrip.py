@@ -10,7 +10,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import run_script
+from conftest import run_main, run_script
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -24,7 +24,7 @@ def _ok(r):
 
 
 def _validate(run, weights, results, attacks="clean", n="200"):
-    return run_script("validate.py", "--model", "resnet18", "--num-classes", "10", "--checkpoint", str(weights),
+    return run_main("validate.py", "--model", "resnet18", "--num-classes", "10", "--checkpoint", str(weights),
                       "--data-dir",
                       str(run.data), "--input-size", "3", "32", "32", "--eps", "0.3", "--attacks", attacks,
                       "--num-samples", n, "--sanity-samples", "0", "--no-progress", "--results-file", str(results))
@@ -37,8 +37,8 @@ def r18(tmp_path_factory):
     strided test images, publish them."""
     root = tmp_path_factory.mktemp("r18")
     data, run = root / "digits", root / "run"
-    _ok(run_script("scripts/export_dataset.py", "mnist-mini", str(data), "--no-progress"))
-    _ok(run_script("train_atcd.py", "--model", "resnet18", "--data-dir", str(data), "--input-size", "3", "32", "32",
+    _ok(run_main("scripts/export_dataset.py", "mnist-mini", str(data), "--no-progress"))
+    _ok(run_main("train_atcd.py", "--model", "resnet18", "--data-dir", str(data), "--input-size", "3", "32", "32",
                    "--num-classes", "10", "--method", "standard", "--epochs", "1", "--train-samples-per-epoch",
                    "1024", "--batch-size", "32", "--no-aug", "--opt", "sgd", "--lr", "0.02", "--eps", "0.3",
                    "--eval-samples", "50",
@@ -46,7 +46,7 @@ def r18(tmp_path_factory):
                    "--no-progress", "--output", str(root), "--experiment", "run"))
     ns = SimpleNamespace(root=root, data=data, run=run, export=root / "export")
     _ok(_validate(ns, run / "model.safetensors", run / "results.json", attacks="clean,autoattack"))
-    _ok(run_script("scripts/publish.py", str(run), "--repo-id", REPO, "--out", str(ns.export), "--robustbench-info",
+    _ok(run_main("scripts/publish.py", str(run), "--repo-id", REPO, "--out", str(ns.export), "--robustbench-info",
                    "--rb-name", "digits r18", "--rb-authors", "A. Tester", "--rb-dataset", "mnist"))
     ns.results = json.loads((run / "results.json").read_text())
     ns.card = ModelCard.load(ns.export / "README.md")
@@ -124,7 +124,7 @@ def test_robustbench_model_info(r18):
 
 def test_robustbench_info_needs_autoattack(r18, tmp_path):
     _ok(_validate(r18, r18.run / "model.safetensors", tmp_path / "clean.json", n="50"))
-    r = run_script("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(tmp_path / "x"),
+    r = run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(tmp_path / "x"),
                    "--results", str(tmp_path / "clean.json"), "--robustbench-info")
     assert r.returncode == 2 and "no autoattack" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
@@ -133,14 +133,14 @@ def test_robustbench_info_needs_autoattack(r18, tmp_path):
 @pytest.mark.parametrize("which,name", [("best", "model_best.safetensors"), ("ema", "model_ema.safetensors")])
 def test_weights_choice_needs_results_of_that_file(r18, tmp_path, which, name):
     out = tmp_path / "export"
-    r = run_script("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(out), "--weights", which)
+    r = run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(out), "--weights", which)
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1 and not out.exists()
     assert f"not on {r18.run / name}" in err
     assert f"python validate.py --model resnet18 --checkpoint {r18.run / name}" in err
     results = tmp_path / f"results_{which}.json"
     _ok(_validate(r18, r18.run / name, results, n="50"))
-    _ok(run_script("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(out), "--weights", which,
+    _ok(run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(out), "--weights", which,
                    "--results", str(results)))
     published, chosen = load_file(out / "model.safetensors"), load_file(r18.run / name)
     final = load_file(r18.run / "model.safetensors")
@@ -155,6 +155,6 @@ def test_results_of_rewritten_weights_are_refused(r18, tmp_path):
     results = json.loads((r18.run / "results.json").read_text())
     results["weights_sha256"] = "0" * 64
     (tmp_path / "stale.json").write_text(json.dumps(results))
-    r = run_script("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(tmp_path / "x"),
+    r = run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(tmp_path / "x"),
                    "--results", str(tmp_path / "stale.json"))
     assert r.returncode == 2 and "was measured on" in r.stderr and "python validate.py" in r.stderr

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 from accelerate import Accelerator
-from conftest import run_main, run_script
+from conftest import run_main
 from safetensors.torch import load_file
 
 from atcd.config import TrainConfig
@@ -49,7 +49,7 @@ def test_early_stop_keeps_best_and_co_guard_restores_it(tmp_path):
 
 @pytest.mark.slow
 def test_cli_early_stop_writes_model_best_and_holdout_columns(tmp_path):
-    r = run_script("train_atcd.py", "--method", "fast", "--epochs", "2", "--train-samples-per-epoch", "512",
+    r = run_main("train_atcd.py", "--method", "fast", "--epochs", "2", "--train-samples-per-epoch", "512",
                    "--eval-samples", "100", "--early-stop", "robust", "--holdout", "200", "--opt", "adam",
                    "--lr", "1e-3", "--weight-decay", "0", "--output", str(tmp_path), "--experiment", "es",
                    "--no-progress")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, run_main, run_script
+from conftest import ROOT, run_main
 from PIL import Image
 from torchvision import transforms as T
 
@@ -252,10 +252,10 @@ def test_multistep_lr_drops_by_decay_rate_at_each_milestone():
     assert lrs[30] == pytest.approx(0.02) and lrs[37] == pytest.approx(0.002)
 
 
-@pytest.mark.slow  # a subprocess, as a user runs it
+@pytest.mark.slow
 def test_resnet18_trains_at_32px_from_a_32px_folder(tmp_path, mnist_test_batch):
     root = _write_digit_folder(tmp_path / "digits32", mnist_test_batch, per_class=(8, 2))
-    r = run_script("train_atcd.py", "--model", "resnet18", "--num-classes", "10", "--input-size", "3", "32", "32",
+    r = run_main("train_atcd.py", "--model", "resnet18", "--num-classes", "10", "--input-size", "3", "32", "32",
                    "--dataset", "folder", "--data-dir", root, "--eps", "8/255", "--method", "standard", "--epochs", "1",
                    "-b", "16",
                    "--hflip", "0", "--eval-samples", "20", "--eval-attack-steps", "1", "--no-progress",
