@@ -61,7 +61,7 @@ def test_readme_streaming_example_learns(tmp_path):
             continue  # the 2-process launch: tests/test_distributed.py
         assert cmd[0] == "python", cmd
         cmd = [a.replace("data/", f"{tmp_path}/data/").replace("output/", f"{tmp_path}/output/") for a in cmd[1:]]
-        r = run_script(*cmd, "--no-progress") if cmd[0] != "scripts/make_shards.py" else run_script(*cmd)
+        r = run_main(*cmd, "--no-progress") if cmd[0] != "scripts/make_shards.py" else run_main(*cmd)
         assert r.returncode == 0, (cmd, r.stderr[-2000:])
     result = json.loads(r.stdout.strip().splitlines()[-1][len("RESULT "):])
     assert result["clean"] > 50, result
