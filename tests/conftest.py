@@ -83,6 +83,11 @@ def run_main(script: str, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([script, *args], rc, out.getvalue(), err.getvalue())
 
 
+def pytest_collection_modifyitems(items):
+    """The `longest` tests first (longest-first scheduling): with pytest-xdist the other worker takes the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
+
+
 @pytest.fixture(scope="session")
 def mnist_test_batch():
     from atcd.data import MnistMini

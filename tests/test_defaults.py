@@ -54,6 +54,7 @@ def _readme_block(marker: str) -> list[list[str]]:
 
 
 @pytest.mark.slow  # the README's streaming example, as written, learns
+@pytest.mark.longest
 def test_readme_streaming_example_learns(tmp_path):
     cmds = _readme_block("wds-demo")
     for cmd in cmds:

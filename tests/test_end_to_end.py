@@ -6,6 +6,7 @@ from conftest import run_main, run_script
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_atcd_demo_is_robust_and_standard_is_not(tmp_path):
     """The demo's training recipes as separate processes, then AutoAttack on 25 test digits (the demo takes 200;
     AutoAttack's later attacks cost about 3 s per digit that survives APGD-CE on this machine)."""

@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import run_script
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.longest]
 
 
 def test_quick_rehearsal_preempts_resumes_and_evaluates_equally_on_one_and_two_processes(tmp_path):
