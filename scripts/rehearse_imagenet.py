@@ -23,7 +23,7 @@ Stages, each a real command a user runs at scale:
    5,000 queries), so the rehearsal runs its first attack, APGD-CE (`--aa-attacks standard` runs all of it; the
    standard protocol runs on 1 and 2 processes in tests/test_distributed.py at MNIST size, where APGD-CE already
    fools every image; its later attacks were compared once by hand, on the demo's ATCD model: 16 digits at eps 0.3,
-   chunks of 8, 12 digits survive APGD-CE and go through APGD-T, FAB-T and Square, and 1 and 2 processes give the
+   chunks of 8, at least 12 digits survive APGD-CE and go through APGD-T, FAB-T and Square, and 1 and 2 processes give the
    same per-example results, 75.0 %).
 
 The last lines printed are a throughput table, the accuracy table and a `RESULT {json}` line. The target is under
