@@ -30,6 +30,12 @@ FIELDS = ["method", "recipe", "point", "experiment", "epochs", "train_s", "best_
           "chosen", "below_min_clean"]
 
 
+def _fail(message: str):
+    """A one-line error on stderr and exit status 2, as argparse's errors."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def grid_points(grid: dict) -> list[tuple[str, dict]]:
     """[(recipe, {flag: value})]: the cartesian product of each recipe's values, in the file's order."""
     points = []
@@ -59,8 +65,14 @@ def train_point(recipe: str, point: dict, common: dict, out: str) -> str:
     """Train one point (or finish / read it); returns its run folder."""
     exp = experiment_name(recipe, point)
     run = os.path.join(out, exp)
-    if os.path.isfile(os.path.join(run, "model.safetensors")):
-        return run  # finished earlier
+    if os.path.isfile(os.path.join(run, "model.safetensors")):  # finished earlier: read it if it is this point
+        with open(os.path.join(run, "args.yaml")) as f:
+            had = yaml.safe_load(f)
+        stale = {k: had.get(k) for k, v in {**common, **point}.items() if had.get(k) != v}
+        if stale:
+            _fail(f"error: {run} holds a run trained with {stale}, not this grid's values; give another "
+                             f"--out or delete that folder")
+        return run
     started = any(d.startswith("checkpoint-") for d in os.listdir(run)) if os.path.isdir(run) else False
     cmd = [sys.executable, os.path.join(ROOT, "train_atcd.py"), "-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"),
            *flags({**common, **point}), "--early-stop", "robust", "--output", out, "--experiment", exp, "--no-progress",
@@ -69,7 +81,7 @@ def train_point(recipe: str, point: dict, common: dict, out: str) -> str:
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SystemExit(f"error: grid point {exp} failed (exit {r.returncode}): {tail}")
+        _fail(f"error: grid point {exp} failed (exit {r.returncode}): {tail}")
     return run
 
 
@@ -78,7 +90,7 @@ def score(run: str) -> dict:
     with open(os.path.join(run, "summary.csv")) as f:
         rows = list(csv.DictReader(f))
     if not rows or "holdout_pgd_top1" not in rows[0]:
-        raise SystemExit(f"error: {run}/summary.csv has no holdout columns (train with --holdout N > 0)")
+        _fail(f"error: {run}/summary.csv has no holdout columns (train with --holdout N > 0)")
     best = max(rows, key=lambda r: (float(r["holdout_pgd_top1"]), float(r["holdout_top1"])))
     with open(os.path.join(run, "args.yaml")) as f:
         method = yaml.safe_load(f)["method"]
@@ -113,6 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=None, help="comma list of the grid's recipes to run (default: all)")
     p.add_argument("--min-clean", type=float, default=95.0, help="holdout clean accuracy a chosen point needs")
     args = p.parse_args(argv)
+    args.out = os.path.abspath(args.out)  # the trainings run from the repo root
     try:
         with open(args.grid) as f:
             grid = yaml.safe_load(f)

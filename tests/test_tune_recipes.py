@@ -33,6 +33,9 @@ def test_grid_trains_each_point_scores_it_on_the_holdout_and_continues_without_r
     again = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(out))
     assert again.returncode == 0 and "[grid] " not in again.stdout  # finished points are read, not retrained
     assert list(csv.DictReader((out / "grid.csv").open())) == rows
+    grid.write_text(GRID.replace("holdout: 100", "holdout: 50"))  # the finished runs are no longer this grid's
+    stale = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(out))
+    assert stale.returncode == 2 and "holds a run trained with {'holdout': 100}" in stale.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("text,needle", [("grids: [1, 2]", "not a grid file"),
