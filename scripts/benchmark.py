@@ -14,6 +14,10 @@ its cost (`atcd --reuse-grad`). Two parts, both measured on this machine in this
 2. Robustness (subprocesses, as a user runs them): for each method and seed, `train_atcd.py -c
    recipes/mnist_<method>.yaml` then `validate.py` with `--attacks`; total training time from summary.csv.
    Mean +- std over seeds.
+   With --equal-time 60,120,240 instead: every method trains for each budget of seconds (the budget turned into
+   minibatches from the cost table's measured seconds per minibatch), see scripts/equal_time.py; writes
+   equal_time.csv, equal_time.md and equal_time.png, and the evaluation may run on several processes
+   (--eval-procs 2: validate.py under `accelerate launch`, results identical to one process).
 Writes benchmark.csv (one row per method and seed), benchmark.md (tables) and benchmark.png (robust accuracy vs
 training time, one point per method and seed); ends with a RESULT line.
 """
@@ -30,6 +34,7 @@ from dataclasses import replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 def split_entry(entry: str) -> tuple[str, list[str]]:
@@ -270,7 +275,7 @@ def findings(costs: list[dict], runs: list[dict], key: str) -> list[str]:
     return out
 
 
-def write_report(costs: list[dict], runs: list[dict], a):
+def write_report(costs: list[dict], runs: list[dict], a, extra: list[str] = ()):
     lines = [f"# Benchmark ({time.strftime('%Y-%m-%d')})", "", f"Hardware: {hardware()}.", "",
              f"Command: `python scripts/benchmark.py {' '.join(a.argv)}`", "",
              (f"## Cost per minibatch (one process, the same {a.cost_batches} minibatches of {a.batch_size}, fastest "
@@ -303,6 +308,8 @@ def write_report(costs: list[dict], runs: list[dict], a):
         key = "autoattack_top1" if "autoattack_top1" in runs[0] else [k for k in runs[0] if k.endswith("_top1")][-1]
         lines += ["", f"![{key[:-5]} accuracy vs training time](benchmark.png)"]
     lines += [""] + findings(costs, runs, key)
+    if extra:
+        lines += ["", *extra, "", "![AutoAttack accuracy vs training time at equal budgets](equal_time.png)"]
     with open(os.path.join(a.out, "benchmark.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     if runs:
@@ -341,6 +348,11 @@ def main(argv=None) -> int:
     p.add_argument("--attack-steps", type=int, default=40)
     p.add_argument("--eps", default="0.3")
     p.add_argument("--num-samples", type=int, default=200)
+    p.add_argument("--equal-time", default="", metavar="SECONDS",
+                   help="comma list of training budgets in seconds: train every method for each (equal_time.csv)")
+    p.add_argument("--aa-samples", type=int, default=0,
+                   help="--equal-time: AutoAttack on the first N test images only (default: --num-samples)")
+    p.add_argument("--eval-procs", type=int, default=1, help="processes per evaluation (--equal-time; 2 on 2 cores)")
     a = p.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
     methods = [m for m in a.methods.split(",") if m]
@@ -356,9 +368,13 @@ def main(argv=None) -> int:
         print(f"{_name(r):<32} {r['full_passes']:5.1f} passes ({r['input_grad_passes']:.0f} in-grad + "
               f"{r['weight_passes']:.0f} weight + {r['forward_passes']:.0f} fwd)  {r['sec_per_batch']:.4f} s/batch  "
               f"ratio {r.get('ratio', float('nan')):.2f}", flush=True)
-    runs = []
-    if not a.cost_only:
-        for seed in [int(s) for s in a.seeds.split(",") if s]:
+    runs, equal = [], []
+    seeds = [int(s) for s in a.seeds.split(",") if s]
+    if a.equal_time and not a.cost_only:
+        from equal_time import run_equal_time
+        equal = run_equal_time(costs, methods, seeds, a, recipe_config)
+    elif not a.cost_only:
+        for seed in seeds:
             for m in methods:
                 runs.append(train_and_validate(m, seed, a))
                 print(json.dumps(runs[-1]), flush=True)
@@ -370,9 +386,10 @@ def main(argv=None) -> int:
         w = csv.DictWriter(f, fieldnames=list(costs[0]))
         w.writeheader()
         w.writerows(costs)
-    write_report(costs, runs, a)
+    write_report(costs, runs, a, equal)
     print("RESULT " + json.dumps({"costs": {r["method"]: round(r.get("ratio", float("nan")), 3) for r in costs},
-                                  "runs": len(runs), "report": os.path.join(a.out, "benchmark.md")}))
+                                  "runs": len(runs), "equal_time": bool(equal),
+                                  "report": os.path.join(a.out, "benchmark.md")}))
     return 0
 
 

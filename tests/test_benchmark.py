@@ -32,3 +32,77 @@ def test_benchmark_cost_table(tmp_path):
 def test_benchmark_refuses_a_method_without_recipe(tmp_path):
     r = run_script("scripts/benchmark.py", "--methods", "nosuch", "--out", str(tmp_path))
     assert r.returncode == 2 and r.stderr.startswith("error:")
+
+
+def test_budget_plan_prices_every_method_alike():
+    """A budget becomes minibatches at the method's measured cost, in whole epochs that never draw an image twice;
+    the warm-up keeps its fraction of the training."""
+    from atcd.budget import plan_budget
+    cheap = plan_budget(120, 0.05, train_size=4000, batch_size=128, recipe_epochs=4, recipe_warmup_epochs=2)
+    dear = plan_budget(120, 0.8, train_size=4000, batch_size=128, recipe_epochs=4, recipe_warmup_epochs=2)
+    assert cheap.epochs == 78 and cheap.minibatches == 78 * 31  # 2400 wanted; 4000 // 128 = 31 a full epoch
+    assert dear.minibatches == 150 and dear.epochs == 5 and dear.samples_per_epoch == 30 * 128
+    for p in (cheap, dear):
+        assert p.samples_per_epoch <= 4000 and p.minibatches == p.epochs * p.samples_per_epoch // 128
+        assert abs(p.planned_s - 120) <= 0.8 * p.epochs  # rounding to whole minibatches per epoch
+        assert p.eps_warmup_epochs == pytest.approx(p.epochs / 2, abs=1e-4)
+    assert dear.train_flags() == ["--epochs", "5", "--train-samples-per-epoch", "3840", "--eps-warmup-epochs", "2.5"]
+    assert plan_budget(1, 10.0, 4000, 128, 4).minibatches == 1  # at least one minibatch
+    with pytest.raises(ValueError, match="no minibatch"):
+        plan_budget(60, 0.1, train_size=100, batch_size=128, recipe_epochs=4)
+
+
+def test_intervals():
+    """Welch's interval equals scipy's own Welch test turned into an interval; a single seed has none."""
+    import math
+
+    from scipy import stats as st
+
+    from atcd.stats import diff_interval, mean_interval
+    a, b = [70.2, 68.0, 71.5], [66.0, 67.5, 61.9]
+    d, hw = diff_interval(a, b)
+    res = st.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    assert d == pytest.approx((ci.low + ci.high) / 2) and hw == pytest.approx((ci.high - ci.low) / 2)
+    m, h = mean_interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(st.t.ppf(0.975, 2) / math.sqrt(3))
+    assert math.isnan(mean_interval([5.0])[1]) and math.isnan(diff_interval([1.0], [2.0, 3.0])[1])
+
+
+@pytest.mark.slow  # trainings and evaluations as subprocesses, as a user runs them (~1 min)
+def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
+    from conftest import run_main
+    args = ["--methods", "standard,atcd", "--seeds", "0", "--cost-batches", "2", "--rounds", "1",
+            "--equal-time", "4", "--attacks", "clean,pgd", "--attack-steps", "3", "--num-samples", "20",
+            "--out", str(tmp_path)]
+    r = run_main("scripts/benchmark.py", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(tmp_path / "equal_time.csv") as f:
+        rows = {row["recipe"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"standard", "atcd"}
+    with open(tmp_path / "equal_time_plan.json") as f:
+        import json
+        plan = json.load(f)
+    for m, row in rows.items():
+        assert row["budget_s"] == "4.0" and row["n"] == "20" and float(row["train_s"]) > 0
+        assert int(row["minibatches"]) == plan[m]["4"]["minibatches"]
+        with open(tmp_path / "equal_time" / f"{m}-b4-s0" / "summary.csv") as f:  # the run trained the plan
+            summary = list(csv.DictReader(f))
+        updates = {"standard": 1, "atcd": 4}[m] * int(row["minibatches"])  # ATCD: T = 4 updates per minibatch
+        assert len(summary) == int(row["epochs"]) and int(summary[-1]["num_updates"]) == updates
+    # the same seconds buy a standard step many times over: ATCD's minibatch costs T*K + T + T M-H passes
+    assert int(rows["standard"]["minibatches"]) >= 5 * int(rows["atcd"]["minibatches"])
+    text = (tmp_path / "benchmark.md").read_text()
+    assert "## Equal training time" in text and "ATCD minus the best baseline (standard) on pgd" in text
+    assert (tmp_path / "equal_time.png").stat().st_size > 0
+    # a re-run reads the finished trainings and evaluations (the plan is reused): nothing is trained again
+    model = tmp_path / "equal_time" / "atcd-b4-s0" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    r = run_main("scripts/benchmark.py", *args)
+    assert r.returncode == 0 and "reusing the plan" in r.stdout
+    assert model.stat().st_mtime_ns == before
+    with open(tmp_path / "equal_time.csv") as f:
+        assert {row["recipe"]: row["pgd"] for row in csv.DictReader(f)} == {m: rows[m]["pgd"] for m in rows}
+    # another budget than the plan's: a one-line error, not a silent mix of plans
+    r = run_main("scripts/benchmark.py", *[a if a != "4" else "8" for a in args])
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "planned for other" in r.stderr

@@ -1,0 +1,275 @@
+"""The equal-time part of scripts/benchmark.py (`--equal-time 60,120,240`): every method trained for the same
+seconds, then attacked on the same test images.
+
+A budget becomes a number of minibatches from each method's seconds per minibatch measured in the benchmark's cost
+table (atcd.budget): one pricing for every method, measured in one interleaved run, so a slow spell of the machine
+during one training does not decide the ranking. The plan is written to `equal_time_plan.json` on the first run and
+reused after (a killed benchmark resumes: finished trainings and evaluations are read, not redone). Each row reports
+the measured training seconds (summary.csv) beside the planned ones and the cost model's (counted passes x seconds
+per pass), the cross-checks.
+
+Writes equal_time.csv (one row per method, budget and seed), equal_time.md (tables, and per budget ATCD's
+AutoAttack accuracy minus the best baseline's with 95 % intervals) and equal_time.png.
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = ["method", "recipe", "budget_s", "seed", "train_s", "clean", "pgd", "autoattack", "n", "n_aa", "epochs",
+          "minibatches", "planned_s", "cost_model_s"]
+SLOW = 1.25  # a training whose measured seconds exceed the plan by this factor is flagged in the report
+
+
+def _fail(message: str):
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def train_size(cfg) -> int:
+    """Images a recipe trains on: the dataset's training split minus the recipe's holdout."""
+    from atcd.data import create_atcd_dataset
+    return len(create_atcd_dataset(cfg.dataset, "train", data_dir=cfg.data_dir)) - cfg.holdout_size
+
+
+def make_plans(costs: list[dict], budgets: list[float], recipe_config, path: str) -> dict:
+    """{entry: {budget: plan dict}} from the cost table, or the plans of an earlier run of the same benchmark."""
+    from dataclasses import asdict
+
+    from atcd.budget import plan_budget
+    if os.path.isfile(path):
+        with open(path) as f:
+            plans = json.load(f)
+        missing = [(c["method"], b) for c in costs for b in budgets if f"{b:g}" not in plans.get(c["method"], {})]
+        if missing:
+            _fail(f"error: {path} was planned for other methods or budgets (missing {missing[:3]}); give another "
+                  f"--out or delete it")
+        print(f"[equal-time] reusing the plan of the earlier run: {path}", flush=True)
+        return plans
+    plans = {}
+    for c in costs:
+        cfg = recipe_config(c["method"])
+        plans[c["method"]] = {}
+        for b in budgets:
+            p = plan_budget(b, c["sec_per_batch"], train_size(cfg), cfg.batch_size, cfg.epochs, cfg.eps_warmup_epochs)
+            plans[c["method"]][f"{b:g}"] = {**asdict(p), "cost_model_s": p.minibatches * c["predicted_sec"],
+                                            "label": c["label"]}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(plans, f, indent=1)
+    os.replace(tmp, path)
+    return plans
+
+
+def _run(cmd: list[str], log: str, env: dict | None = None):
+    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    with open(log, "w") as f:
+        f.write(r.stdout + "\n--- stderr ---\n" + r.stderr)
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["?"])[-1]
+        _fail(f"error: {' '.join(cmd[:3])} failed (exit {r.returncode}): {tail}; see {log}")
+
+
+def _train(entry: str, plan: dict, seed: int, runs: str, exp: str, log: str):
+    from atcd.budget import BudgetPlan
+    run = os.path.join(runs, exp)
+    bp = BudgetPlan(**{k: plan[k] for k in BudgetPlan.__dataclass_fields__})
+    if os.path.isfile(os.path.join(run, "model.safetensors")):  # finished earlier: only if it ran this plan
+        import yaml
+        with open(os.path.join(run, "args.yaml")) as f:
+            had = yaml.safe_load(f)
+        want = {"epochs": bp.epochs, "train_samples_per_epoch": bp.samples_per_epoch, "seed": seed}
+        stale = {k: had.get(k) for k, v in want.items() if had.get(k) != v}
+        if stale:
+            _fail(f"error: {run} holds a run trained with {stale}, not this plan's {want}; delete that folder")
+        return
+    started = os.path.isdir(run) and any(d.startswith("checkpoint-") for d in os.listdir(run))
+    name, flags = entry.partition(":")[0], entry.partition(":")[2].split()
+    _run(["train_atcd.py", "-c", os.path.join("recipes", f"mnist_{name}.yaml"), *flags, *bp.train_flags(),
+          "--seed", str(seed), "--output", runs, "--experiment", exp, "--no-progress",
+          *(["--resume", "auto"] if started else ["--overwrite"])], log)
+
+
+def _validate(run: str, attacks: str, n: int, res_file: str, a, log: str):
+    if os.path.isfile(res_file):
+        return
+    cmd = ["validate.py", "--checkpoint", os.path.join(run, "model.safetensors"), "--eps", str(a.eps),
+           "--attacks", attacks, "--attack-loss", a.attack_loss, "--attack-steps", str(a.attack_steps),
+           "--num-samples", str(n), "--sanity-samples", "0", "--no-progress", "--results-file", res_file]
+    env = None
+    if a.eval_procs > 1:  # the launcher that really synchronises CPU processes (hfconfigs/cpu_2proc.yaml)
+        cmd = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(a.eval_procs),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *cmd]
+        threads = max(1, (os.cpu_count() or 2) // a.eval_procs)
+        env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS=str(threads))
+    _run(cmd, log, env)
+
+
+def evaluate(run: str, exp: str, runs: str, a) -> dict:
+    """{attack: results} of a trained run: AutoAttack on the first --aa-samples images (default: --num-samples),
+    the other attacks on the first --num-samples; each results file is kept, so a re-run reads it."""
+    attacks = [x for x in a.attacks.split(",") if x]
+    n_aa = a.aa_samples or a.num_samples
+    groups = [(",".join(attacks), a.num_samples)]
+    if "autoattack" in attacks and n_aa != a.num_samples:
+        groups = [(",".join(x for x in attacks if x != "autoattack"), a.num_samples), ("autoattack", n_aa)]
+    res = {}
+    for i, (names, n) in enumerate(g for g in groups if g[0]):
+        f = os.path.join(run, f"results-{names.replace(',', '+')}-n{n}.json")
+        _validate(run, names, n, f, a, os.path.join(runs, f"{exp}.val{i}.log"))
+        with open(f) as fh:
+            res.update({k: v for k, v in json.load(fh)["results"].items() if k != "worst_case"})
+    return res
+
+
+def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
+    """Train `entry` on its plan for `budget`, validate it; one equal_time.csv row."""
+    exp = f"{entry}-b{budget:g}-s{seed}".replace(":", "_").replace(" ", "").replace("--", "-")
+    runs = os.path.join(a.out, "equal_time")
+    run = os.path.join(runs, exp)
+    os.makedirs(runs, exist_ok=True)
+    print(f"[equal-time] {exp}: {plan['epochs']} epochs x {plan['minibatches'] // plan['epochs']} minibatches",
+          flush=True)
+    _train(entry, plan, seed, runs, exp, os.path.join(runs, f"{exp}.train.log"))
+    res = evaluate(run, exp, runs, a)
+    with open(os.path.join(run, "summary.csv")) as f:
+        train_s = sum(float(r["seconds"]) for r in csv.DictReader(f))
+    return {"method": plan["label"], "recipe": entry, "budget_s": budget, "seed": seed, "train_s": round(train_s, 1),
+            **{k: round(res[k]["top1"], 2) for k in ("clean", "pgd", "autoattack") if k in res},
+            "n": res[next(iter(res))]["n"], "n_aa": res["autoattack"]["n"] if "autoattack" in res else "",
+            "epochs": plan["epochs"], "minibatches": plan["minibatches"], "planned_s": round(plan["planned_s"], 1),
+            "cost_model_s": round(plan["cost_model_s"], 1), "_correct": {k: v.get("correct", "") for k, v in res.items()}}
+
+
+def write_csv(path: str, rows: list[dict]):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _paired(rows_a: list[dict], rows_b: list[dict], key: str) -> tuple[float, float]:
+    """ATCD minus baseline over images: per seed, the same images of both; pooled over seeds (test-set noise only)."""
+    from atcd.stats import mean_interval
+    d = []
+    for ra in rows_a:
+        rb = next((r for r in rows_b if r["seed"] == ra["seed"]), None)
+        ca, cb = ra["_correct"].get(key, ""), (rb or {}).get("_correct", {}).get(key, "")
+        if rb is None or not ca or len(ca) != len(cb):
+            continue
+        d += [100.0 * (int(p) - int(q)) for p, q in zip(ca, cb)]
+    return mean_interval(d) if d else (float("nan"), float("nan"))
+
+
+def report(rows: list[dict], a) -> list[str]:
+    """equal_time.md's lines: a table per budget and ATCD's margin over the best baseline."""
+    from atcd.stats import diff_interval, mean_interval
+    key = "autoattack" if "autoattack" in rows[0] else "pgd"
+    budgets = sorted({r["budget_s"] for r in rows})
+    attacks = {"clean": "clean", "pgd": f"PGD-{a.attack_steps} ({a.attack_loss} loss)",
+               "autoattack": "AutoAttack (standard)"}
+    named = [attacks.get(x, x) for x in a.attacks.split(",") if x]
+    n_aa = a.aa_samples or a.num_samples
+    lines = ["## Equal training time", "",
+             f"Every method trained for the same seconds ({', '.join(f'{b:g}' for b in budgets)} s): the budget is "
+             "turned into minibatches from the method's measured seconds per minibatch (cost table above). Then "
+             f"{', '.join(named)} at eps {a.eps} on the first {a.num_samples} test images"
+             + (f" (AutoAttack on the first {n_aa})" if "autoattack" in a.attacks and n_aa != a.num_samples else "")
+             + f". Accuracies: mean ± 95 % t-interval over {len({r['seed'] for r in rows})} seed(s) (none for one "
+             "seed); train s: measured mean, (planned from the cost table; predicted by the cost model).", ""]
+    for b in budgets:
+        sel = [r for r in rows if r["budget_s"] == b]
+        lines += [f"### {b:g} s", "", ("| method (recipe) | epochs × minibatches | train s (planned; cost model) | "
+                                          "clean | pgd | autoattack | n (AutoAttack) |"), "|---|---|---|---|---|---|---|"]
+        for m in dict.fromkeys(r["recipe"] for r in sel):
+            rs = [r for r in sel if r["recipe"] == m]
+            cell = {}
+            for k in ("clean", "pgd", "autoattack"):
+                if rs[0].get(k, "") != "":
+                    mean, hw = mean_interval([r[k] for r in rs])
+                    cell[k] = f"{mean:.1f}" + ("" if math.isnan(hw) else f" ± {hw:.1f}")
+            cell["train_s"] = f"{mean_interval([r['train_s'] for r in rs])[0]:.0f}"
+            name = rs[0]["method"] if rs[0]["method"] == m else f"{rs[0]['method']} ({m})"
+            lines.append(f"| {name} | {rs[0]['epochs']} × {rs[0]['minibatches'] // rs[0]['epochs']} | "
+                         f"{cell['train_s']} ({rs[0]['planned_s']:.0f}; {rs[0]['cost_model_s']:.0f}) | "
+                         f"{cell.get('clean', '')} | {cell.get('pgd', '')} | {cell.get('autoattack', '')} | "
+                         f"{rs[0]['n']} ({rs[0]['n_aa'] or '-'}) |")
+        lines.append("")
+        atcd = [r for r in sel if r["method"] == "atcd"]
+        base = {m: [r for r in sel if r["recipe"] == m] for m in dict.fromkeys(r["recipe"] for r in sel
+                                                                                if not r["method"].startswith("atcd"))}
+        if atcd and base:
+            best = max(base, key=lambda m: sum(r[key] for r in base[m]) / len(base[m]))
+            d, hw = diff_interval([r[key] for r in atcd], [r[key] for r in base[best]])
+            _, hwp = _paired(atcd, base[best], key)
+            if not math.isnan(hw):  # an interval over seeds
+                verdict = "wins" if d - hw > 0 else "loses" if d + hw < 0 else "is not separated from it"
+            else:
+                verdict = ("is ahead" if d > 0 else "is not ahead") + " (one seed: no interval over seeds)"
+            n_key = atcd[0]["n_aa"] if key == "autoattack" else atcd[0]["n"]
+            lines += [f"ATCD minus the best baseline ({best}) on {key}: **{d:+.1f} points** "
+                      + (f"(95 % over seeds ± {hw:.1f}; " if not math.isnan(hw) else "(")
+                      + f"95 % over the {n_key} images, paired, seeds pooled: ± {hwp:.1f}); ATCD {verdict}.", ""]
+    slow = [r for r in rows if r["train_s"] > SLOW * r["planned_s"]]
+    lines.append("Cross-check: measured training seconds / planned: "
+                 f"{min(r['train_s'] / r['planned_s'] for r in rows):.2f}-"
+                 f"{max(r['train_s'] / r['planned_s'] for r in rows):.2f}"
+                 + (f"; above {SLOW} (a slow spell or per-minibatch overhead the cost table does not see): "
+                    + ", ".join(f"{r['recipe']} {r['budget_s']:g} s seed {r['seed']}" for r in slow) if slow else "")
+                 + ".")
+    return lines
+
+
+def plot(rows: list[dict], path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from atcd.stats import mean_interval
+    key = "autoattack" if "autoattack" in rows[0] else "pgd"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in dict.fromkeys(r["recipe"] for r in rows):
+        xs, ys, es = [], [], []
+        for b in sorted({r["budget_s"] for r in rows if r["recipe"] == m}):
+            rs = [r for r in rows if r["recipe"] == m and r["budget_s"] == b]
+            xs.append(mean_interval([r["train_s"] for r in rs])[0])
+            mean, hw = mean_interval([r[key] for r in rs])
+            ys.append(mean)
+            es.append(0.0 if math.isnan(hw) else hw)
+        label = next(r["method"] for r in rows if r["recipe"] == m)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+    ax.set_xlabel("training time (s, measured)")
+    ax.set_ylabel(f"{key} accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, recipe_config) -> list[str]:
+    """Train and evaluate every (budget, seed, method); write equal_time.csv/.png; returns the report's lines."""
+    budgets = [float(b) for b in a.equal_time.split(",") if b]
+    by_entry = {c["method"]: c for c in costs}
+    missing = [m for m in methods if m not in by_entry]
+    if missing:
+        _fail(f"error: --equal-time needs the cost of every method; {missing} are not in --cost-methods")
+    plans = make_plans([by_entry[m] for m in methods], budgets, recipe_config,
+                       os.path.join(a.out, "equal_time_plan.json"))
+    rows = []
+    for b in budgets:
+        for seed in seeds:
+            for m in methods:
+                rows.append(run_point(m, b, seed, plans[m][f"{b:g}"], a))
+                write_csv(os.path.join(a.out, "equal_time.csv"), rows)
+                print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith("_")}), flush=True)
+    plot(rows, os.path.join(a.out, "equal_time.png"))
+    lines = report(rows, a)
+    with open(os.path.join(a.out, "equal_time.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
