@@ -200,7 +200,7 @@ def report(rows: list[dict], a) -> list[str]:
                          f"{cell.get('clean', '')} | {cell.get('pgd', '')} | {cell.get('autoattack', '')} | "
                          f"{rs[0]['n']} ({rs[0]['n_aa'] or '-'}) |")
         lines.append("")
-        atcd = [r for r in sel if r["method"] == "atcd"]
+        atcd = [r for r in sel if r["recipe"] == "atcd"]  # the recipe itself; its ablations are the other atcd*
         base = {m: [r for r in sel if r["recipe"] == m] for m in dict.fromkeys(r["recipe"] for r in sel
                                                                                 if not r["method"].startswith("atcd"))}
         if atcd and base:
