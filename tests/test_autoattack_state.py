@@ -145,3 +145,26 @@ def test_without_a_state_dir_nothing_changes(standard_model, mnist_test_batch, t
                                    state_dir=str(tmp_path))
     with torch.no_grad():
         assert torch.equal(standard_model(x_adv).argmax(1) == y, with_state["correct"])
+
+
+@pytest.mark.slow  # a 2-process launch
+def test_two_processes_continue_the_states_of_one(checkpoint, tmp_path):
+    """The state of a chunk is named by the chunk (its images, its seed), not by the process that ran it: states a
+    1-process run wrote are read back by a 2-process run (rank 0: chunks 0 and 2, rank 1: chunk 1), untouched, and
+    give the same per-example results."""
+    from conftest import run_script
+    state = tmp_path / "state"
+    args = ["validate.py", "--model", "smallcnn_mnist", "--checkpoint", checkpoint, "--dataset", "mnist-mini",
+            "--num-samples", "6", "-b", "2", "--eps", "0.2", "--attacks", "clean,autoattack", "--aa-version", "custom",
+            "--aa-attacks", "apgd-ce", "--sanity-samples", "0", "--no-progress", "--aa-state-dir", str(state)]
+    one = run_main(*args, "--results-file", str(tmp_path / "one.json"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    files = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in state.iterdir()}
+    assert len(files) == 3  # one per chunk
+    two = run_script("-m", "accelerate.commands.launch", "--config_file", "hfconfigs/cpu_2proc.yaml", *args,
+                     "--results-file", str(tmp_path / "two.json"),
+                     env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in state.iterdir()} == files
+    res = [json.loads((tmp_path / f"{n}.json").read_text())["results"] for n in ("one", "two")]
+    assert res[0] == res[1] and "0" in res[0]["autoattack"]["correct"]

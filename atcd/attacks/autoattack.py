@@ -115,10 +115,10 @@ def _read_state(path: str, attacks: list[str], n: int) -> dict | None:
     return state
 
 
-def _write_state(path: str, state: dict) -> None:
+def _write_state(path: str, text: str) -> None:
     from ..checkpoint import atomic_write_text
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_text(path, json.dumps(state))
+    atomic_write_text(path, text)
 
 
 def _run_with_state(adversary, x: torch.Tensor, y: torch.Tensor, batch_size: int, path: str,
@@ -132,6 +132,7 @@ def _run_with_state(adversary, x: torch.Tensor, y: torch.Tensor, batch_size: int
     from pyautoattack import checks
     attacks = list(adversary.attacks_to_run)
     state = _read_state(path, attacks, len(y))
+    written = None if state is None else json.dumps(state)  # what the file holds
     if state is None:
         with torch.no_grad():  # the package's first step: the clean predictions, in its batches
             robust = torch.cat([adversary.get_logits(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
@@ -143,10 +144,14 @@ def _run_with_state(adversary, x: torch.Tensor, y: torch.Tensor, batch_size: int
         _logger.info("AutoAttack: resuming %s: %s already run, %d of %d images robust", path,
                      ", ".join(state["done"]) or "no sub-attack", int(robust.sum()), len(y))
 
-    def save():
+    def save():  # only what changed: a finished state read again is left as it is
+        nonlocal written
         state["robust"] = "".join("1" if v else "0" for v in robust.tolist())
         state["flags"] = sorted(set(state["flags"]) | set(flags_now()))
-        _write_state(path, state)
+        text = json.dumps(state)
+        if text != written:
+            _write_state(path, text)
+            written = text
 
     save()
     x_adv = x.clone()
