@@ -184,6 +184,8 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
     loader Accelerate prepared (it drops the samples it duplicated to even out the processes), once at the end for
     any other loader (which must then hold this process's chunks only), put back in the global order by chunk.
     The per-example results stay on the device until the attack's last batch: one read per attack, not per batch.
+    An attack that returns `(x_adv, info)` with `info["correct"]` (per-example bools: AutoAttack with a state
+    directory) is scored by it, else by classifying x_adv.
     """
     was_training = model.training
     model.eval()
@@ -205,12 +207,15 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
                 if len(y) == 0:  # a chunk whose every image was unreadable
                     continue
                 x_adv = fn(model, x, y, replace(cfg, seed=chunk_seed(cfg.seed, c)))
+                ok = None
                 if isinstance(x_adv, tuple):  # (x_adv, info): e.g. AutoAttack's own check flags
                     x_adv, extra = x_adv
+                    ok = extra.pop("correct", None)  # the attack's own verdict (a resumed AutoAttack: x_adv is partial)
                     for k, v in extra.items():
                         info[name].setdefault(k, []).extend(v)
-                with torch.no_grad():
-                    ok = model(x_adv).argmax(1) == y
+                if ok is None:
+                    with torch.no_grad():
+                        ok = model(x_adv).argmax(1) == y
                 if per_batch_gather:
                     ok = accelerator.gather_for_metrics(ok)
                 per_attack[name].append(ok)
