@@ -98,7 +98,10 @@ def _validate(run: str, attacks: str, n: int, res_file: str, a, log: str):
         return
     cmd = ["validate.py", "--checkpoint", os.path.join(run, "model.safetensors"), "--eps", str(a.eps),
            "--attacks", attacks, "--attack-loss", a.attack_loss, "--attack-steps", str(a.attack_steps),
-           "--num-samples", str(n), "--sanity-samples", "0", "--no-progress", "--results-file", res_file]
+           "--num-samples", str(n), "--sanity-samples", "0", "--no-progress", "--results-file", res_file,
+           "-b", str(math.ceil(n / a.eval_procs))]  # one chunk per process: every process has work
+    if "autoattack" in attacks.split(","):  # a killed evaluation continues after its last finished sub-attack
+        cmd += ["--aa-state-dir", os.path.join(run, "aa-state")]
     env = None
     if a.eval_procs > 1:  # the launcher that really synchronises CPU processes (hfconfigs/cpu_2proc.yaml)
         cmd = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(a.eval_procs),
