@@ -355,6 +355,18 @@ def main(argv=None) -> int:
     p.add_argument("--eval-procs", type=int, default=1, help="processes per evaluation (--equal-time; 2 on 2 cores)")
     a = p.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
+    if not a.equal_time and (a.aa_samples or a.eval_procs != 1):
+        p.error("--aa-samples and --eval-procs apply to --equal-time runs only")
+    if a.equal_time and a.train_args:
+        p.error("--train-args does not apply to --equal-time: the budget sets the epochs (recipe flags: METHOD:FLAGS)")
+    if a.eval_procs < 1 or a.aa_samples < 0:
+        p.error("--eval-procs must be >= 1 and --aa-samples >= 0")
+    try:
+        budgets = [float(b) for b in a.equal_time.split(",") if b]
+    except ValueError:
+        p.error(f"--equal-time {a.equal_time!r}: a comma list of seconds, e.g. 60,120,240")
+    if any(b <= 0 for b in budgets):
+        p.error("--equal-time budgets must be > 0 seconds")
     methods = [m for m in a.methods.split(",") if m]
     cost_methods = [m for m in (a.cost_methods or a.methods).split(",") if m]
     for m in dict.fromkeys(methods + cost_methods):

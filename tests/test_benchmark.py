@@ -106,3 +106,16 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
     # another budget than the plan's: a one-line error, not a silent mix of plans
     r = run_main("scripts/benchmark.py", *[a if a != "4" else "8" for a in args])
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "planned for other" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--aa-samples", "50"], "--equal-time runs only"),
+    (["--eval-procs", "2"], "--equal-time runs only"),
+    (["--equal-time", "60", "--train-args", "--epochs 2"], "--train-args does not apply"),
+    (["--equal-time", "sixty"], "a comma list of seconds"),
+    (["--equal-time", "60,-5"], "must be > 0"),
+])
+def test_benchmark_refuses_options_it_would_ignore(tmp_path, args, message):
+    from conftest import run_main
+    r = run_main("scripts/benchmark.py", "--methods", "standard", "--out", str(tmp_path), *args)
+    assert r.returncode == 2 and message in r.stderr and not (tmp_path / "costs.csv").exists()
