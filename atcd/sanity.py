@@ -5,7 +5,6 @@ non-increasing in eps and in iterations; the white-box attack is at least as str
 (else the model probably masks gradients); the model stays in eval mode and unchanged (parameters and buffers
 hashed before and after the whole evaluation).
 """
-import hashlib
 import logging
 from dataclasses import replace
 
@@ -14,20 +13,12 @@ from torch import nn
 
 from .attacks import AttackConfig, get_attack
 from .attacks.autoattack import run_autoattack
+from .models.fingerprint import model_fingerprint
 
 __all__ = ["model_fingerprint", "probe_checks", "summarize"]
 
 _logger = logging.getLogger(__name__)
 
-
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, values)."""
-    h = hashlib.sha256()
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _acc(model, x, y) -> float:

@@ -86,7 +86,7 @@ def state_path(state_dir: str, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     read. (The weights' hash costs ~0.2 s for a ResNet-50, per call: nothing next to AutoAttack.)"""
     import pyautoattack
 
-    from ..sanity import model_fingerprint
+    from ..models.fingerprint import model_fingerprint
     what = {"package": pyautoattack.__version__, "torch": torch.__version__, "model": type(model).__qualname__,
             "eps": float(eps).hex(), "seed": int(seed), "version": version, "attacks": list(attacks),
             "batch_size": int(batch_size), "square_queries": square_queries, "norm": "Linf"}
