@@ -73,23 +73,29 @@ def _run(cmd: list[str], log: str, env: dict | None = None):
         _fail(f"error: {' '.join(cmd[:3])} failed (exit {r.returncode}): {tail}; see {log}")
 
 
+RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision"}  # where/how, not what
+
+
 def _train(entry: str, plan: dict, seed: int, runs: str, exp: str, log: str):
     from atcd.budget import BudgetPlan
+    from atcd.config import parse_train_args
     run = os.path.join(runs, exp)
     bp = BudgetPlan(**{k: plan[k] for k in BudgetPlan.__dataclass_fields__})
-    if os.path.isfile(os.path.join(run, "model.safetensors")):  # finished earlier: only if it ran this plan
+    name, flags = entry.partition(":")[0], entry.partition(":")[2].split()
+    args = ["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml"), *flags, *bp.train_flags(), "--seed", str(seed)]
+    if os.path.isfile(os.path.join(run, "model.safetensors")):  # finished earlier: only if it ran this training
         import yaml
         with open(os.path.join(run, "args.yaml")) as f:
             had = yaml.safe_load(f)
-        want = {"epochs": bp.epochs, "train_samples_per_epoch": bp.samples_per_epoch, "seed": seed}
-        stale = {k: had.get(k) for k, v in want.items() if had.get(k) != v}
+        want = parse_train_args(args).flat()
+        stale = {k: had.get(k) for k, v in want.items()
+                 if k not in RUN_KEYS and had.get(k) != (list(v) if isinstance(v, tuple) else v)}
         if stale:
-            _fail(f"error: {run} holds a run trained with {stale}, not this plan's {want}; delete that folder")
+            _fail(f"error: {run} holds a run trained with {stale}, not {entry}'s recipe and plan now; delete that "
+                  "folder (or give another --out)")
         return
     started = os.path.isdir(run) and any(d.startswith("checkpoint-") for d in os.listdir(run))
-    name, flags = entry.partition(":")[0], entry.partition(":")[2].split()
-    _run(["train_atcd.py", "-c", os.path.join("recipes", f"mnist_{name}.yaml"), *flags, *bp.train_flags(),
-          "--seed", str(seed), "--output", runs, "--experiment", exp, "--no-progress",
+    _run(["train_atcd.py", *args, "--output", runs, "--experiment", exp, "--no-progress",
           *(["--resume", "auto"] if started else ["--overwrite"])], log)
 
 

@@ -106,6 +106,11 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
     # another budget than the plan's: a one-line error, not a silent mix of plans
     r = run_main("scripts/benchmark.py", *[a if a != "4" else "8" for a in args])
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "planned for other" in r.stderr
+    # a finished run trained with other settings than the recipe's now (an edited recipe): refused, not reused
+    args_yaml = tmp_path / "equal_time" / "atcd-b4-s0" / "args.yaml"
+    args_yaml.write_text(args_yaml.read_text().replace("attack_step: 0.1", "attack_step: 0.2"))
+    r = run_main("scripts/benchmark.py", *args)
+    assert r.returncode == 2 and "holds a run trained with {'attack_step': 0.2}" in r.stderr
 
 
 @pytest.mark.parametrize("args, message", [
