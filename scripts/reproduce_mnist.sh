@@ -6,8 +6,9 @@
 # test images and AutoAttack (standard) on the first AA_SAMPLES, evaluated on 2 processes.
 # Writes reports/mnist-mini/equal_time.{md,csv,png} and costs.csv; runs and logs go to output/reproduce_mnist/
 # (a killed reproduction resumes: finished trainings and evaluations are read, not redone).
-# Defaults: 1 seed, AutoAttack on 100 images: about 80 min on 2 CPU cores (the 90-minute budget).
-#   SEEDS=0,1,2 AA_SAMPLES=500 bash scripts/reproduce_mnist.sh   # the full protocol: about 12 h here
+# Defaults: 1 seed, AutoAttack on 100 images. Not yet timed whole on an idle machine: its first 12 of 18 rows took
+# 89 min on a shared one (2026-12-04), so expect more than the 90-minute target; AA_SAMPLES=50 is the lever.
+#   SEEDS=0,1,2 AA_SAMPLES=500 bash scripts/reproduce_mnist.sh   # the full protocol: an estimated 12 h here
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-0}
