@@ -374,6 +374,9 @@ def main(argv=None) -> int:
             print(f"error: no recipe recipes/mnist_{split_entry(m)[0]}.yaml for --methods entry {m!r}",
                   file=sys.stderr)
             return 2
+    other = {m: recipe_config(m).batch_size for m in methods if recipe_config(m).batch_size != a.batch_size}
+    if budgets and other:  # the cost table prices minibatches of --batch-size: another size would be priced wrong
+        p.error(f"--equal-time prices minibatches of --batch-size {a.batch_size}, but recipes train with {other}")
     os.makedirs(a.out, exist_ok=True)
     costs = measure_costs(cost_methods, a.batch_size, a.cost_batches, rounds=a.rounds)
     for r in costs:

@@ -119,6 +119,7 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
     (["--equal-time", "60", "--train-args", "--epochs 2"], "--train-args does not apply"),
     (["--equal-time", "sixty"], "a comma list of seconds"),
     (["--equal-time", "60,-5"], "must be > 0"),
+    (["--equal-time", "60", "--batch-size", "64"], "prices minibatches of --batch-size 64"),
 ])
 def test_benchmark_refuses_options_it_would_ignore(tmp_path, args, message):
     from conftest import run_main
