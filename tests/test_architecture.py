@@ -15,7 +15,7 @@ FLOORS = [
     ("atcd.data",),
     ("atcd.attacks",),
     ("atcd.methods",),
-    ("atcd.run_options", "atcd.config", "atcd.faults", "atcd.ranks"),
+    ("atcd.run_options", "atcd.config", "atcd.faults", "atcd.ranks", "atcd.launch"),
     ("atcd.engine", "atcd.sanity", "atcd.sweep", "atcd.diagnostics", "atcd.ema", "atcd.provenance"),
     ("atcd.trainer", "atcd.evaluator"),
     ("atcd.publish",),
