@@ -27,7 +27,6 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -35,6 +34,7 @@ from dataclasses import replace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from _runs import run_logged
 
 
 def split_entry(entry: str) -> tuple[str, list[str]]:
@@ -171,17 +171,6 @@ def unit_passes(seed: int = 0) -> dict:
     return {"weight": weight, "weight_input": functools.partial(weight, with_input=True), "input_grad": ig, "forward": fwd, "stem": stem_pass}
 
 
-def _run(args: list[str], log: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    with open(log, "w") as f:
-        f.write(r.stdout + "\n--- stderr ---\n" + r.stderr)
-    if r.returncode != 0:
-        tail = r.stderr.strip().splitlines()[-1:] or ["?"]
-        raise SystemExit(f"error: {' '.join(args[:3])} failed ({tail[0]}); see {log}")
-    return r
-
-
 def train_and_validate(method: str, seed: int, a) -> dict:
     recipe, flags = split_entry(method)
     exp = f"{method}-s{seed}".replace(":", "_").replace(" ", "").replace("--", "-")
@@ -189,12 +178,12 @@ def train_and_validate(method: str, seed: int, a) -> dict:
     train = ["train_atcd.py", "-c", f"recipes/mnist_{recipe}.yaml", *flags, "--seed", str(seed), "--output",
              os.path.join(a.out, "runs"), "--experiment", exp, "--overwrite", "--no-progress"] + a.train_args.split()
     t0 = time.time()
-    _run(train, os.path.join(a.out, f"{exp}.train.log"))
+    run_logged(train, os.path.join(a.out, f"{exp}.train.log"))
     wall = time.time() - t0
     with open(os.path.join(run_dir, "summary.csv")) as f:
         summary = list(csv.DictReader(f))
     res_file = os.path.join(run_dir, "results.json")
-    _run(["validate.py", "--checkpoint", os.path.join(run_dir, "model.safetensors"), "--eps", str(a.eps),
+    run_logged(["validate.py", "--checkpoint", os.path.join(run_dir, "model.safetensors"), "--eps", str(a.eps),
           "--attacks", a.attacks, "--attack-loss", a.attack_loss, "--attack-steps", str(a.attack_steps),
           "--num-samples", str(a.num_samples), "--no-progress", "--results-file", res_file],
          os.path.join(a.out, f"{exp}.val.log"))

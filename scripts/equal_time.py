@@ -15,18 +15,12 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _runs import ROOT, fail, finished, run_logged, stale_args, started, write_csv
+
 FIELDS = ["method", "recipe", "budget_s", "seed", "train_s", "clean", "pgd", "autoattack", "n", "n_aa", "epochs",
           "minibatches", "planned_s", "cost_model_s"]
 SLOW = 1.25  # a training whose measured seconds exceed the plan by this factor is flagged in the report
-
-
-def _fail(message: str):
-    print(message, file=sys.stderr)
-    raise SystemExit(2)
 
 
 def train_size(cfg) -> int:
@@ -45,7 +39,7 @@ def make_plans(costs: list[dict], budgets: list[float], recipe_config, path: str
             plans = json.load(f)
         missing = [(c["method"], b) for c in costs for b in budgets if f"{b:g}" not in plans.get(c["method"], {})]
         if missing:
-            _fail(f"error: {path} was planned for other methods or budgets (missing {missing[:3]}); give another "
+            fail(f"error: {path} was planned for other methods or budgets (missing {missing[:3]}); give another "
                   f"--out or delete it")
         print(f"[equal-time] reusing the plan of the earlier run: {path}", flush=True)
         return plans
@@ -64,15 +58,6 @@ def make_plans(costs: list[dict], budgets: list[float], recipe_config, path: str
     return plans
 
 
-def _run(cmd: list[str], log: str, env: dict | None = None):
-    r = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    with open(log, "w") as f:
-        f.write(r.stdout + "\n--- stderr ---\n" + r.stderr)
-    if r.returncode != 0:
-        tail = (r.stderr.strip().splitlines() or ["?"])[-1]
-        _fail(f"error: {' '.join(cmd[:3])} failed (exit {r.returncode}): {tail}; see {log}")
-
-
 RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision"}  # where/how, not what
 
 
@@ -83,20 +68,14 @@ def _train(entry: str, plan: dict, seed: int, runs: str, exp: str, log: str):
     bp = BudgetPlan(**{k: plan[k] for k in BudgetPlan.__dataclass_fields__})
     name, flags = entry.partition(":")[0], entry.partition(":")[2].split()
     args = ["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml"), *flags, *bp.train_flags(), "--seed", str(seed)]
-    if os.path.isfile(os.path.join(run, "model.safetensors")):  # finished earlier: only if it ran this training
-        import yaml
-        with open(os.path.join(run, "args.yaml")) as f:
-            had = yaml.safe_load(f)
-        want = parse_train_args(args).flat()
-        stale = {k: had.get(k) for k, v in want.items()
-                 if k not in RUN_KEYS and had.get(k) != (list(v) if isinstance(v, tuple) else v)}
+    if finished(run):  # finished earlier: only if it ran this training
+        stale = stale_args(run, parse_train_args(args).flat(), ignore=RUN_KEYS)
         if stale:
-            _fail(f"error: {run} holds a run trained with {stale}, not {entry}'s recipe and plan now; delete that "
+            fail(f"error: {run} holds a run trained with {stale}, not {entry}'s recipe and plan now; delete that "
                   "folder (or give another --out)")
         return
-    started = os.path.isdir(run) and any(d.startswith("checkpoint-") for d in os.listdir(run))
-    _run(["train_atcd.py", *args, "--output", runs, "--experiment", exp, "--no-progress",
-          *(["--resume", "auto"] if started else ["--overwrite"])], log)
+    run_logged(["train_atcd.py", *args, "--output", runs, "--experiment", exp, "--no-progress",
+                *(["--resume", "auto"] if started(run) else ["--overwrite"])], log)
 
 
 def _validate(run: str, attacks: str, n: int, res_file: str, a, log: str):
@@ -114,7 +93,7 @@ def _validate(run: str, attacks: str, n: int, res_file: str, a, log: str):
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *cmd]
         threads = max(1, (os.cpu_count() or 2) // a.eval_procs)
         env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS=str(threads))
-    _run(cmd, log, env)
+    run_logged(cmd, log, env)
 
 
 def evaluate(run: str, exp: str, runs: str, a) -> dict:
@@ -151,15 +130,6 @@ def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
             "n": res[next(iter(res))]["n"], "n_aa": res["autoattack"]["n"] if "autoattack" in res else "",
             "epochs": plan["epochs"], "minibatches": plan["minibatches"], "planned_s": round(plan["planned_s"], 1),
             "cost_model_s": round(plan["cost_model_s"], 1), "_correct": {k: v.get("correct", "") for k, v in res.items()}}
-
-
-def write_csv(path: str, rows: list[dict]):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _paired(rows_a: list[dict], rows_b: list[dict], key: str) -> tuple[float, float]:
@@ -267,7 +237,7 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
     by_entry = {c["method"]: c for c in costs}
     missing = [m for m in methods if m not in by_entry]
     if missing:
-        _fail(f"error: --equal-time needs the cost of every method; {missing} are not in --cost-methods")
+        fail(f"error: --equal-time needs the cost of every method; {missing} are not in --cost-methods")
     plans = make_plans([by_entry[m] for m in methods], budgets, recipe_config,
                        os.path.join(a.out, "equal_time_plan.json"))
     rows = []
@@ -275,7 +245,7 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
         for seed in seeds:
             for m in methods:
                 rows.append(run_point(m, b, seed, plans[m][f"{b:g}"], a))
-                write_csv(os.path.join(a.out, "equal_time.csv"), rows)
+                write_csv(os.path.join(a.out, "equal_time.csv"), rows, FIELDS)
                 print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith("_")}), flush=True)
     plot(rows, os.path.join(a.out, "equal_time.png"))
     lines = report(rows, a)

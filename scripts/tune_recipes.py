@@ -20,20 +20,15 @@ import csv
 import itertools
 import json
 import os
-import subprocess
 import sys
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _runs import ROOT, fail, finished, run_logged, stale_args, started, write_csv
+
 FIELDS = ["method", "recipe", "point", "experiment", "epochs", "train_s", "best_epoch", "holdout_clean", "holdout_pgd",
           "chosen", "below_min_clean"]
-
-
-def _fail(message: str):
-    """A one-line error on stderr and exit status 2, as argparse's errors."""
-    print(message, file=sys.stderr)
-    raise SystemExit(2)
 
 
 def grid_points(grid: dict) -> list[tuple[str, dict]]:
@@ -65,23 +60,18 @@ def train_point(recipe: str, point: dict, common: dict, out: str) -> str:
     """Train one point (or finish / read it); returns its run folder."""
     exp = experiment_name(recipe, point)
     run = os.path.join(out, exp)
-    if os.path.isfile(os.path.join(run, "model.safetensors")):  # finished earlier: read it if it is this point
-        with open(os.path.join(run, "args.yaml")) as f:
-            had = yaml.safe_load(f)
-        stale = {k: had.get(k) for k, v in {**common, **point}.items() if had.get(k) != v}
+    if finished(run):  # finished earlier: read it if it is this point
+        stale = stale_args(run, {**common, **point})
         if stale:
-            _fail(f"error: {run} holds a run trained with {stale}, not this grid's values; give another "
-                             f"--out or delete that folder")
+            fail(f"error: {run} holds a run trained with {stale}, not this grid's values; give another --out or "
+                 f"delete that folder")
         return run
-    started = any(d.startswith("checkpoint-") for d in os.listdir(run)) if os.path.isdir(run) else False
-    cmd = [sys.executable, os.path.join(ROOT, "train_atcd.py"), "-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"),
-           *flags({**common, **point}), "--early-stop", "robust", "--output", out, "--experiment", exp, "--no-progress",
-           *(["--resume", "auto"] if started else ["--overwrite"])]
     print(f"[grid] {exp}", flush=True)
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-        _fail(f"error: grid point {exp} failed (exit {r.returncode}): {tail}")
+    os.makedirs(out, exist_ok=True)
+    run_logged(["train_atcd.py", "-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"),
+                *flags({**common, **point}), "--early-stop", "robust", "--output", out, "--experiment", exp,
+                "--no-progress", *(["--resume", "auto"] if started(run) else ["--overwrite"])],
+               os.path.join(out, f"{exp}.train.log"))
     return run
 
 
@@ -90,7 +80,7 @@ def score(run: str) -> dict:
     with open(os.path.join(run, "summary.csv")) as f:
         rows = list(csv.DictReader(f))
     if not rows or "holdout_pgd_top1" not in rows[0]:
-        _fail(f"error: {run}/summary.csv has no holdout columns (train with --holdout N > 0)")
+        fail(f"error: {run}/summary.csv has no holdout columns (train with --holdout N > 0)")
     best = max(rows, key=lambda r: (float(r["holdout_pgd_top1"]), float(r["holdout_top1"])))
     with open(os.path.join(run, "args.yaml")) as f:
         method = yaml.safe_load(f)["method"]
@@ -107,15 +97,6 @@ def choose(rows: list[dict], min_clean: float) -> None:
         best = max(ok or mine, key=lambda r: (r["holdout_pgd"], r["holdout_clean"], -r["train_s"]))
         for r in mine:
             r["chosen"], r["below_min_clean"] = int(r is best), int(r is best and not ok)
-
-
-def write_csv(path: str, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -147,8 +128,8 @@ def main(argv=None) -> int:
             rows.append({"recipe": recipe, "point": " ".join(flags(point)), "experiment": os.path.basename(run),
                          **score(run)})
     choose(rows, args.min_clean)
-    write_csv(os.path.join(args.out, "grid.csv"), rows)
-    write_csv(os.path.join(args.out, "chosen.csv"), [r for r in rows if r["chosen"]])
+    write_csv(os.path.join(args.out, "grid.csv"), rows, FIELDS)
+    write_csv(os.path.join(args.out, "chosen.csv"), [r for r in rows if r["chosen"]], FIELDS)
     print("RESULT " + json.dumps({r["recipe"]: {k: r[k] for k in ("point", "holdout_clean", "holdout_pgd")}
                                   for r in rows if r["chosen"]}))
     return 0
