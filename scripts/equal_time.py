@@ -15,11 +15,13 @@ import csv
 import json
 import math
 import os
+import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _runs import ROOT, fail, finished, run_logged, stale_args, started, write_csv
 
 FIELDS = ["method", "recipe", "budget_s", "seed", "train_s", "clean", "pgd", "autoattack", "n", "n_aa", "epochs",
-          "minibatches", "planned_s", "cost_model_s"]
+          "minibatches", "planned_s", "cost_model_s", "mh_accept", "mh_accept_replays"]
 SLOW = 1.25  # a training whose measured seconds exceed the plan by this factor is flagged in the report
 
 
@@ -124,12 +126,27 @@ def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
     _train(entry, plan, seed, runs, exp, os.path.join(runs, f"{exp}.train.log"))
     res = evaluate(run, exp, runs, a)
     with open(os.path.join(run, "summary.csv")) as f:
-        train_s = sum(float(r["seconds"]) for r in csv.DictReader(f))
+        epochs = list(csv.DictReader(f))
+    train_s = sum(float(r["seconds"]) for r in epochs)
     return {"method": plan["label"], "recipe": entry, "budget_s": budget, "seed": seed, "train_s": round(train_s, 1),
             **{k: round(res[k]["top1"], 2) for k in ("clean", "pgd", "autoattack") if k in res},
             "n": res[next(iter(res))]["n"], "n_aa": res["autoattack"]["n"] if "autoattack" in res else "",
             "epochs": plan["epochs"], "minibatches": plan["minibatches"], "planned_s": round(plan["planned_s"], 1),
-            "cost_model_s": round(plan["cost_model_s"], 1), "_correct": {k: v.get("correct", "") for k, v in res.items()}}
+            "cost_model_s": round(plan["cost_model_s"], 1), **mh_acceptance(epochs),
+            "_correct": {k: v.get("correct", "") for k, v in res.items()}}
+
+
+def mh_acceptance(epochs: list[dict]) -> dict:
+    """The M-H acceptance of a run (summary.csv rows), mean over its epochs: overall, and per replay as
+    "r0/r1/..."; empty for methods without the test."""
+    def mean(col):
+        vals = [float(r[col]) for r in epochs if r.get(col, "") not in ("", None)]
+        return sum(vals) / len(vals) if vals else None
+    overall = mean("mh_accept")
+    if overall is None:
+        return {"mh_accept": "", "mh_accept_replays": ""}
+    replays = [mean(c) for c in sorted((c for c in epochs[0] if c.startswith("mh_accept_r")), key=lambda c: int(c[11:]))]
+    return {"mh_accept": round(overall, 3), "mh_accept_replays": "/".join(f"{v:.3f}" for v in replays if v is not None)}
 
 
 def _paired(rows_a: list[dict], rows_b: list[dict], key: str) -> tuple[float, float]:
@@ -143,6 +160,33 @@ def _paired(rows_a: list[dict], rows_b: list[dict], key: str) -> tuple[float, fl
             continue
         d += [100.0 * (int(p) - int(q)) for p, q in zip(ca, cb)]
     return mean_interval(d) if d else (float("nan"), float("nan"))
+
+
+def _acceptance_cell(rs: list[dict]) -> str:
+    if rs[0].get("mh_accept", "") == "":
+        return "-"
+    return f"{sum(r['mh_accept'] for r in rs) / len(rs):.3f} ({rs[0]['mh_accept_replays']}" + (
+        ", seed " + str(rs[0]["seed"]) if len(rs) > 1 else "") + ")"
+
+
+def _ablation_lines(sel: list[dict]) -> list[str]:
+    """Each ATCD variant (another atcd* recipe) minus the recipe `atcd`, per attack, paired over the same images."""
+    recipe = [r for r in sel if r["recipe"] == "atcd"]
+    variants = [m for m in dict.fromkeys(r["recipe"] for r in sel) if m != "atcd"
+                and next(r for r in sel if r["recipe"] == m)["method"].startswith("atcd")]
+    if not recipe or not variants:
+        return []
+    keys = [k for k in ("clean", "pgd", "autoattack") if recipe[0].get(k, "") != ""]
+    lines = [("Each variant minus the recipe (`atcd`), points, with the 95 % interval over the same images (paired, "
+             "seeds pooled):"), "", "| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for m in variants:
+        rs = [r for r in sel if r["recipe"] == m]
+        cells = []
+        for k in keys:
+            d, hw = _paired(rs, recipe, k)
+            cells.append("" if math.isnan(d) else f"{d:+.1f} ± {hw:.1f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def report(rows: list[dict], a) -> list[str]:
@@ -163,8 +207,11 @@ def report(rows: list[dict], a) -> list[str]:
              "seed); train s: measured mean, (planned from the cost table; predicted by the cost model).", ""]
     for b in budgets:
         sel = [r for r in rows if r["budget_s"] == b]
+        mh = any(r.get("mh_accept", "") != "" for r in sel)
         lines += [f"### {b:g} s", "", ("| method (recipe) | epochs × minibatches | train s (planned; cost model) | "
-                                          "clean | pgd | autoattack | n (AutoAttack) |"), "|---|---|---|---|---|---|---|"]
+                                          "clean | pgd | autoattack | n (AutoAttack) |" + (" M-H acceptance (per replay) |"
+                                                                                          if mh else "")),
+                  "|---|---|---|---|---|---|---|" + ("---|" if mh else "")]
         for m in dict.fromkeys(r["recipe"] for r in sel):
             rs = [r for r in sel if r["recipe"] == m]
             cell = {}
@@ -177,8 +224,10 @@ def report(rows: list[dict], a) -> list[str]:
             lines.append(f"| {name} | {rs[0]['epochs']} × {rs[0]['minibatches'] // rs[0]['epochs']} | "
                          f"{cell['train_s']} ({rs[0]['planned_s']:.0f}; {rs[0]['cost_model_s']:.0f}) | "
                          f"{cell.get('clean', '')} | {cell.get('pgd', '')} | {cell.get('autoattack', '')} | "
-                         f"{rs[0]['n']} ({rs[0]['n_aa'] or '-'}) |")
+                         f"{rs[0]['n']} ({rs[0]['n_aa'] or '-'}) |"
+                         + (f" {_acceptance_cell(rs)} |" if mh else ""))
         lines.append("")
+        lines += _ablation_lines(sel)
         atcd = [r for r in sel if r["recipe"] == "atcd"]  # the recipe itself; its ablations are the other atcd*
         base = {m: [r for r in sel if r["recipe"] == m] for m in dict.fromkeys(r["recipe"] for r in sel
                                                                                 if not r["method"].startswith("atcd"))}

@@ -90,6 +90,9 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
             summary = list(csv.DictReader(f))
         updates = {"standard": 1, "atcd": 4}[m] * int(row["minibatches"])  # ATCD: T = 4 updates per minibatch
         assert len(summary) == int(row["epochs"]) and int(summary[-1]["num_updates"]) == updates
+    # ATCD's row carries its M-H acceptance, overall and per replay (T = 4); a method without the test has none
+    assert 0.0 <= float(rows["atcd"]["mh_accept"]) <= 1.0 and len(rows["atcd"]["mh_accept_replays"].split("/")) == 4
+    assert rows["standard"]["mh_accept"] == "" == rows["standard"]["mh_accept_replays"]
     # the same seconds buy a standard step many times over: ATCD's minibatch costs T*K + T + T M-H passes
     assert int(rows["standard"]["minibatches"]) >= 5 * int(rows["atcd"]["minibatches"])
     text = (tmp_path / "benchmark.md").read_text()
@@ -125,3 +128,25 @@ def test_benchmark_refuses_options_it_would_ignore(tmp_path, args, message):
     from conftest import run_main
     r = run_main("scripts/benchmark.py", "--methods", "standard", "--out", str(tmp_path), *args)
     assert r.returncode == 2 and message in r.stderr and not (tmp_path / "costs.csv").exists()
+
+
+def test_ablation_lines_are_each_variant_minus_the_recipe_on_the_same_images():
+    """The ablation table (scripts/ablation_mnist.sh): per variant and attack, the paired difference to the recipe
+    over the same images; baselines (not atcd*) are not variants."""
+    from conftest import load_script
+    et = load_script("scripts/equal_time.py")
+
+    def row(recipe, method, clean, pgd):
+        return {"recipe": recipe, "method": method, "seed": 0, "clean": 1, "pgd": 1,
+                "_correct": {"clean": clean, "pgd": pgd}}
+    sel = [row("atcd", "atcd", "1111111111", "1111100000"),
+           row("atcd:--no-mh", "atcd", "1111111111", "1111000000"),  # one image of 10 fewer under PGD
+           row("free", "free", "0000000000", "0000000000")]
+    lines = et._ablation_lines(sel)
+    assert lines[2] == "| variant | clean | pgd |"
+    body = [ln for ln in lines if ln.startswith(("| atcd", "| free"))]
+    assert len(body) == 1 and body[0].startswith("| atcd:--no-mh | +0.0 ± 0.0 | -10.0 ± ")
+    assert et._ablation_lines([sel[0], sel[2]]) == []  # no variant, no table
+    assert et.mh_acceptance([{"mh_accept": "1.0", "mh_accept_r0": "1.0", "mh_accept_r1": "0.5"},
+                             {"mh_accept": "0.5", "mh_accept_r0": "0.0", "mh_accept_r1": "1.0"}]) == {
+        "mh_accept": 0.75, "mh_accept_replays": "0.500/0.750"}
