@@ -96,6 +96,8 @@ def _validate(run: str, attacks: str, n: int, res_file: str, a, log: str):
         threads = max(1, (os.cpu_count() or 2) // a.eval_procs)
         env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS=str(threads))
     run_logged(cmd, log, env)
+    if not os.path.isfile(res_file):  # e.g. a teardown abort passed by run_logged must have come after the results
+        fail(f"error: {' '.join(cmd[:3])} wrote no {res_file}; see {log}")
 
 
 def evaluate(run: str, exp: str, runs: str, a) -> dict:
