@@ -205,12 +205,13 @@ def report(rows: list[dict], a) -> list[str]:
              "turned into minibatches from the method's measured seconds per minibatch (cost table above). Then "
              f"{', '.join(named)} at eps {a.eps} on the first {a.num_samples} test images"
              + (f" (AutoAttack on the first {n_aa})" if "autoattack" in a.attacks and n_aa != a.num_samples else "")
-             + f". Accuracies: mean ± 95 % t-interval over {len({r['seed'] for r in rows})} seed(s) (none for one "
-             "seed); train s: measured mean, (planned from the cost table; predicted by the cost model).", ""]
+             + ". Accuracies: mean ± 95 % t-interval over the seeds each budget names (none for one seed); train s: "
+             "measured mean, (planned from the cost table; predicted by the cost model).", ""]
     for b in budgets:
         sel = [r for r in rows if r["budget_s"] == b]
         mh = any(r.get("mh_accept", "") != "" for r in sel)
-        lines += [f"### {b:g} s", "", ("| method (recipe) | epochs × minibatches | train s (planned; cost model) | "
+        seeds = sorted({r["seed"] for r in sel})
+        lines += [f"### {b:g} s", "", f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.", "", ("| method (recipe) | epochs × minibatches | train s (planned; cost model) | "
                                           "clean | pgd | autoattack | n (AutoAttack) |" + (" M-H acceptance (per replay) |"
                                                                                           if mh else "")),
                   "|---|---|---|---|---|---|---|" + ("---|" if mh else "")]
@@ -239,8 +240,9 @@ def report(rows: list[dict], a) -> list[str]:
             _, hwp = _paired(atcd, base[best], key)
             if not math.isnan(hw):  # an interval over seeds
                 verdict = "wins" if d - hw > 0 else "loses" if d + hw < 0 else "is not separated from it"
-            else:
-                verdict = ("is ahead" if d > 0 else "is not ahead") + " (one seed: no interval over seeds)"
+            else:  # one seed: only the test images' noise is known, and the seed's is not
+                verdict = ("is ahead over these images" if d - hwp > 0 else "is behind over these images"
+                           if d + hwp < 0 else "is not separated from it") + " (one seed: no interval over seeds)"
             n_key = atcd[0]["n_aa"] if key == "autoattack" else atcd[0]["n"]
             lines += [f"ATCD minus the best baseline ({best}) on {key}: **{d:+.1f} points** "
                       + (f"(95 % over seeds ± {hw:.1f}; " if not math.isnan(hw) else "(")

@@ -6,10 +6,10 @@
 # test images and AutoAttack (standard) on the first AA_SAMPLES, evaluated on 2 processes.
 # Writes reports/mnist-mini/equal_time.{md,csv,png} and costs.csv; runs and logs go to output/reproduce_mnist/
 # (a killed reproduction resumes: finished trainings and evaluations are read, not redone).
-# Defaults: 1 seed, AutoAttack on 50 images, to fit the 90-minute target on 2 CPU cores. Not yet timed whole on an
-# idle machine; estimated from the timed parts of the 2026-12-04 run (each row: its budget x ~1.1 of training, 28 s
-# of clean + PGD-40 on 1,000, 2.4-2.7 min of AutoAttack on 100 images of a robust model): about 96 min with
-# AA_SAMPLES=100 and about 83 min with 50. The committed report (reports/mnist-mini) ran with AA_SAMPLES=100.
+# Defaults: 1 seed, AutoAttack on 50 images, to fit the 90-minute target on 2 CPU cores. Timed whole on this idle
+# 2-core machine (2026-12-05, a fresh WORK=): 87 min 34 s. The margin is thin: the 240 s trainings ran 1.1-1.25x
+# their plan that hour, so a slower hour of the VM can pass 90 min. AA_SAMPLES=100 (what the committed report ran
+# with) adds about 12 min.
 #   SEEDS=0,1,2 AA_SAMPLES=500 bash scripts/reproduce_mnist.sh   # the full protocol: an estimated 12 h here
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -150,3 +150,32 @@ def test_ablation_lines_are_each_variant_minus_the_recipe_on_the_same_images():
     assert et.mh_acceptance([{"mh_accept": "1.0", "mh_accept_r0": "1.0", "mh_accept_r1": "0.5"},
                              {"mh_accept": "0.5", "mh_accept_r0": "0.0", "mh_accept_r1": "1.0"}]) == {
         "mh_accept": 0.75, "mh_accept_replays": "0.500/0.750"}
+
+
+def test_one_seed_verdict_follows_the_paired_interval_over_images():
+    """With one seed, ATCD is called ahead of the best baseline only when the paired interval over the images
+    excludes 0; a lead inside the interval is 'not separated'. Each budget names its own seeds."""
+    import types
+
+    from conftest import load_script
+    et = load_script("scripts/equal_time.py")
+    a = types.SimpleNamespace(attacks="clean,autoattack", attack_steps=40, attack_loss="margin", eps=0.3,
+                              num_samples=50, aa_samples=50)
+
+    def row(recipe, budget, seed, correct):
+        acc = 100.0 * correct.count("1") / len(correct)
+        return {"recipe": recipe, "method": recipe, "budget_s": budget, "seed": seed, "clean": acc,
+                "autoattack": acc, "train_s": budget, "epochs": 1, "minibatches": 10, "planned_s": budget,
+                "cost_model_s": budget, "n": len(correct), "n_aa": len(correct), "mh_accept": "",
+                "_correct": {"clean": correct, "autoattack": correct}}
+    base = "1" * 25 + "0" * 25
+    rows = [row("atcd", 60, 0, "1" * 26 + "0" * 24), row("free", 60, 0, base),  # +2 points: noise on 50 images
+            row("atcd", 120, 0, "1" * 45 + "0" * 5), row("free", 120, 0, base),  # +40: ahead
+            row("atcd", 120, 1, "1" * 45 + "0" * 5), row("free", 120, 1, base)]
+    text = "\n".join(et.report(rows, a))
+    verdicts = [ln for ln in text.splitlines() if ln.startswith("ATCD minus")]
+    assert "**+2.0 points**" in verdicts[0] and "ATCD is not separated from it (one seed" in verdicts[0]
+    assert "**+40.0 points**" in verdicts[1] and "ATCD wins" in verdicts[1]
+    assert "Seed 0.\n" in text and "Seeds 0, 1.\n" in text
+    one = "\n".join(et.report(rows[:2] + [row("atcd", 240, 0, "1" * 45 + "0" * 5), row("free", 240, 0, base)], a))
+    assert "ATCD is ahead over these images (one seed" in one
