@@ -34,7 +34,7 @@ from dataclasses import replace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from _runs import run_logged
+from _runs import fail, run_logged, write_csv
 
 
 def split_entry(entry: str) -> tuple[str, list[str]]:
@@ -318,6 +318,20 @@ def write_report(costs: list[dict], runs: list[dict], a, extra: list[str] = ()):
         plt.close(fig)
 
 
+def read_costs(out: str, methods: list[str]) -> list[dict]:
+    """The cost table an earlier run of the benchmark wrote to `out`/costs.csv, for `methods` in their order."""
+    path = os.path.join(out, "costs.csv")
+    if not os.path.isfile(path):
+        fail(f"error: --report-only needs the cost table of an earlier run: no {path}")
+    with open(path) as f:
+        rows = {r["method"]: {k: v if k in ("method", "label") else float(v or "nan") for k, v in r.items()}
+                for r in csv.DictReader(f)}
+    missing = [m for m in methods if m not in rows]
+    if missing:
+        fail(f"error: {path} has no cost for {missing}; report the methods that run measured")
+    return [rows[m] for m in methods]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="standard,fast,free,pgd,trades,atcd,atcd_reuse",
@@ -342,12 +356,17 @@ def main(argv=None) -> int:
     p.add_argument("--aa-samples", type=int, default=0,
                    help="--equal-time: AutoAttack on the first N test images only (default: --num-samples)")
     p.add_argument("--eval-procs", type=int, default=1, help="processes per evaluation (--equal-time; 2 on 2 cores)")
+    p.add_argument("--report-only", action="store_true",
+                   help="--equal-time: write the report from the finished rows in --out (its costs.csv and plan); "
+                        "train, evaluate and time nothing, and list the rows not run yet")
     a = p.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
     if not a.equal_time and (a.aa_samples or a.eval_procs != 1):
         p.error("--aa-samples and --eval-procs apply to --equal-time runs only")
     if a.equal_time and a.train_args:
         p.error("--train-args does not apply to --equal-time: the budget sets the epochs (recipe flags: METHOD:FLAGS)")
+    if a.report_only and (not a.equal_time or a.cost_only):
+        p.error("--report-only reports an --equal-time run (and --cost-only has no rows to report)")
     if a.eval_procs < 1 or a.aa_samples < 0:
         p.error("--eval-procs must be >= 1 and --aa-samples >= 0")
     try:
@@ -367,7 +386,8 @@ def main(argv=None) -> int:
     if budgets and other:  # the cost table prices minibatches of --batch-size: another size would be priced wrong
         p.error(f"--equal-time prices minibatches of --batch-size {a.batch_size}, but recipes train with {other}")
     os.makedirs(a.out, exist_ok=True)
-    costs = measure_costs(cost_methods, a.batch_size, a.cost_batches, rounds=a.rounds)
+    costs = read_costs(a.out, cost_methods) if a.report_only else measure_costs(
+        cost_methods, a.batch_size, a.cost_batches, rounds=a.rounds)
     for r in costs:
         print(f"{_name(r):<32} {r['full_passes']:5.1f} passes ({r['input_grad_passes']:.0f} in-grad + "
               f"{r['weight_passes']:.0f} weight + {r['forward_passes']:.0f} fwd)  {r['sec_per_batch']:.4f} s/batch  "
@@ -386,10 +406,8 @@ def main(argv=None) -> int:
             w = csv.DictWriter(f, fieldnames=list(runs[0]))
             w.writeheader()
             w.writerows(runs)
-    with open(os.path.join(a.out, "costs.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(costs[0]))
-        w.writeheader()
-        w.writerows(costs)
+    if not a.report_only:
+        write_csv(os.path.join(a.out, "costs.csv"), costs, list(costs[0]))
     write_report(costs, runs, a, equal)
     print("RESULT " + json.dumps({"costs": {r["method"]: round(r.get("ratio", float("nan")), 3) for r in costs},
                                   "runs": len(runs), "equal_time": bool(equal),

@@ -100,28 +100,44 @@ def _validate(run: str, attacks: str, n: int, res_file: str, a, log: str):
         fail(f"error: {' '.join(cmd[:3])} wrote no {res_file}; see {log}")
 
 
-def evaluate(run: str, exp: str, runs: str, a) -> dict:
-    """{attack: results} of a trained run: AutoAttack on the first --aa-samples images (default: --num-samples),
-    the other attacks on the first --num-samples; each results file is kept, so a re-run reads it."""
+def _evaluations(run: str, a) -> list[tuple[str, int, str]]:
+    """(attacks, images, results file) of each validate call of a run: AutoAttack on the first --aa-samples images
+    (default: --num-samples), the other attacks on the first --num-samples."""
     attacks = [x for x in a.attacks.split(",") if x]
     n_aa = a.aa_samples or a.num_samples
     groups = [(",".join(attacks), a.num_samples)]
     if "autoattack" in attacks and n_aa != a.num_samples:
         groups = [(",".join(x for x in attacks if x != "autoattack"), a.num_samples), ("autoattack", n_aa)]
+    return [(names, n, os.path.join(run, f"results-{names.replace(',', '+')}-n{n}.json")) for names, n in groups
+            if names]
+
+
+def evaluate(run: str, exp: str, runs: str, a) -> dict:
+    """{attack: results} of a trained run; each results file is kept, so a re-run reads it."""
     res = {}
-    for i, (names, n) in enumerate(g for g in groups if g[0]):
-        f = os.path.join(run, f"results-{names.replace(',', '+')}-n{n}.json")
+    for i, (names, n, f) in enumerate(_evaluations(run, a)):
         _validate(run, names, n, f, a, os.path.join(runs, f"{exp}.val{i}.log"))
         with open(f) as fh:
             res.update({k: v for k, v in json.load(fh)["results"].items() if k != "worst_case"})
     return res
 
 
-def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
-    """Train `entry` on its plan for `budget`, validate it; one equal_time.csv row."""
+def _point(entry: str, budget: float, seed: int, a) -> tuple[str, str, str]:
+    """(runs folder, experiment name, run folder) of one (method, budget, seed)."""
     exp = f"{entry}-b{budget:g}-s{seed}".replace(":", "_").replace(" ", "").replace("--", "-")
     runs = os.path.join(a.out, "equal_time")
-    run = os.path.join(runs, exp)
+    return runs, exp, os.path.join(runs, exp)
+
+
+def point_done(entry: str, budget: float, seed: int, a) -> bool:
+    """Whether the point is trained and every evaluation of it wrote its results (a row costs nothing to read)."""
+    run = _point(entry, budget, seed, a)[2]
+    return finished(run) and all(os.path.isfile(f) for *_, f in _evaluations(run, a))
+
+
+def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
+    """Train `entry` on its plan for `budget`, validate it; one equal_time.csv row."""
+    runs, exp, run = _point(entry, budget, seed, a)
     os.makedirs(runs, exist_ok=True)
     print(f"[equal-time] {exp}: {plan['epochs']} epochs x {plan['minibatches'] // plan['epochs']} minibatches",
           flush=True)
@@ -293,15 +309,23 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
         fail(f"error: --equal-time needs the cost of every method; {missing} are not in --cost-methods")
     plans = make_plans([by_entry[m] for m in methods], budgets, recipe_config,
                        os.path.join(a.out, "equal_time_plan.json"))
-    rows = []
+    rows, not_run = [], []
     for b in budgets:
         for seed in seeds:
             for m in methods:
+                if a.report_only and not point_done(m, b, seed, a):
+                    not_run.append(f"{m} {b:g} s seed {seed}")
+                    continue
                 rows.append(run_point(m, b, seed, plans[m][f"{b:g}"], a))
                 write_csv(os.path.join(a.out, "equal_time.csv"), rows, FIELDS)
                 print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith("_")}), flush=True)
+    if not rows:
+        fail(f"error: --report-only found no finished (method, budget, seed) in {a.out}/equal_time")
     plot(rows, os.path.join(a.out, "equal_time.png"))
     lines = report(rows, a)
+    if not_run:
+        lines += ["", f"Not run yet ({len(not_run)} of {len(not_run) + len(rows)} rows; --report-only reports the "
+                      "finished ones): " + ", ".join(not_run) + "."]
     with open(os.path.join(a.out, "equal_time.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return lines
