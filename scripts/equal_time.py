@@ -227,7 +227,8 @@ def report(rows: list[dict], a) -> list[str]:
         sel = [r for r in rows if r["budget_s"] == b]
         mh = any(r.get("mh_accept", "") != "" for r in sel)
         seeds = sorted({r["seed"] for r in sel})
-        lines += [f"### {b:g} s", "", f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.", "", ("| method (recipe) | epochs × minibatches | train s (planned; cost model) | "
+        lines += [f"### {b:g} s", "", f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.", ""]
+        lines += [("| method (recipe) | epochs × minibatches | train s (planned; cost model) | "
                                           "clean | pgd | autoattack | n (AutoAttack) |" + (" M-H acceptance (per replay) |"
                                                                                           if mh else "")),
                   "|---|---|---|---|---|---|---|" + ("---|" if mh else "")]

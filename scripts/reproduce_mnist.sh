@@ -7,7 +7,7 @@
 # Writes reports/mnist-mini/equal_time.{md,csv,png} and costs.csv; runs and logs go to output/reproduce_mnist/
 # (a killed reproduction resumes: finished trainings and evaluations are read, not redone).
 # Defaults: 1 seed, AutoAttack on 50 images, to fit the 90-minute target on 2 CPU cores. Timed whole on this idle
-# 2-core machine (2026-12-05, a fresh WORK=): 87 min 34 s. The margin is thin: the 240 s trainings ran 1.1-1.25x
+# 2-core machine (2026-12-05, a fresh WORK=): 87 min 34 s. The margin is thin: the 240 s trainings ran 0.96-1.25x
 # their plan that hour, so a slower hour of the VM can pass 90 min. AA_SAMPLES=100 (what the committed report ran
 # with) adds about 12 min.
 #   SEEDS=0,1,2 AA_SAMPLES=500 bash scripts/reproduce_mnist.sh   # the full protocol: an estimated 12 h here
