@@ -308,8 +308,10 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
     missing = [m for m in methods if m not in by_entry]
     if missing:
         fail(f"error: --equal-time needs the cost of every method; {missing} are not in --cost-methods")
-    plans = make_plans([by_entry[m] for m in methods], budgets, recipe_config,
-                       os.path.join(a.out, "equal_time_plan.json"))
+    plan_path = os.path.join(a.out, "equal_time_plan.json")
+    if a.report_only and not os.path.isfile(plan_path):  # reporting never plans (nor writes) a run of its own
+        fail(f"error: --report-only needs the plan of an earlier run: no {plan_path}")
+    plans = make_plans([by_entry[m] for m in methods], budgets, recipe_config, plan_path)
     rows, not_run = [], []
     for b in budgets:
         for seed in seeds:

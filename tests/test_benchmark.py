@@ -198,3 +198,17 @@ def test_one_seed_verdict_follows_the_paired_interval_over_images():
     assert "Seed 0.\n" in text and "Seeds 0, 1.\n" in text
     one = "\n".join(et.report(rows[:2] + [row("atcd", 240, 0, "1" * 45 + "0" * 5), row("free", 240, 0, base)], a))
     assert "ATCD is ahead over these images (one seed" in one
+
+
+def test_report_only_without_a_plan_fails_and_writes_none(tmp_path):
+    """--report-only reads an earlier run's plan; a folder with a cost table but no plan is a one-line error, and
+    no plan is made up for it."""
+    import shutil
+    from pathlib import Path
+
+    from conftest import run_main
+    shutil.copy(Path(__file__).parent.parent / "reports" / "mnist-mini" / "costs.csv", tmp_path / "costs.csv")
+    r = run_main("scripts/benchmark.py", "--methods", "atcd", "--cost-methods", "standard,atcd", "--equal-time", "60",
+                 "--report-only", "--out", str(tmp_path))
+    assert r.returncode == 2 and "needs the plan of an earlier run" in r.stderr
+    assert not (tmp_path / "equal_time_plan.json").exists()
