@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from _runs import fail, run_logged, write_csv
+from equal_time import PLAN_FILE, run_equal_time
 
 
 def split_entry(entry: str) -> tuple[str, list[str]]:
@@ -318,17 +319,18 @@ def write_report(costs: list[dict], runs: list[dict], a, extra: list[str] = ()):
         plt.close(fig)
 
 
-def read_costs(out: str, methods: list[str]) -> list[dict]:
+def read_costs(out: str, methods: list[str], why: str) -> list[dict]:
     """The cost table an earlier run of the benchmark wrote to `out`/costs.csv, for `methods` in their order."""
     path = os.path.join(out, "costs.csv")
     if not os.path.isfile(path):
-        fail(f"error: --report-only needs the cost table of an earlier run: no {path}")
+        fail(f"error: {why} needs the cost table of an earlier run: no {path}")
     with open(path) as f:
         rows = {r["method"]: {k: v if k in ("method", "label") else float(v or "nan") for k, v in r.items()}
                 for r in csv.DictReader(f)}
     missing = [m for m in methods if m not in rows]
     if missing:
-        fail(f"error: {path} has no cost for {missing}; report the methods that run measured")
+        fail(f"error: {path} has no cost for {missing}: that run measured {list(rows)}; give those methods or "
+             f"another --out")
     return [rows[m] for m in methods]
 
 
@@ -386,8 +388,14 @@ def main(argv=None) -> int:
     if budgets and other:  # the cost table prices minibatches of --batch-size: another size would be priced wrong
         p.error(f"--equal-time prices minibatches of --batch-size {a.batch_size}, but recipes train with {other}")
     os.makedirs(a.out, exist_ok=True)
-    costs = read_costs(a.out, cost_methods) if a.report_only else measure_costs(
-        cost_methods, a.batch_size, a.cost_batches, rounds=a.rounds)
+    # an --equal-time run that continues an earlier one keeps the cost table its plan was priced from: timed again,
+    # the table would disagree with the plan it is reported beside
+    plan = budgets and not a.cost_only and os.path.isfile(os.path.join(a.out, PLAN_FILE))
+    if a.report_only or plan:
+        costs = read_costs(a.out, cost_methods, "--report-only" if a.report_only else f"the plan in {a.out}")
+        print(f"[costs] reusing the cost table of the earlier run: {os.path.join(a.out, 'costs.csv')}", flush=True)
+    else:
+        costs = measure_costs(cost_methods, a.batch_size, a.cost_batches, rounds=a.rounds)
     for r in costs:
         print(f"{_name(r):<32} {r['full_passes']:5.1f} passes ({r['input_grad_passes']:.0f} in-grad + "
               f"{r['weight_passes']:.0f} weight + {r['forward_passes']:.0f} fwd)  {r['sec_per_batch']:.4f} s/batch  "
@@ -395,7 +403,6 @@ def main(argv=None) -> int:
     runs, equal = [], []
     seeds = [int(s) for s in a.seeds.split(",") if s]
     if a.equal_time and not a.cost_only:
-        from equal_time import run_equal_time
         equal = run_equal_time(costs, methods, seeds, a, recipe_config)
     elif not a.cost_only:
         for seed in seeds:
@@ -406,7 +413,7 @@ def main(argv=None) -> int:
             w = csv.DictWriter(f, fieldnames=list(runs[0]))
             w.writeheader()
             w.writerows(runs)
-    if not a.report_only:
+    if not (a.report_only or plan):
         write_csv(os.path.join(a.out, "costs.csv"), costs, list(costs[0]))
     write_report(costs, runs, a, equal)
     print("RESULT " + json.dumps({"costs": {r["method"]: round(r.get("ratio", float("nan")), 3) for r in costs},

@@ -4,7 +4,8 @@ seconds, then attacked on the same test images.
 A budget becomes a number of minibatches from each method's seconds per minibatch measured in the benchmark's cost
 table (atcd.budget): one pricing for every method, measured in one interleaved run, so a slow spell of the machine
 during one training does not decide the ranking. The plan is written to `equal_time_plan.json` on the first run and
-reused after (a killed benchmark resumes: finished trainings and evaluations are read, not redone). Each row reports
+reused after, with the cost table it was priced from (a killed benchmark resumes: the methods are not timed again,
+finished trainings and evaluations are read, not redone). Each row reports
 the measured training seconds (summary.csv) beside the planned ones and the cost model's (counted passes x seconds
 per pass), the cross-checks.
 
@@ -22,6 +23,7 @@ from _runs import ROOT, fail, finished, run_logged, stale_args, started, write_c
 
 FIELDS = ["method", "recipe", "budget_s", "seed", "train_s", "clean", "pgd", "autoattack", "n", "n_aa", "epochs",
           "minibatches", "planned_s", "cost_model_s", "mh_accept", "mh_accept_replays"]
+PLAN_FILE = "equal_time_plan.json"  # in --out: the minibatches of every (method, budget), made once per --out
 SLOW = 1.25  # a training whose measured seconds exceed the plan by this factor is flagged in the report
 
 
@@ -308,7 +310,7 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
     missing = [m for m in methods if m not in by_entry]
     if missing:
         fail(f"error: --equal-time needs the cost of every method; {missing} are not in --cost-methods")
-    plan_path = os.path.join(a.out, "equal_time_plan.json")
+    plan_path = os.path.join(a.out, PLAN_FILE)
     if a.report_only and not os.path.isfile(plan_path):  # reporting never plans (nor writes) a run of its own
         fail(f"error: --report-only needs the plan of an earlier run: no {plan_path}")
     plans = make_plans([by_entry[m] for m in methods], budgets, recipe_config, plan_path)

@@ -103,17 +103,24 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
     text = (tmp_path / "benchmark.md").read_text()
     assert "## Equal training time" in text and "ATCD minus the best baseline (standard) on pgd" in text
     assert (tmp_path / "equal_time.png").stat().st_size > 0
-    # a re-run reads the finished trainings and evaluations (the plan is reused): nothing is trained again
+    # a re-run reads the finished trainings and evaluations and keeps the plan and the cost table it was priced
+    # from (byte for byte: the methods are not timed again); nothing is trained again
     model = tmp_path / "equal_time" / "atcd-b4-s0" / "model.safetensors"
     before = model.stat().st_mtime_ns
+    costs = (tmp_path / "costs.csv").read_bytes()
     r = run_main("scripts/benchmark.py", *args)
-    assert r.returncode == 0 and "reusing the plan" in r.stdout
-    assert model.stat().st_mtime_ns == before
+    assert r.returncode == 0 and "reusing the plan" in r.stdout and "reusing the cost table" in r.stdout
+    assert model.stat().st_mtime_ns == before and (tmp_path / "costs.csv").read_bytes() == costs
     with open(tmp_path / "equal_time.csv") as f:
         assert {row["recipe"]: row["pgd"] for row in csv.DictReader(f)} == {m: rows[m]["pgd"] for m in rows}
+    # ... also for a subset of the methods (the cost table keeps every method's row)
+    r = run_main("scripts/benchmark.py", *[x if x != "standard,atcd" else "atcd" for x in args])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert model.stat().st_mtime_ns == before and (tmp_path / "costs.csv").read_bytes() == costs
+    with open(tmp_path / "equal_time.csv") as f:
+        assert [row["pgd"] for row in csv.DictReader(f)] == [rows["atcd"]["pgd"]]
     # --report-only: the report from the finished rows, with the rows not run listed; nothing trained, evaluated
     # or timed (the cost table is the earlier run's, byte for byte)
-    costs = (tmp_path / "costs.csv").read_bytes()
     r = run_main("scripts/benchmark.py", *[x if x != "0" else "0,1" for x in args], "--report-only")
     assert r.returncode == 0, r.stderr[-2000:]
     assert not (tmp_path / "equal_time" / "atcd-b4-s1").exists() and model.stat().st_mtime_ns == before
