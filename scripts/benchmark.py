@@ -367,6 +367,8 @@ def main(argv=None) -> int:
         p.error("--aa-samples and --eval-procs apply to --equal-time runs only")
     if a.equal_time and a.train_args:
         p.error("--train-args does not apply to --equal-time: the budget sets the epochs (recipe flags: METHOD:FLAGS)")
+    if a.equal_time and not {"clean", "pgd", "autoattack"} & set(a.attacks.split(",")):
+        p.error(f"--equal-time reports clean, pgd and autoattack accuracy: --attacks {a.attacks!r} has none of them")
     if a.report_only and (not a.equal_time or a.cost_only):
         p.error("--report-only reports an --equal-time run (and --cost-only has no rows to report)")
     if a.eval_procs < 1 or a.aa_samples < 0:
@@ -394,8 +396,9 @@ def main(argv=None) -> int:
     if a.report_only or plan:
         costs = read_costs(a.out, cost_methods, "--report-only" if a.report_only else f"the plan in {a.out}")
         print(f"[costs] reusing the cost table of the earlier run: {os.path.join(a.out, 'costs.csv')}", flush=True)
-    else:
+    else:  # written before any training: a run killed after planning resumes from this table
         costs = measure_costs(cost_methods, a.batch_size, a.cost_batches, rounds=a.rounds)
+        write_csv(os.path.join(a.out, "costs.csv"), costs, list(costs[0]))
     for r in costs:
         print(f"{_name(r):<32} {r['full_passes']:5.1f} passes ({r['input_grad_passes']:.0f} in-grad + "
               f"{r['weight_passes']:.0f} weight + {r['forward_passes']:.0f} fwd)  {r['sec_per_batch']:.4f} s/batch  "
@@ -413,8 +416,6 @@ def main(argv=None) -> int:
             w = csv.DictWriter(f, fieldnames=list(runs[0]))
             w.writeheader()
             w.writerows(runs)
-    if not (a.report_only or plan):
-        write_csv(os.path.join(a.out, "costs.csv"), costs, list(costs[0]))
     write_report(costs, runs, a, equal)
     print("RESULT " + json.dumps({"costs": {r["method"]: round(r.get("ratio", float("nan")), 3) for r in costs},
                                   "runs": len(runs), "equal_time": bool(equal),

@@ -141,6 +141,23 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
     assert r.returncode == 2 and "holds a run trained with {'attack_step': 0.2}" in r.stderr
 
 
+def test_equal_time_stopped_after_its_plan_resumes_from_the_cost_table_it_wrote(tmp_path):
+    """A run that stops after planning (here: its evaluation fails after the training) has already written the cost
+    table its plan was priced from, so the re-run continues from both instead of refusing for want of costs.csv."""
+    from conftest import run_main
+    args = ["--methods", "standard", "--cost-batches", "2", "--rounds", "1", "--equal-time", "2",
+            "--attack-steps", "2", "--num-samples", "10", "--out", str(tmp_path)]
+    r = run_main("scripts/benchmark.py", *args, "--attacks", "clean,nosuchattack")
+    assert r.returncode != 0 and (tmp_path / "equal_time_plan.json").is_file()
+    costs = (tmp_path / "costs.csv").read_bytes()
+    model = tmp_path / "equal_time" / "standard-b2-s0" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    r = run_main("scripts/benchmark.py", *args, "--attacks", "clean")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "reusing the cost table" in r.stdout and (tmp_path / "costs.csv").read_bytes() == costs
+    assert model.stat().st_mtime_ns == before and (tmp_path / "equal_time.csv").is_file()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--aa-samples", "50"], "--equal-time runs only"),
     (["--eval-procs", "2"], "--equal-time runs only"),
@@ -149,6 +166,7 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
     (["--equal-time", "sixty"], "a comma list of seconds"),
     (["--equal-time", "60,-5"], "must be > 0"),
     (["--equal-time", "60", "--batch-size", "64"], "prices minibatches of --batch-size 64"),
+    (["--equal-time", "60", "--attacks", "cw"], "has none of them"),
 ])
 def test_benchmark_refuses_options_it_would_ignore(tmp_path, args, message):
     from conftest import run_main
