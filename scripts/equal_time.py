@@ -209,10 +209,15 @@ def _ablation_lines(sel: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def headline(rows: list[dict]) -> str:
+    """The accuracy the report ranks by and the figure plots: the strongest attack the rows have."""
+    return next(k for k in ("autoattack", "pgd", "clean") if k in rows[0])
+
+
 def report(rows: list[dict], a) -> list[str]:
     """equal_time.md's lines: a table per budget and ATCD's margin over the best baseline."""
     from atcd.stats import diff_interval, mean_interval
-    key = next(k for k in ("autoattack", "pgd", "clean") if k in rows[0])  # the strongest attack the run has
+    key = headline(rows)
     budgets = sorted({r["budget_s"] for r in rows})
     attacks = {"clean": "clean", "pgd": f"PGD-{a.attack_steps} ({a.attack_loss} loss)",
                "autoattack": "AutoAttack (standard)"}
@@ -282,7 +287,7 @@ def plot(rows: list[dict], path: str):
     import matplotlib.pyplot as plt
 
     from atcd.stats import mean_interval
-    key = next(k for k in ("autoattack", "pgd", "clean") if k in rows[0])  # the strongest attack the run has
+    key = headline(rows)
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in dict.fromkeys(r["recipe"] for r in rows):
         xs, ys, es = [], [], []
