@@ -10,7 +10,7 @@
 # 2-core machine (2026-12-05, a fresh WORK=): 87 min 34 s. The margin is thin: the 240 s trainings ran 0.96-1.25x
 # their plan that hour, so a slower hour of the VM can pass 90 min. AA_SAMPLES=100 (what the committed report ran
 # with) adds about 12 min.
-#   SEEDS=0,1,2 AA_SAMPLES=500 bash scripts/reproduce_mnist.sh   # the full protocol: an estimated 12 h here
+#   SEEDS=0,1,2 AA_SAMPLES=500 bash scripts/reproduce_mnist.sh   # the full protocol: an estimated 14 h here
 #   REPORT_ONLY=1 SEEDS=0,1,2 bash scripts/reproduce_mnist.sh      # the report from the rows finished so far
 set -euo pipefail
 cd "$(dirname "$0")/.."
