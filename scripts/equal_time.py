@@ -175,7 +175,7 @@ def _paired(rows_a: list[dict], rows_b: list[dict], key: str) -> tuple[float, fl
     d = []
     for ra in rows_a:
         rb = next((r for r in rows_b if r["seed"] == ra["seed"]), None)
-        ca, cb = ra["_correct"].get(key, ""), (rb or {}).get("_correct", {}).get(key, "")
+        ca, cb = ra.get("_correct", {}).get(key, ""), (rb or {}).get("_correct", {}).get(key, "")
         if rb is None or not ca or len(ca) != len(cb):
             continue
         d += [100.0 * (int(p) - int(q)) for p, q in zip(ca, cb)]
@@ -264,13 +264,16 @@ def report(rows: list[dict], a) -> list[str]:
             _, hwp = _paired(atcd, base[best], key)
             if not math.isnan(hw):  # an interval over seeds
                 verdict = "wins" if d - hw > 0 else "loses" if d + hw < 0 else "is not separated from it"
-            else:  # one seed: only the test images' noise is known, and the seed's is not
+            elif not math.isnan(hwp):  # one seed: only the test images' noise is known, and the seed's is not
                 verdict = ("is ahead over these images" if d - hwp > 0 else "is behind over these images"
                            if d + hwp < 0 else "is not separated from it") + " (one seed: no interval over seeds)"
+            else:  # one seed and rows without per-image results (merged from equal_time.csv files)
+                verdict = "cannot be called (one seed, no per-image results: no interval)"
             n_key = atcd[0]["n_aa"] if key == "autoattack" else atcd[0]["n"]
+            spans = ([f"95 % over seeds ± {hw:.1f}"] if not math.isnan(hw) else []) + (
+                [f"95 % over the {n_key} images, paired, seeds pooled: ± {hwp:.1f}"] if not math.isnan(hwp) else [])
             lines += [f"ATCD minus the best baseline ({best}) on {key}: **{d:+.1f} points** "
-                      + (f"(95 % over seeds ± {hw:.1f}; " if not math.isnan(hw) else "(")
-                      + f"95 % over the {n_key} images, paired, seeds pooled: ± {hwp:.1f}); ATCD {verdict}.", ""]
+                      + (f"({'; '.join(spans)}); " if spans else "") + f"ATCD {verdict}.", ""]
     slow = [r for r in rows if r["train_s"] > SLOW * r["planned_s"]]
     lines.append("Cross-check: measured training seconds / planned: "
                  f"{min(r['train_s'] / r['planned_s'] for r in rows):.2f}-"

@@ -237,3 +237,50 @@ def test_report_only_without_a_plan_fails_and_writes_none(tmp_path):
                  "--report-only", "--out", str(tmp_path))
     assert r.returncode == 2 and "needs the plan of an earlier run" in r.stderr
     assert not (tmp_path / "equal_time_plan.json").exists()
+
+
+def test_merge_equal_time_joins_runs_and_refuses_rows_that_are_not_one_experiment(tmp_path):
+    """Rows of several runs make one report whose verdict is the interval over seeds of the merged rows; the same
+    row twice is read once, and two different rows for one key, another plan for one budget, or another number of
+    images are one-line errors that write nothing."""
+    from conftest import load_script, run_main
+
+    from atcd.stats import diff_interval
+    et = load_script("scripts/equal_time.py")
+
+    def row(recipe, budget, seed, aa, epochs=2, n_aa=500):
+        return {"method": recipe, "recipe": recipe, "budget_s": budget, "seed": seed, "train_s": budget + 1,
+                "clean": 97.0, "pgd": aa + 5, "autoattack": aa, "n": 1000, "n_aa": n_aa, "epochs": epochs,
+                "minibatches": 10 * epochs, "planned_s": budget, "cost_model_s": budget,
+                "mh_accept": 0.9 if recipe == "atcd" else "", "mh_accept_replays": "0.8/1.0" if recipe == "atcd" else ""}
+
+    def save(name, rows):
+        path = tmp_path / f"{name}.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=et.FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        return str(path)
+
+    atcd60, free60 = [70.0, 74.4, 66.2], [80.0, 79.0, 84.8]
+    a = save("a", [row(m, 60.0, s, v[s]) for s in range(3) for m, v in (("atcd", atcd60), ("free", free60))])
+    b = save("b", [row("atcd", 60.0, 0, 70.0), row("atcd", 120.0, 0, 88.0), row("free", 120.0, 0, 80.0)])
+    out = tmp_path / "merged"
+    r = run_main("scripts/merge_equal_time.py", a, b, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    with open(out / "equal_time.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(x["recipe"], x["budget_s"], x["seed"]) for x in rows] == [
+        (m, "60.0", str(s)) for s in range(3) for m in ("atcd", "free")] + [("atcd", "120.0", "0"), ("free", "120.0", "0")]
+    text = (out / "equal_time.md").read_text()
+    d, hw = diff_interval(atcd60, free60)
+    assert f"ATCD minus the best baseline (free) on autoattack: **{d:+.1f} points** (95 % over seeds ± {hw:.1f}); " \
+           f"ATCD loses." in text and "paired" not in text
+    assert "**+8.0 points**" in text and "cannot be called (one seed, no per-image results" in text
+    assert "AutoAttack on the first 500" in text and (out / "equal_time.png").stat().st_size > 0
+    for bad, message in ((save("c", [row("atcd", 60.0, 1, 50.0)]), "atcd 60 s seed 1 differs between"),
+                         (save("d", [row("free", 120.0, 1, 80.0, epochs=3)]), "must share the plan"),
+                         (save("e", [row("free", 240.0, 0, 80.0, n_aa=100)]), "different numbers of images")):
+        fresh = tmp_path / "fresh"
+        r = run_main("scripts/merge_equal_time.py", a, b, bad, "--out", str(fresh))
+        assert r.returncode == 2 and message in r.stderr and not fresh.exists(), r.stderr
