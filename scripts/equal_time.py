@@ -214,8 +214,9 @@ def headline(rows: list[dict]) -> str:
     return next(k for k in ("autoattack", "pgd", "clean") if k in rows[0])
 
 
-def report(rows: list[dict], a) -> list[str]:
-    """equal_time.md's lines: a table per budget and ATCD's margin over the best baseline."""
+def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
+    """equal_time.md's lines: a table per budget and ATCD's margin over the best baseline; `costs` says where the
+    cost table the plans were priced from is."""
     from atcd.stats import diff_interval, mean_interval
     key = headline(rows)
     budgets = sorted({r["budget_s"] for r in rows})
@@ -225,7 +226,7 @@ def report(rows: list[dict], a) -> list[str]:
     n_aa = a.aa_samples or a.num_samples
     lines = ["## Equal training time", "",
              f"Every method trained for the same seconds ({', '.join(f'{b:g}' for b in budgets)} s): the budget is "
-             "turned into minibatches from the method's measured seconds per minibatch (cost table above). Then "
+             f"turned into minibatches from the method's measured seconds per minibatch ({costs}). Then "
              f"{', '.join(named)} at eps {a.eps} on the first {a.num_samples} test images"
              + (f" (AutoAttack on the first {n_aa})" if "autoattack" in a.attacks and n_aa != a.num_samples else "")
              + ". Accuracies: mean ± 95 % t-interval over the seeds each budget names (none for one seed); train s: "
@@ -248,6 +249,9 @@ def report(rows: list[dict], a) -> list[str]:
                     cell[k] = f"{mean:.1f}" + ("" if math.isnan(hw) else f" ± {hw:.1f}")
             cell["train_s"] = f"{mean_interval([r['train_s'] for r in rs])[0]:.0f}"
             name = rs[0]["method"] if rs[0]["method"] == m else f"{rs[0]['method']} ({m})"
+            own = sorted({r["seed"] for r in rs})
+            if own != seeds:  # a method with fewer seeds than its budget: its mean is over those only
+                name += f" [seed{'s' if len(own) > 1 else ''} {', '.join(map(str, own))} only]"
             lines.append(f"| {name} | {rs[0]['epochs']} × {rs[0]['minibatches'] // rs[0]['epochs']} | "
                          f"{cell['train_s']} ({rs[0]['planned_s']:.0f}; {rs[0]['cost_model_s']:.0f}) | "
                          f"{cell.get('clean', '')} | {cell.get('pgd', '')} | {cell.get('autoattack', '')} | "

@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     plot(rows, os.path.join(a.out, "equal_time.png"))
     lines = [f"# Equal training time: {len(rows)} rows merged from {len(a.csv)} files", "",
              "Command: `python scripts/merge_equal_time.py " + " ".join(argv if argv is not None else sys.argv[1:])
-             + "`", "", *report(rows, a), "", "![AutoAttack accuracy vs training time at equal budgets](equal_time.png)"]
+             + "`", "", *report(rows, a, costs="the runs' cost table, in their benchmark.md: equal_time.csv holds the plans, "
+                                          "not the table"), "", "![AutoAttack accuracy vs training time at equal budgets](equal_time.png)"]
     with open(os.path.join(a.out, "equal_time.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"{len(rows)} rows: {os.path.join(a.out, 'equal_time.md')}")

@@ -277,6 +277,11 @@ def test_merge_equal_time_joins_runs_and_refuses_rows_that_are_not_one_experimen
     assert f"ATCD minus the best baseline (free) on autoattack: **{d:+.1f} points** (95 % over seeds ± {hw:.1f}); " \
            f"ATCD loses." in text and "paired" not in text
     assert "**+8.0 points**" in text and "cannot be called (one seed, no per-image results" in text
+    assert "| atcd [seed 0 only] |" not in text  # at 120 s every method has the budget's one seed
+    r = run_main("scripts/merge_equal_time.py", a, save("f", [row("atcd", 60.0, 3, 71.0)]), "--out", str(out))
+    text = (out / "equal_time.md").read_text()
+    assert r.returncode == 0 and "Seeds 0, 1, 2, 3." in text and "| free [seeds 0, 1, 2 only] |" in text
+    assert "| atcd |" in text
     assert "AutoAttack on the first 500" in text and (out / "equal_time.png").stat().st_size > 0
     for bad, message in ((save("c", [row("atcd", 60.0, 1, 50.0)]), "atcd 60 s seed 1 differs between"),
                          (save("d", [row("free", 120.0, 1, 80.0, epochs=3)]), "must share the plan"),
