@@ -12,6 +12,9 @@
 # with) adds about 12 min.
 #   SEEDS=0,1,2 AA_SAMPLES=500 bash scripts/reproduce_mnist.sh   # the full protocol: an estimated 14 h here
 #   REPORT_ONLY=1 SEEDS=0,1,2 bash scripts/reproduce_mnist.sh      # the report from the rows finished so far
+# The report folder keeps the plan (equal_time_plan.json) beside the cost table: a new WORK continues the same
+# protocol once both are copied into it (a training is deterministic here for a seed and a plan), and
+# scripts/merge_equal_time.py joins the rows of several WORK folders into one report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-0}
@@ -29,7 +32,7 @@ python scripts/benchmark.py --methods "$METHODS" --cost-methods "standard,$METHO
     --attack-steps 40 --num-samples "$NUM_SAMPLES" --aa-samples "$AA_SAMPLES" --eval-procs "$EVAL_PROCS" --out "$WORK" \
     ${REPORT_ONLY:+--report-only}
 mkdir -p "$REPORT"
-cp "$WORK/equal_time.png" "$WORK/equal_time.csv" "$WORK/costs.csv" "$REPORT/"
+cp "$WORK/equal_time.png" "$WORK/equal_time.csv" "$WORK/costs.csv" "$WORK/equal_time_plan.json" "$REPORT/"
 {
     cat "$WORK/benchmark.md"
     echo
