@@ -11,6 +11,8 @@ import sys
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # the atcd package of this checkout, imported by these helpers and their scripts, also
+    sys.path.insert(0, ROOT)  # when the checkout is not pip-installed (or its editable install points elsewhere)
 
 
 def fail(message: str):

@@ -297,17 +297,19 @@ def plot(rows: list[dict], path: str):
     key = headline(rows)
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in dict.fromkeys(r["recipe"] for r in rows):
-        xs, ys, es = [], [], []
+        xs, ys, lo, hi = [], [], [], []
         for b in sorted({r["budget_s"] for r in rows if r["recipe"] == m}):
             rs = [r for r in rows if r["recipe"] == m and r["budget_s"] == b]
             xs.append(b)  # the budget: measured seconds are a cross-check (a shared machine inflates them)
             mean, hw = mean_interval([r[key] for r in rs])
+            hw = 0.0 if math.isnan(hw) else hw
             ys.append(mean)
-            es.append(0.0 if math.isnan(hw) else hw)
+            lo.append(min(hw, mean))  # an accuracy's interval ends at 0 and 100 %
+            hi.append(min(hw, 100.0 - mean))
         label = next(r["method"] for r in rows if r["recipe"] == m)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label)
     ax.set_xlabel("training budget (s; minibatches priced by the measured cost per minibatch)")
-    ax.set_ylabel(f"{key} accuracy (%)")
+    ax.set_ylabel(f"{key} accuracy (%; mean, 95 % over seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -289,3 +289,37 @@ def test_merge_equal_time_joins_runs_and_refuses_rows_that_are_not_one_experimen
         fresh = tmp_path / "fresh"
         r = run_main("scripts/merge_equal_time.py", a, b, bad, "--out", str(fresh))
         assert r.returncode == 2 and message in r.stderr and not fresh.exists(), r.stderr
+
+
+@pytest.mark.slow  # a subprocess, as a user runs it
+def test_merge_equal_time_runs_from_a_checkout_that_is_not_installed(tmp_path):
+    """`python scripts/merge_equal_time.py` from a checkout whose atcd package is not importable by the interpreter
+    (not pip-installed, or an editable install left pointing at another folder, as CI's): the scripts put their own
+    checkout on the path, so the plot and the verdict (which import atcd.stats) are written."""
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    from conftest import ROOT, load_script
+    et = load_script("scripts/equal_time.py")
+    path = tmp_path / "equal_time.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=et.FIELDS)
+        w.writeheader()
+        for recipe, aa in (("atcd", 70.0), ("free", 80.0)):
+            w.writerow({"method": recipe, "recipe": recipe, "budget_s": 60.0, "seed": 0, "train_s": 61, "clean": 97.0,
+                        "pgd": aa + 5, "autoattack": aa, "n": 1000, "n_aa": 500, "epochs": 2, "minibatches": 20,
+                        "planned_s": 60, "cost_model_s": 60, "mh_accept": "", "mh_accept_replays": ""})
+    # -S: no site module, so no .pth file runs (the editable install's finder); the libraries stay importable
+    libs = os.pathsep.join(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
+    env = dict(os.environ, PYTHONPATH=libs, MPLBACKEND="Agg")
+    probe = subprocess.run([sys.executable, "-S", "-c", "import atcd"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, check=False)
+    assert probe.returncode != 0, "atcd is importable without the checkout on the path: the test would prove nothing"
+    r = subprocess.run([sys.executable, "-S", os.path.join(ROOT, "scripts", "merge_equal_time.py"), str(path),
+                        "--out", str(tmp_path / "merged")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "**-10.0 points**" in (tmp_path / "merged" / "equal_time.md").read_text()
+    assert (tmp_path / "merged" / "equal_time.png").stat().st_size > 0
