@@ -45,6 +45,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's atcd, also when it is not pip-installed (as the other scripts)
 # the launcher spelling that really starts a 2-process gloo group on a CPU-only host (see RELIABILITY notes)
 LAUNCH_2PROC = ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                 "--dynamo_backend", "no")
