@@ -239,28 +239,35 @@ def test_report_only_without_a_plan_fails_and_writes_none(tmp_path):
     assert not (tmp_path / "equal_time_plan.json").exists()
 
 
+def _equal_time_row(recipe, budget, seed, aa, epochs=2, n_aa=500):
+    """One equal_time.csv row of a made-up run."""
+    return {"method": recipe, "recipe": recipe, "budget_s": budget, "seed": seed, "train_s": budget + 1,
+            "clean": 97.0, "pgd": aa + 5, "autoattack": aa, "n": 1000, "n_aa": n_aa, "epochs": epochs,
+            "minibatches": 10 * epochs, "planned_s": budget, "cost_model_s": budget,
+            "mh_accept": 0.9 if recipe == "atcd" else "", "mh_accept_replays": "0.8/1.0" if recipe == "atcd" else ""}
+
+
+def _save_equal_time(path, rows) -> str:
+    """`rows` written as an equal_time.csv of scripts/benchmark.py at `path`."""
+    from conftest import load_script
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=load_script("scripts/equal_time.py").FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
 def test_merge_equal_time_joins_runs_and_refuses_rows_that_are_not_one_experiment(tmp_path):
     """Rows of several runs make one report whose verdict is the interval over seeds of the merged rows; the same
     row twice is read once, and two different rows for one key, another plan for one budget, or another number of
     images are one-line errors that write nothing."""
-    from conftest import load_script, run_main
+    from conftest import run_main
 
     from atcd.stats import diff_interval
-    et = load_script("scripts/equal_time.py")
-
-    def row(recipe, budget, seed, aa, epochs=2, n_aa=500):
-        return {"method": recipe, "recipe": recipe, "budget_s": budget, "seed": seed, "train_s": budget + 1,
-                "clean": 97.0, "pgd": aa + 5, "autoattack": aa, "n": 1000, "n_aa": n_aa, "epochs": epochs,
-                "minibatches": 10 * epochs, "planned_s": budget, "cost_model_s": budget,
-                "mh_accept": 0.9 if recipe == "atcd" else "", "mh_accept_replays": "0.8/1.0" if recipe == "atcd" else ""}
+    row = _equal_time_row
 
     def save(name, rows):
-        path = tmp_path / f"{name}.csv"
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=et.FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-        return str(path)
+        return _save_equal_time(tmp_path / f"{name}.csv", rows)
 
     atcd60, free60 = [70.0, 74.4, 66.2], [80.0, 79.0, 84.8]
     a = save("a", [row(m, 60.0, s, v[s]) for s in range(3) for m, v in (("atcd", atcd60), ("free", free60))])
@@ -301,16 +308,9 @@ def test_merge_equal_time_runs_from_a_checkout_that_is_not_installed(tmp_path):
     import sys
     import sysconfig
 
-    from conftest import ROOT, load_script
-    et = load_script("scripts/equal_time.py")
-    path = tmp_path / "equal_time.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=et.FIELDS)
-        w.writeheader()
-        for recipe, aa in (("atcd", 70.0), ("free", 80.0)):
-            w.writerow({"method": recipe, "recipe": recipe, "budget_s": 60.0, "seed": 0, "train_s": 61, "clean": 97.0,
-                        "pgd": aa + 5, "autoattack": aa, "n": 1000, "n_aa": 500, "epochs": 2, "minibatches": 20,
-                        "planned_s": 60, "cost_model_s": 60, "mh_accept": "", "mh_accept_replays": ""})
+    from conftest import ROOT
+    path = _save_equal_time(tmp_path / "equal_time.csv",
+                            [_equal_time_row("atcd", 60.0, 0, 70.0), _equal_time_row("free", 60.0, 0, 80.0)])
     # -S: no site module, so no .pth file runs (the editable install's finder); the libraries stay importable
     libs = os.pathsep.join(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
     env = dict(os.environ, PYTHONPATH=libs, MPLBACKEND="Agg")
