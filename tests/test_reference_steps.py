@@ -51,7 +51,7 @@ def _run(cfg, net, minibatches):
                       backward=lambda loss: loss.backward(), after_update=lambda: None)
     method = create_method(cfg.method, cfg)
     for x, y in minibatches:
-        method.set_progress(1.0)
+        method.set_progress(1e9)  # past any --eps-warmup-epochs (ATCD has a default one): the full eps
         method.step(ctx, x, y)
     return method, rec, rec.inner
 
@@ -327,20 +327,22 @@ def test_atcd_rho_enters_the_trajectory(batches):
     assert (a - b).abs().max() > 0.1
 
 
-def test_atcd_q0_prev_matches_its_reference(batches):
-    """--atcd-q0 prev: p_ref is the output at transition k-1; the reference with that reading matches, and the
-    start reading's reference does not (K=3, so the two readings part after the second transition)."""
+@pytest.mark.parametrize("q0", ["start", "prev"])
+def test_atcd_q0_reading_matches_its_reference(q0, batches):
+    """Q0 (p_ref) is the output at the trajectory's start (spec) or, with --atcd-q0 prev, at transition k-1; at K=2
+    the two coincide, so K=3 here. Each reading matches its own reference and not the other's."""
     (x, y), _ = batches
-    eps, alpha, T, K, lam, rho, tau = 0.3, 0.05, 1, 3, 2.0, 1.9, 1.0
+    eps, alpha, T, K, lam, rho, tau = 0.3, 0.05, 2, 3, 2.0, 1.9, 1.0
     cfg = TrainConfig.of(method="atcd", eps=eps, attack_step=alpha, atcd_T=T, atcd_K=K, cd_lambda=lam, cd_rho=rho,
-                         mh_temperature=tau, atcd_q0="prev", seed=4)
+                         mh_temperature=tau, atcd_q0=q0, seed=4)
     net = _net()
     with torch.no_grad():
         net.fc.weight.mul_(20.0)  # a sharper softmax: p moves along the trajectory
     _, rec, got = _run(cfg, net, [(x, y)])
-    trained, ref, _ = _atcd_reference(net, x, y, eps, alpha, T, K, lam, rho, tau, 4, q0="prev")
+    trained, ref, _ = _atcd_reference(net, x, y, eps, alpha, T, K, lam, rho, tau, 4, q0=q0)
     _assert_same(rec, trained, got, ref)
-    other, _, _ = _atcd_reference(net, x, y, eps, alpha, T, K, lam, rho, tau, 4, q0="start")
+    other, _, _ = _atcd_reference(net, x, y, eps, alpha, T, K, lam, rho, tau, 4,
+                                  q0={"start": "prev", "prev": "start"}[q0])
     assert (other[0] - trained[0]).abs().max() > 0.05
 
 
