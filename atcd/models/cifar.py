@@ -2,6 +2,8 @@
 
 * `wrn34_10_cifar`: WideResNet-34-10 as in Madry et al. / TRADES (pre-activation basic blocks, widths
   16-160-320-640, 46.2M parameters).
+* `wrn28_10_cifar`, `wrn34_15_cifar`, `wrn34_20_cifar`, `wrn70_16_cifar`: the same block at the other sizes of
+  RobustBench's model zoo (`atcd.models.cifar_zoo` has the zoo's other CIFAR architectures).
 * `preact_resnet18_cifar`: PreAct-ResNet-18 as in Rice et al. 2020 / Wong et al. 2020 (11.2M parameters).
 
 timm has neither: its `wide_resnet50_2` / `resnet18` use the ImageNet 7x7-stride-2 stem and max-pool.
@@ -128,8 +130,10 @@ def _cfg(pool_size: tuple[int, int]) -> dict:
             "first_conv": "conv1", "classifier": "head", "license": "apache-2.0"}
 
 
+WRN_SIZES = ((28, 10), (34, 10), (34, 15), (34, 20), (70, 16))  # RobustBench's zoo: every TRADES-style WideResNet
+
 default_cfgs = generate_default_cfgs({
-    "wrn34_10_cifar.untrained": _cfg((8, 8)),
+    **{f"wrn{d}_{w}_cifar.untrained": _cfg((8, 8)) for d, w in WRN_SIZES},
     "preact_resnet18_cifar.untrained": _cfg((4, 4)),
 })
 
@@ -140,6 +144,24 @@ def wrn34_10_cifar(pretrained: bool = False, **kwargs) -> WideResNetCifar:
     kwargs.setdefault("depth", 34)
     kwargs.setdefault("widen_factor", 10)
     return build_model_with_cfg(WideResNetCifar, "wrn34_10_cifar", pretrained, **kwargs)
+
+
+def _wrn(depth: int, width: int):
+    name = f"wrn{depth}_{width}_cifar"
+
+    def factory(pretrained: bool = False, **kwargs) -> WideResNetCifar:
+        kwargs.setdefault("depth", depth)
+        kwargs.setdefault("widen_factor", width)
+        return build_model_with_cfg(WideResNetCifar, name, pretrained, **kwargs)
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"WideResNet-{depth}-{width} for CIFAR (TRADES / Madry et al. architecture)."
+    factory.__module__ = __name__
+    globals()[name] = register_model(factory)
+
+
+for _d, _w in WRN_SIZES:
+    if (_d, _w) != (34, 10):  # registered above with the paper's docstring
+        _wrn(_d, _w)
 
 
 @register_model
