@@ -8,6 +8,7 @@ declaration.
 """
 import argparse
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from typing import Any
@@ -16,9 +17,9 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["AT_LEAST_1", "add_options", "add_owned_groups", "check_options", "comma_list", "flag_of", "key_value",
-           "option", "option_fields", "option_rows", "owners_of", "parse_fraction", "parse_kwargs", "parse_with_yaml",
-           "refuse_foreign", "set_help"]
+__all__ = ["AT_LEAST_1", "HelpFormatter", "add_options", "add_owned_groups", "check_options", "comma_list", "flag_of",
+           "key_value", "option", "option_fields", "option_rows", "owners_of", "parse_fraction", "parse_kwargs",
+           "parse_with_yaml", "refuse_foreign", "set_help", "show_default"]
 
 
 def parse_fraction(s) -> float:
@@ -100,20 +101,53 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata["option"]["flag"] or "--" + f.name.replace("_", "-")
 
 
+_DEFAULT_WORD = re.compile(r"\bdefault\b", re.IGNORECASE)
+
+
+def show_default(value: Any) -> str:
+    """How `--help` prints a default: off/on for booleans, none for None, a sequence space-separated."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """One default per option: the help text's own ("default: the model's") where it states one, else the value.
+
+    argparse's ArgumentDefaultsHelpFormatter appends the value even when the text already says what the default
+    means, and BooleanOptionalAction appends it a second time; the epilog keeps its line breaks (examples).
+    """
+
+    def _get_help_string(self, action):
+        text = (action.help or "").replace(" (default: %(default)s)", "")  # BooleanOptionalAction's own suffix
+        if not action.option_strings or action.default is argparse.SUPPRESS or _DEFAULT_WORD.search(text):
+            return text
+        return text + " (default: " + show_default(action.default).replace("%", "%%") + ")"
+
+
 def add_options(group, cls, *, suppress: bool = False, help_prefix: str = "", skip: Iterable[str] = (),
-                only_group: str | None = None) -> list[str]:
+                only_group: str | None = None, only: Sequence[str] | None = None) -> list[str]:
     """Add the options of dataclass `cls` to an argparse parser or group; returns their dests.
 
     With `suppress` an option that is not given is absent from the parsed namespace (its dataclass default then
-    applies), so the caller can tell which options the user set.
+    applies), so the caller can tell which options the user set. `only` adds just those options, in that order
+    (the ones users change first); `skip` and `only_group` leave options out.
     """
     dests = []
-    for f in option_fields(cls):
+    fields = option_fields(cls)
+    if only is not None:
+        fields = [next(f for f in fields if f.name == name) for name in only]
+    for f in fields:
         m = f.metadata["option"]
         if f.name in skip or (only_group is not None and m["group"] != only_group):
             continue
         names = [flag_of(f)] + ([m["short"]] if m["short"] else [])
-        shown = f" (default: {f.default})" if suppress else ""  # argparse shows no default it never sets
+        # argparse shows no default it never sets: a suppressed option states its own, once
+        shown = "" if not suppress or _DEFAULT_WORD.search(m["help"]) else f" (default: {show_default(f.default)})"
         kw: dict[str, Any] = {"dest": f.name, "help": help_prefix + m["help"] + shown}
         kw["default"] = argparse.SUPPRESS if suppress else f.default
         if m["action"]:
