@@ -7,6 +7,17 @@
     python validate.py --model local-dir:imported/r50 --attacks clean,autoattack --eps 4/255 --update-card imported/r50
     python scripts/publish.py imported/r50 --repo-id org/r50-robust --push
 
+RobustBench's model zoo (needs the `[zoo]` extra: pip install '.[zoo]' && pip install --no-deps robustbench==1.1.1):
+
+    python scripts/import_checkpoint.py --robustbench cifar10/Linf/Carmon2019Unlabeled Carmon2019Unlabeled.pt \
+        --out imported/carmon --repo-id org/carmon2019-wrn28-10     # FILE as downloaded from the zoo
+    python scripts/import_checkpoint.py --robustbench imagenet/Linf/Salman2020Do_R50 --out imported/r50 \
+        --repo-id org/r50      # online: robustbench downloads it into --model-dir
+    python scripts/import_checkpoint.py --robustbench-coverage     # every zoo entry, random weights: the table
+
+The zoo module is built and loaded by robustbench, mapped onto a timm architecture, and its logits compared with
+the timm model's (max |diff| <= 1e-5, else the import is refused).
+
 Formats: a plain state dict, {'state_dict': ...}, {'model': ...}, robustness-library checkpoints (`module.model.`
 weights, `module.attacker.` dropped, mean/std from `module.normalizer.new_mean/new_std`), safetensors. Pickle files
 are read only through torch.load(weights_only=True): a file holding anything but tensors is refused unopened.
@@ -23,10 +34,20 @@ from atcd.cli import die, user_errors
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help=".safetensors, or a torch checkpoint (.pt/.pth/.ckpt, read with weights_only)")
-    p.add_argument("--model", required=True, help="timm architecture the weights belong to (e.g. resnet50)")
-    p.add_argument("--out", required=True, help="hub folder to write (config.json, model.safetensors, README.md)")
-    p.add_argument("--repo-id", required=True, help="org/name the folder is meant for (named in the card)")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help=".safetensors, or a torch checkpoint (.pt/.pth/.ckpt, read with weights_only)")
+    p.add_argument("--model", default=None, help="timm architecture the weights belong to (e.g. resnet50)")
+    p.add_argument("--out", default=None, help="hub folder to write (config.json, model.safetensors, README.md)")
+    p.add_argument("--repo-id", default=None, help="org/name the folder is meant for (named in the card)")
+    p.add_argument("--robustbench", default=None, metavar="DATASET/THREAT/NAME",
+                   help="a RobustBench model zoo entry, e.g. cifar10/Linf/Carmon2019Unlabeled: the checkpoint is its "
+                        "downloaded file (or, without it, robustbench downloads it into --model-dir)")
+    p.add_argument("--model-dir", default=None, help="robustbench's model folder (default ~/.cache/atcd/robustbench)")
+    p.add_argument("--robustbench-coverage", action="store_true",
+                   help="import every entry of the CIFAR-10 and ImageNet Linf zoo tables with seeded random weights; "
+                        "write the outcome table to --report (.md and .csv)")
+    p.add_argument("--report", default="reports/robustbench_coverage.md", help="coverage table (with .csv beside)")
+    p.add_argument("--entries", nargs="*", default=None, help="coverage: only these entry names")
     p.add_argument("--rename", nargs="*", default=(), metavar="OLD=NEW", help="map key prefixes (e.g. linear.=fc.)")
     p.add_argument("--model-kwargs", nargs="*", default=(), metavar="K=V", help="timm.create_model arguments")
     p.add_argument("--input-size", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
@@ -43,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--license", default="apache-2.0", help="license id of the weights")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if a.robustbench_coverage:
+        return _coverage(a)
+    if not a.out or not a.repo_id:
+        die("--out and --repo-id are required")
+    if a.robustbench:
+        return _zoo(a)
+    if not a.checkpoint or not a.model:
+        die("give a checkpoint file and --model ARCH (or --robustbench DATASET/THREAT/NAME)")
     from atcd.publish.importer import import_checkpoint
     bad = [r for r in a.rename if "=" not in r]
     if bad:
@@ -58,6 +87,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"next: python validate.py --model local-dir:{a.out} --attacks clean,autoattack --eps EPS "
           f"--update-card {a.out}")
     print("RESULT " + json.dumps(out))
+    return 0
+
+
+def _zoo(a) -> int:
+    from atcd.publish.zoo import import_zoo
+    out = user_errors(import_zoo, a.robustbench, a.out, a.repo_id, file=a.checkpoint, model_dir=a.model_dir,
+                      license=a.license if a.license != "apache-2.0" else "other")
+    v, rep = out["verified"], out["reported"]
+    print(f"wrote {a.out}: {a.robustbench} as {out['architecture']}, logits equal to the zoo module's (max |diff| "
+          f"{v['max_abs_diff']:.2g} on {v['n']} inputs), preprocessing {out['preprocessing'] or 'none'}"
+          + (f"; RobustBench reports clean {rep['clean_acc']:.2f} %, AutoAttack {rep['autoattack_acc']:.2f} %"
+             if rep else ""))
+    print(f"next: python validate.py --model local-dir:{a.out} --protocol robustbench --data-dir DATA -n 1000 "
+          f"--update-card {a.out}")
+    print("RESULT " + json.dumps(out, default=str))
+    return 0
+
+
+def _coverage(a) -> int:
+    import time
+
+    from atcd.publish.zoo import coverage, write_coverage
+    t0 = time.time()
+    rows = user_errors(coverage, [("cifar10", "Linf"), ("imagenet", "Linf")], names=a.entries)
+    csv_path = os.path.splitext(a.report)[0] + ".csv"
+    summary = write_coverage(rows, csv_path, a.report, "python scripts/import_checkpoint.py --robustbench-coverage")
+    for table, s in summary.items():
+        print(f"{table}: {s['imported']} of {s['single_model']} single-model entries imported exactly "
+              f"({s['pct_of_single']} %; {s['pct_of_in_scope']} % of the {s['in_scope']} without a custom module)")
+    print(f"wrote {a.report} and {csv_path} in {time.time() - t0:.0f} s")
+    print("RESULT " + json.dumps(summary))
     return 0
 
 

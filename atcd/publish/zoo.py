@@ -194,6 +194,9 @@ def random_zoo_module(dataset: str, threat: str, name: str, seed: int = 0) -> nn
     if _is_ensemble(entry):
         raise HubError(f"{name} is an ensemble of {len(entry['gdrive_id'])} models")
     torch.manual_seed(seed)
+    if name.startswith("Standard") and dataset == "imagenet":  # the zoo builds it with torchvision's download
+        raise HubError(f"{name}: torchvision's standard (non-robust) weights, no zoo file; robustbench builds it with "
+                       f"torchvision's pretrained download")
     try:
         module = _build(dataset, threat, name)
     except Exception as e:  # noqa: BLE001  (the zoo's constructors raise anything: downloads, asserts, ...)
@@ -376,6 +379,11 @@ def _timm_arch(inner: nn.Module) -> tuple[str, dict]:
     if type(inner).__name__ == "Xcit" and patch not in (16, (16, 16), 8, (8, 8)):
         raise ZooUnsupported(f"XCiT with its patch embedding adapted to patch size {patch} (stride-1 convolutions): "
                              f"no timm configuration", "custom module")
+    foreign = sorted({type(m).__module__ + "." + type(m).__name__ for m in inner.modules()
+                      if not type(m).__module__.startswith(("timm.", "torch."))})
+    if foreign:  # e.g. Singh et al.'s ConvStem put in place of the patch embedding / stem of a timm model
+        raise ZooUnsupported(f"timm model {cfg.get('architecture')} with custom submodules "
+                             f"({', '.join(f.replace('robustbench.model_zoo.architectures.', '') for f in foreign)})")
     arch = _ROBUSTBENCH_XCIT.get(cfg.get("architecture"), cfg.get("architecture"))
     if not arch or not is_timm_native(arch):
         raise ZooUnsupported(f"timm-built module {type(inner).__name__} ({cfg.get('architecture')}) is not one of "
