@@ -140,7 +140,8 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
         loader = create_wds_loader(cfg.data_dir, cfg.split, cfg.batch_size, False, name=cfg.dataset,
                                    strict=cfg.strict_data, **shard, **tf)
     else:
-        ds = create_atcd_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, strict=cfg.strict_data, **tf)
+        ds = create_atcd_dataset(cfg.dataset, cfg.split, data_dir=cfg.data_dir, strict=cfg.strict_data,
+                                 download=cfg.dataset_download, **tf)
         loader = create_eval_loader(ds, cfg.batch_size, **shard)
     model = accelerator.prepare(model)
     model = accelerator.unwrap_model(model).eval()

@@ -33,7 +33,7 @@ def create_train_loaders(cfg, rank: int, world_size: int, pcfg: dict) -> tuple:
         eval_loader = create_wds_loader(cfg.data_dir, "val", 250, False, num_samples=cfg.eval_samples or None,
                                         **shard, **tf)
         return train_loader, eval_loader, None
-    ds_kw = {"data_dir": cfg.data_dir, "strict": cfg.strict_data}
+    ds_kw = {"data_dir": cfg.data_dir, "strict": cfg.strict_data, "download": cfg.dataset_download}
     train_ds, _ = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=True, aug_seed=cfg.seed,
                                                     **ds_kw, **train_tf), cfg.holdout_size, cfg.seed)
     eval_ds = create_atcd_dataset(cfg.dataset, "val", is_training=False, **ds_kw, **tf)

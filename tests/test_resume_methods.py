@@ -1,0 +1,67 @@
+"""Resume is bit-identical for every baseline method, with and without an eps warm-up: a run resumed from a
+mid-epoch checkpoint (mid-ramp with --eps-warmup-epochs) ends with the uninterrupted run's weights, bit for bit,
+and the same summary rows. (ATCD's resume: tests/test_faults.py, test_distributed.py, test_ema_transfer.py.)
+
+In-process runs of train_atcd.py on mnist-mini: 2 epochs x 4 minibatches of 32, Adam (optimizer state to restore),
+a checkpoint every 3 minibatches. Test names carry the method (`pytest -k free`)."""
+import csv
+import json
+import os
+
+import pytest
+import torch
+from conftest import run_main
+from safetensors.torch import load_file
+
+METHODS = {  # method -> its own flags, as small as still exercises the method's state
+    "standard": (),
+    "pgd": ("--attack-steps", "2"),
+    "trades": ("--attack-steps", "2"),
+    "free": ("--free-m", "2"),
+    "yopo": ("--yopo-m", "2", "--yopo-n", "2"),
+    "fast": (),
+}
+COMMON = ("--eps", "0.3", "--epochs", "2", "--train-samples-per-epoch", "128", "-b", "32", "--opt", "adam", "--lr",
+          "1e-3", "--eval-samples", "20", "--eval-attack-steps", "1", "--checkpoint-every-steps", "3",
+          "--checkpoint-keep", "20", "--no-progress")
+
+
+def _ok(r):
+    """The RESULT line of a run that trained to the end. 8 updates leave the small CNN near chance, which the
+    trainer flags as collapsed (exit 4); what is compared here is bit-identity, not accuracy."""
+    assert r.returncode in (0, 4), (r.stdout[-2000:], r.stderr[-3000:])
+    res = json.loads(r.stdout.strip().splitlines()[-1][len("RESULT "):])
+    assert res["status"] in ("completed", "collapsed"), res
+    return res
+
+
+def _rows(run_dir):
+    with open(os.path.join(run_dir, "summary.csv")) as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def _args(method, warmup):
+    return ("--method", method, *METHODS[method], *COMMON, "--eps-warmup-epochs", "1.5" if warmup else "0")
+
+
+# standard training attacks nothing: --eps-warmup-epochs is refused for it (test_methods.py)
+CASES = [(m, w) for m in sorted(METHODS) for w in (False, True) if not (m == "standard" and w)]
+
+
+@pytest.mark.parametrize("method,warmup", CASES, ids=[f"{m}-{'eps-warmup' if w else 'no-warmup'}" for m, w in CASES])
+def test_resume_is_bit_identical(method, warmup, tmp_path):
+    args = _args(method, warmup)
+    full = _ok(run_main("train_atcd.py", *args, "--output", str(tmp_path), "--experiment", "full"))
+    mids = sorted(n for n in os.listdir(tmp_path / "full") if n.startswith("checkpoint-0000-step"))
+    assert mids, os.listdir(tmp_path / "full")  # a checkpoint inside epoch 0 (mid-ramp with the warm-up)
+    part = _ok(run_main("train_atcd.py", *args, "--output", str(tmp_path), "--experiment", "part",
+                        "--resume", str(tmp_path / "full" / mids[0])))
+    assert part["num_updates"] == full["num_updates"] and part["status"] == full["status"]
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = _rows(tmp_path / "part")
+    assert rows == _rows(tmp_path / "full")[-len(rows):]
+    if warmup:
+        assert [float(r["train_eps"]) for r in _rows(tmp_path / "full")] == pytest.approx([0.15, 0.3])  # the last minibatch's: 0.75 of 1.5 epochs
