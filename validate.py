@@ -14,12 +14,14 @@ import sys
 
 from atcd.cli import user_errors
 from atcd.config import parse_eval_args
+from atcd.protocols import resolve_protocol
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from atcd.evaluator import run
     cfg = user_errors(parse_eval_args, argv)
+    cfg = user_errors(resolve_protocol, cfg)  # --protocol: its values, in place of the options they fix
     out = user_errors(run, cfg)
     if out.get("is_main_process", True):  # one RESULT line under `accelerate launch` too
         if cfg.update_card:

@@ -78,6 +78,8 @@ class TrainOptions:
     dataset: str | None = option(None, "dataset (see the registry listing)", type=str, group=_D)
     data_dir: str | None = option(None, "root with train/ and val/ class sub-folders; for wds: a shard directory "
                                   "with _info.json (scripts/make_shards.py) or a shard pattern/URL", group=_D)
+    dataset_download: bool = option(False, "torch/cifar10, torch/cifar100: download the dataset into --data-dir "
+                                    "when it is missing (timm's flag)", action="store_true", group=_D)
     input_size: tuple | None = _input_size(_D)
     img_size: int | None = _img_size(_D)
     crop_pct: float | None = _crop_pct(_D)
@@ -231,6 +233,13 @@ class EvalOptions:
     dataset: str | None = option(None, "dataset", type=str, group="data")
     data_dir: str | None = option(None, "dataset root (folder) or shard directory/pattern (wds)", type=str,
                                   group="data")
+    dataset_download: bool = option(False, "torch/cifar10, torch/cifar100: download the dataset into --data-dir "
+                                    "when it is missing (timm's flag)", action="store_true", group="data")
+    protocol: str | None = option(None, "evaluate by a fixed protocol, resolved into the options above before the "
+                                  "run (atcd.protocols): robustbench = RobustBench's benchmark(): its test images in "
+                                  "its order (the first --num-samples), its preprocessing for the model, clean + "
+                                  "AutoAttack standard at the threat model's eps", type=str,
+                                  choices=("robustbench",), group="evaluation")
     split: str = option("test", "split to evaluate", group="data")
     input_size: tuple | None = _input_size("data")
     img_size: int | None = _img_size("data")

