@@ -172,8 +172,8 @@ def read_weights(path: str, allow_pickle: bool = False) -> tuple[str, dict]:
     if not allow_pickle:
         kind = "a pickle checkpoint" if path.lower().endswith(PICKLE_SUFFIXES) else "not a .safetensors file"
         raise CheckpointError(f"{path}: {kind}; only .safetensors checkpoints are accepted (unpickling can run "
-                              f"code): convert it, or pass --allow-pickle to load it with "
-                              f"torch.load(weights_only=True)")
+                              f"code): convert it with python scripts/import_checkpoint.py {path} --model ARCH --out "
+                              f"DIR, or pass --allow-pickle to load it with torch.load(weights_only=True)")
     return path, _read_pickle_state_dict(path)
 
 

@@ -8,6 +8,7 @@ attack that is not run: nothing given is silently ignored.
 import argparse
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,6 @@ from .data import (
     check_data_dir,
     check_transform_options,
     dataset_eps,
-    describe_datasets,
     is_wds,
     resolve_dataset,
 )
@@ -36,7 +36,9 @@ from .options import (
     refuse_foreign,
     set_help,
 )
-from .run_options import EVAL_GROUPS, TRAIN_GROUPS, EvalOptions, TrainOptions
+from .run_options import EVAL_EXAMPLES, EVAL_FIRST, EVAL_GROUPS, TRAIN_EXAMPLES, TRAIN_FIRST, TRAIN_GROUPS  # noqa: I001
+from .run_options import EvalOptions, TrainOptions, add_timm_spellings, resolve_lr, resolve_timm_spellings
+from .run_options import run_parser, with_run_flags
 from .schedule import check_schedule
 from .trackers import check_trackers
 
@@ -50,6 +52,7 @@ class TrainConfig(TrainOptions):
 
     def __post_init__(self):
         object.__setattr__(self, "dataset", resolve_dataset(self.dataset, self.data_dir))  # timm: --data-dir = folder
+        object.__setattr__(self, "lr", resolve_lr(self))  # --lr, else timm's --lr-base rule, else 0.05
         if self.eps is None:  # the dataset's (mnist-mini: 0.3); folders and shards define none: validate() says so
             object.__setattr__(self, "eps", dataset_eps(self.dataset))
         if self.method not in list_methods():
@@ -150,7 +153,7 @@ class EvalConfig(EvalOptions):
     @property
     def models(self) -> tuple[str, ...]:
         """The models evaluated: `--model` (a comma list, local-dir: globs expanded) or `--model-list`."""
-        return expand_models(self.model, self.model_list)
+        return expand_models(self.model, self.model_list, pretrained=self.pretrained)
 
     def validate(self) -> "EvalConfig":
         unknown = [a for a in (*self.attacks, self.sweep_attack) if a not in list_attacks()]
@@ -177,27 +180,20 @@ class EvalConfig(EvalOptions):
         return self
 
 
-def _parser(description: str, cls, groups: tuple[str, ...]) -> argparse.ArgumentParser:
-    """A parser with `-c CONFIG.yaml` and one group per declared group of the run-wide options `cls`."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-c", "--config", default="", help="yaml file of defaults (keys = option names)")
-    for title in groups:
-        add_options(p.add_argument_group(title), cls, only_group=title)
-    set_help(p, "dataset", f"dataset: {describe_datasets()}. Default: folder with --data-dir (as in timm), else "
-             f"{resolve_dataset(None, None)}")
-    return p
-
-
 def train_parser() -> argparse.ArgumentParser:
-    p = _parser("Adversarial training (ATCD and baselines) of any timm model.", TrainOptions, TRAIN_GROUPS)
+    p = run_parser("Adversarial training (ATCD and baselines) of any timm model.", TrainOptions, TRAIN_GROUPS,
+                TRAIN_FIRST, TRAIN_EXAMPLES)
     set_help(p, "method", f"training method: {', '.join(list_methods())} (each one's options: groups below)")
+    add_timm_spellings(p)
     add_owned_groups(p, {m: get_method_class(m).Options for m in list_methods()}, "method")
     return p
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = _parser("Clean and adversarial accuracy of a checkpoint or hub model.", EvalOptions, EVAL_GROUPS)
-    add_options(p.add_argument_group("attack settings shared by the attacks"), AttackConfig)
+    p = run_parser("Clean and adversarial accuracy of a checkpoint or hub model.", EvalOptions, EVAL_GROUPS, EVAL_FIRST,
+                EVAL_EXAMPLES)
+    add_options(next(g for g in p._action_groups if g.title == "main options"), AttackConfig, only=["eps"])
+    add_options(p.add_argument_group("attack settings shared by the attacks"), AttackConfig, skip=["eps"])
     set_help(p, "attacks", f"comma list of: {', '.join(list_attacks())}")
     p.set_defaults(eps=None)  # parse_eval_args: the models' cards, else the dataset, define it; else it is required
     set_help(p, "eps", "L-inf radius in [0,1] pixels (8/255 ok); default: what the models' results.json record, else "
@@ -224,10 +220,11 @@ def _split_method_options(flat: dict, given: set[str]) -> TrainConfig:
 
 def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
     args, given = parse_with_yaml(train_parser(), argv)
-    return _split_method_options(args, given).validate()
+    return _split_method_options(resolve_timm_spellings(args), given - {"amp", "amp_dtype", "log_wandb"}).validate()
 
 
 def parse_eval_args(argv: list[str] | None = None) -> EvalConfig:
+    argv = with_run_flags(list(sys.argv[1:] if argv is None else argv))
     args, given = parse_with_yaml(eval_parser(), argv)
     run = {f.name: args[f.name] for f in option_fields(EvalOptions)}
     classes = {a: attack_options_class(a) for a in list_attacks()}
@@ -241,6 +238,7 @@ def parse_eval_args(argv: list[str] | None = None) -> EvalConfig:
     if args["eps"] is None:
         data = resolve_dataset(run["dataset"], run["data_dir"])
         check_data_dir(data, run["data_dir"])  # (a data error before the eps that data would define)
-        args["eps"] = default_eps(expand_models(run["model"], run["model_list"]), dataset_eps(data), data)
+        args["eps"] = default_eps(expand_models(run["model"], run["model_list"], pretrained=run["pretrained"]),
+                                  dataset_eps(data), data)
     attack = AttackConfig(**{f.name: args[f.name] for f in option_fields(AttackConfig)}, options=options)
     return EvalConfig(**run, attack=attack).validate()

@@ -3,7 +3,9 @@
 The timm model itself (not the [0,1]-input wrapper, which holds no parameters) gives the parameter groups, so its
 `no_weight_decay()` and `group_matcher()` (--layer-decay) apply under their own parameter names.
 """
-from timm.optim import create_optimizer_v2, get_optimizer_info, optimizer_kwargs
+import difflib
+
+from timm.optim import create_optimizer_v2, get_optimizer_info, list_optimizers, optimizer_kwargs
 from timm.optim._param_groups import auto_group_layers, group_parameters
 from torch import nn
 
@@ -15,12 +17,16 @@ __all__ = ["AccumulatingOptimizer", "check_optimizer", "create_run_optimizer", "
 def check_optimizer(cfg) -> None:
     """--opt-eps / --opt-betas the optimizer takes (timm drops them silently otherwise); --layer-decay needs a
     scheduler (timm applies the layer scales when it sets the lr)."""
-    if cfg.opt_eps is None and cfg.opt_betas is None and cfg.layer_decay is None:
-        return
     try:
         info = get_optimizer_info(cfg.opt)
     except ValueError:
-        raise ConfigError(f"unknown --opt {cfg.opt!r} (timm.optim.list_optimizers() names them)") from None
+        names = list_optimizers()
+        close = difflib.get_close_matches(cfg.opt.lower(), names, n=4) or ["sgd", "momentum", "adamw", "lamb"]
+        raise ConfigError(f"unknown --opt {cfg.opt!r}: give one of timm's {len(names)} optimizer names, e.g. "
+                          f"{', '.join(close)} (all: python -c 'import timm.optim; "
+                          f"print(timm.optim.list_optimizers())')") from None
+    if cfg.opt_eps is None and cfg.opt_betas is None and cfg.layer_decay is None:
+        return
     if cfg.opt_eps is not None and not info.has_eps:
         raise ConfigError(f"--opt {cfg.opt} takes no epsilon: --opt-eps would be ignored")
     if cfg.opt_betas is not None and not info.has_betas:

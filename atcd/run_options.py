@@ -7,14 +7,25 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from .options import AT_LEAST_1, comma_list, key_value, option, parse_fraction
+import yaml
 
-__all__ = ["EVAL_GROUPS", "TRAIN_GROUPS", "EvalOptions", "TrainOptions"]
+from .data import describe_datasets, resolve_dataset
+from .errors import ConfigError
+from .options import AT_LEAST_1, HelpFormatter, add_options, comma_list, key_value, option, option_fields, \
+    parse_fraction, set_help
+
+__all__ = ["EVAL_EXAMPLES", "EVAL_FIRST", "EVAL_GROUPS", "TRAIN_EXAMPLES", "TRAIN_FIRST", "TRAIN_GROUPS", "EvalOptions",
+           "TrainOptions", "add_timm_spellings", "resolve_lr", "resolve_timm_spellings", "run_parser",
+           "run_validate_flags", "with_run_flags"]
 
 TRAIN_GROUPS = ("model", "data", "augmentation (training on image folders and shards; README: Data)", "optimisation",
                 "adversary (every adversarial method)", "model selection (on a holdout carved from the training split)",
                 "evaluation during training", "output")
 EVAL_GROUPS = ("model", "data", "evaluation", "output")
+# the options users change first, listed first by --help (eps: validate's is an attack setting, AttackConfig)
+TRAIN_FIRST = ("model", "method", "dataset", "data_dir", "eps", "epochs", "batch_size", "lr", "output", "experiment")
+EVAL_FIRST = ("model", "run", "checkpoint", "dataset", "data_dir", "attacks", "num_samples", "batch_size",
+              "results_file")
 _M, _D, _AUG, _O, _A, _S, _E, _OUT = TRAIN_GROUPS
 _GE0 = lambda v: v >= 0
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")
@@ -99,6 +110,8 @@ class TrainOptions:
     batch_size: int = option(128, "per-process batch size", short="-b", **AT_LEAST_1, group=_D)
     workers: int = option(0, "loader worker processes per process", short="-j", check=_GE0, why="must be >= 0",
                           group=_D)
+    pin_mem: bool = option(False, "page-locked (pinned) loader batches for faster copies to a GPU (timm's flag)",
+                           action="store_true", group=_D)
     shuffle_buffer: int = option(2048, "wds: per-worker sample shuffle buffer (1 = shard order)", **AT_LEAST_1,
                                  group=_D)
     strict_data: bool = option(False, "fail on the first corrupt image or shard member (default: skip it, count it, "
@@ -108,7 +121,21 @@ class TrainOptions:
     epochs_as_budget: bool = option(False, "paper convention: run epochs/(T*K) passes over the data (Free-m: "
                                     "epochs/m). Off by default: --epochs counts passes over the data", group=_O)
     opt: str = option("sgd", "timm optimizer name", group=_O)
-    lr: float = option(0.05, "learning rate", check=lambda v: v > 0, why="must be > 0", group=_O)
+    lr: float | None = option(None, "learning rate; default: --lr-base scaled to the global batch when --lr-base is "
+                              "given, else 0.05 (args.yaml records the resolved value)", type=float,
+                              check=lambda v: v is None or v > 0, why="must be > 0", group=_O)
+    lr_base: float | None = option(None, "timm's rule, used when --lr is not given: lr = lr-base x global batch / "
+                                   "--lr-base-size (linear; sqrt of the ratio for adam/lamb-family optimizers) "
+                                   "(default: off)", type=float, check=lambda v: v is None or v > 0,
+                                   why="must be > 0", group=_O)
+    lr_base_size: int = option(256, "global batch size (processes x -b x --grad-accum-steps) --lr-base is quoted at "
+                               "(timm's flag)", **AT_LEAST_1, group=_O)
+    lr_base_scale: str | None = option(None, "how --lr-base scales with the batch (timm's flag); default: sqrt for "
+                                       "adam/lamb-family optimizers, else linear", type=str,
+                                       choices=("linear", "sqrt"), group=_O)
+    smoothing: float = option(0.0, "label smoothing of the training loss on the adversarial (or clean) examples "
+                              "(timm's flag; timm's default is 0.1, adversarial training's 0); the attacks' losses "
+                              "are never smoothed", check=lambda v: 0 <= v < 1, why="must be in [0, 1)", group=_O)
     weight_decay: float = option(5e-4, "weight decay", group=_O)
     momentum: float = option(0.9, "optimizer momentum", group=_O)
     opt_eps: float | None = option(None, "optimizer epsilon (timm's flag; default: the optimizer's)", type=float,
@@ -133,11 +160,15 @@ class TrainOptions:
     min_lr: float = option(0.0, "lowest learning rate of the schedule", group=_O)
     cooldown_epochs: int = option(0, "epochs at --min-lr after the cosine/tanh/poly schedule ends, added to the run "
                                   "(timm's flag)", check=_GE0, why="must be >= 0", group=_O)
-    clip_grad: float | None = option(None, "clip the gradient norm to this", type=float, group=_O)
-    mixed_precision: str | None = option(None, "autocast precision; not given: what `accelerate launch "
-                                         "--mixed_precision` or `accelerate config` set (else no). The resolved "
-                                         "value is what args.yaml records", type=str, choices=("no", "bf16", "fp16"),
-                                         group=_O)
+    clip_grad: float | None = option(None, "clip gradients to this (timm's flag; --clip-mode says how) (default: no "
+                                     "clipping)", type=float, check=lambda v: v is None or v > 0, why="must be > 0",
+                                     group=_O)
+    clip_mode: str = option("norm", "--clip-grad mode (timm's flag): norm = total gradient norm", choices=("norm",),
+                            group=_O)
+    mixed_precision: str | None = option(None, "autocast precision (timm's --amp --amp-dtype also set it); default: "
+                                         "what `accelerate launch --mixed_precision` or `accelerate config` set "
+                                         "(else no). The resolved value is what args.yaml records", type=str,
+                                         choices=("no", "bf16", "fp16"), group=_O)
     model_ema: bool = option(False, "keep an exponential moving average of the weights (timm's ModelEmaV3): "
                              "evaluated per epoch (ema_* columns), checkpointed, written as model_ema.safetensors",
                              group=_O)
@@ -153,8 +184,9 @@ class TrainOptions:
                                    "methods with one update per minibatch", **AT_LEAST_1, group=_O)
     channels_last: bool = option(False, "channels-last memory format for the model and inputs", group=_O)
     torch_compile: str | None = option(None, "torch.compile the model (training and attack passes) with this "
-                                       "backend (default inductor)", nargs="?", const="inductor", metavar="BACKEND",
-                                       type=str, group=_O)
+                                       "backend (inductor when none is named; --torchcompile is timm's spelling) "
+                                       "(default: off)", nargs="?", const="inductor", metavar="BACKEND",
+                                       short="--torchcompile", type=str, group=_O)
     method: str = option("atcd", "training method", group=_A)
     eps: float | None = option(None, "L-inf radius in [0,1] pixels (8/255 ok); default: the dataset's (mnist-mini: "
                                "0.3), required for image folders and shards", type=parse_fraction,
@@ -203,7 +235,8 @@ class TrainOptions:
                                **AT_LEAST_1, group=_OUT)
     log_with: str | None = option(None, "experiment tracker (Accelerate's; main process only): the running train loss "
                                   "and accuracy every --log-interval minibatches, every summary.csv column per epoch. "
-                                  "tensorboard writes RUN_DIR/tensorboard/; all: every installed tracker", type=str,
+                                  "tensorboard writes RUN_DIR/tensorboard/; all: every installed tracker; timm's "
+                                  "--log-wandb = --log-with wandb", type=str,
                                   choices=("tensorboard", "wandb", "all"), group=_OUT)
     log_level: str = option("INFO", "what is logged: INFO is one line per epoch and per checkpoint; DEBUG adds "
                             "Accelerate's own save/load messages", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -214,8 +247,12 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    model: str = option("smallcnn_mnist", "timm name, hf-hub:org/name or local-dir:PATH; a comma list or a local-dir: "
-                        "glob (local-dir:'runs/*/hf-export') evaluates each into one leaderboard", group="model")
+    model: str = option("smallcnn_mnist", "timm name, hf-hub:org/name or local-dir:PATH; a comma list, a local-dir: "
+                        "glob (local-dir:'runs/*/hf-export') or a timm wildcard ('resnet*', 'all': the pretrained "
+                        "ones, as timm's validate.py) evaluates each into one leaderboard", short="-m", group="model")
+    run: str | None = option(None, "a train_atcd.py run folder: its args.yaml gives --model, --checkpoint, --dataset, "
+                             "--data-dir, the input-size and normalisation flags and --eps; flags given here override "
+                             "them (default: none)", type=str, group="model")
     model_list: str | None = option(None, "file of model names, one a line, evaluated in place of --model (timm's "
                                     "flag)", type=str, group="model")
     checkpoint: str | None = option(None, "weights (.safetensors) or a training run dir", type=str, group="model")
@@ -274,4 +311,111 @@ class EvalOptions:
                                      "to", type=str, group="output")
     push_card: bool = option(False, "with --update-card org/name: push the updated card to the Hub",
                              action="store_true", group="output")
+    channels_last: bool = option(False, "channels-last memory format for the model and inputs (timm's flag)",
+                                 group="evaluation")
     no_progress: bool = option(False, "no progress bars", action="store_true", group="output")
+
+
+_AMP_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}
+
+
+def add_timm_spellings(p: argparse.ArgumentParser):
+    """timm's train.py spellings of options declared above under other names; `resolve_timm_spellings` maps them."""
+    g = p.add_argument_group("timm's spellings (so a timm command line works unchanged)")
+    g.add_argument("--amp", action="store_true", default=argparse.SUPPRESS,
+                   help="mixed precision of --amp-dtype: --mixed-precision fp16, or bf16 (default: off)")
+    g.add_argument("--amp-dtype", choices=tuple(_AMP_DTYPES), default=argparse.SUPPRESS,
+                   help="the dtype --amp autocasts to (default: float16; alone it does nothing, as in timm)")
+    g.add_argument("--log-wandb", action="store_true", default=argparse.SUPPRESS,
+                   help="--log-with wandb (default: off)")
+
+
+def resolve_timm_spellings(args: dict) -> dict:
+    """`--amp [--amp-dtype D]` -> mixed_precision, `--log-wandb` -> log_with (a contradiction is an error)."""
+    amp, dtype, wandb = args.pop("amp", False), args.pop("amp_dtype", None), args.pop("log_wandb", False)
+    for on, dest, value, flags in ((amp, "mixed_precision", _AMP_DTYPES[dtype or "float16"],
+                                    f"--amp --amp-dtype {dtype or 'float16'}"),
+                                   (wandb, "log_with", "wandb", "--log-wandb")):
+        if not on:
+            continue
+        if args.get(dest) not in (None, value):
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigError(f"{flags} means {flag} {value}, but {flag} {args[dest]} is given too: give one of them")
+        args[dest] = value
+    return args
+
+
+def resolve_lr(cfg) -> float:
+    """--lr, else timm's rule of --lr-base (lr-base x global batch / --lr-base-size; sqrt of that ratio for
+    adam/lamb-family optimizers unless --lr-base-scale says), else 0.05. The global batch counts the processes of
+    the launch (WORLD_SIZE) and --grad-accum-steps, as timm's train.py."""
+    if cfg.lr is not None:
+        return cfg.lr
+    if cfg.lr_base is None:
+        return 0.05
+    ratio = int(os.environ.get("WORLD_SIZE", "1")) * cfg.batch_size * cfg.grad_accum_steps / cfg.lr_base_size
+    scale = cfg.lr_base_scale or ("sqrt" if any(o in cfg.opt.lower() for o in ("ada", "lamb")) else "linear")
+    return cfg.lr_base * (ratio ** 0.5 if scale == "sqrt" else ratio)
+
+
+def run_validate_flags(train_args: dict, weights: str) -> list[str]:
+    """The validate.py flags that evaluate `weights` of a training run as it was trained (model, weights, data,
+    input size, normalisation, classes, channels), from the run's args.yaml; eps and attacks are the caller's."""
+    flags = ["--model", str(train_args.get("model")), "--checkpoint", weights]
+    if train_args.get("dataset") and train_args.get("dataset") != "folder":
+        flags += ["--dataset", str(train_args["dataset"])]
+    if train_args.get("data_dir"):
+        flags += ["--data-dir", str(train_args["data_dir"])]
+    for name in ("input_size", "img_size", "crop_pct", "interpolation", "mean", "std", "num_classes", "in_chans"):
+        v = train_args.get(name)
+        if v is not None:
+            flags += ["--" + name.replace("_", "-"), *(map(str, v) if isinstance(v, (list, tuple)) else [str(v)])]
+    return flags
+
+
+TRAIN_EXAMPLES = """examples:
+  python train_atcd.py -c recipes/mnist_atcd.yaml --output output/train --experiment demo
+  python train_atcd.py --model resnet18 --in-chans 1 --method pgd --eps 0.3 --epochs 2 -b 64 --amp --amp-dtype bfloat16
+  accelerate launch --config_file hfconfigs/gpu_8_1node.yaml train_atcd.py -c recipes/imagenet_resnet50_atcd.yaml \\
+      --data-dir data/imagenet-wds --output /shared/atcd --experiment in1k-r50"""
+EVAL_EXAMPLES = """examples:
+  python validate.py --run output/train/demo --attacks clean,pgd,autoattack --num-samples 200
+  python validate.py -m hf-hub:ORG/NAME --data-dir IMAGENET_ROOT --split val --eps 4/255 --attacks clean,autoattack
+  python validate.py -m 'resnet18*' --pretrained --data-dir IMAGENET_ROOT --split val --eps 4/255 \\
+      --attacks clean,pgd --results-format csv --results-file leaderboard.csv"""
+
+
+def run_parser(description: str, cls, groups: tuple[str, ...], first: tuple[str, ...],
+               epilog: str) -> argparse.ArgumentParser:
+    """A parser with `-c CONFIG.yaml`, the options users change first (`first`) in the first group, then one group
+    per declared group of the run-wide options `cls`, and example commands at the end."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, epilog=epilog,
+                                usage="%(prog)s [-h] [-c CONFIG.yaml] [OPTION ...] (the main options first, below)")
+    p.add_argument("-c", "--config", default="", help="yaml file of defaults (keys = option names)")
+    names = {f.name for f in option_fields(cls)}
+    add_options(p.add_argument_group("main options"), cls, only=[n for n in first if n in names])
+    for title in groups:
+        add_options(p.add_argument_group(title), cls, only_group=title, skip=first)
+    set_help(p, "dataset", f"dataset: {describe_datasets()}. Default: folder with --data-dir (as in timm), else "
+             f"{resolve_dataset(None, None)}")
+    return p
+
+
+def with_run_flags(argv: list[str]) -> list[str]:
+    """validate.py's `--run DIR`: the flags that evaluate that run as trained (`run_validate_flags` of its
+    args.yaml, and its eps), put before the given ones, which override them (argparse keeps the last value)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--run", default=None)
+    run = pre.parse_known_args(argv)[0].run
+    if not run:
+        return argv
+    path = os.path.join(run, "args.yaml")
+    try:
+        with open(path) as f:
+            train_args = yaml.safe_load(f) or {}
+    except OSError:
+        raise ConfigError(f"--run {run}: no {path}; give the folder a train_atcd.py run wrote (--output/--experiment)"
+                          ) from None
+    weights = os.path.join(run, "model.safetensors")
+    return [*run_validate_flags(train_args, weights if os.path.isfile(weights) else run),
+            "--eps", repr(float(train_args["eps"])), *argv]

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repo-id", required=True, help="org/name on the Hub")
     p.add_argument("--results", default=None, help="validate.py --results-file output (default RUN_DIR/results.json)")
     p.add_argument("--out", default=None, help="folder to write (default RUN_DIR/hf-export)")
-    p.add_argument("--license", default="apache-2.0", help="license id of the weights")
+    p.add_argument("--license", default=None, help="license id of the weights (Hub ids: apache-2.0, mit, other, ...); "
+                                                   "required unless the run trained on the bundled mnist-mini, whose "
+                                                   "weights default to apache-2.0")
     p.add_argument("--hardware", default=None, help="what training ran on, for the card (the run does not record it)")
     p.add_argument("--dataset-id", default=None, help="Hub dataset id for the card (default: from the dataset name)")
     p.add_argument("--weights", default="final", choices=["final", "best", "ema"],

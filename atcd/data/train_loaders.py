@@ -21,7 +21,8 @@ def create_train_loaders(cfg, rank: int, world_size: int, pcfg: dict) -> tuple:
 
         def train_loader_for(samples_per_epoch):
             return create_wds_loader(cfg.data_dir, "train", cfg.batch_size, True, samples_per_epoch=samples_per_epoch,
-                                     shuffle_buffer=cfg.shuffle_buffer, with_keys=cfg.log_data_keys, **shard,
+                                     shuffle_buffer=cfg.shuffle_buffer, with_keys=cfg.log_data_keys,
+                                     pin_memory=cfg.pin_mem, **shard,
                                      **train_tf)
 
         train_loader = train_loader_for(cfg.train_samples_per_epoch)
@@ -38,7 +39,7 @@ def create_train_loaders(cfg, rank: int, world_size: int, pcfg: dict) -> tuple:
                                                     **ds_kw, **train_tf), cfg.holdout_size, cfg.seed)
     eval_ds = create_atcd_dataset(cfg.dataset, "val", is_training=False, **ds_kw, **tf)
     train_loader = create_atcd_loader(train_ds, cfg.batch_size, True, seed=cfg.seed, num_workers=cfg.workers,
-                                      samples_per_epoch=cfg.train_samples_per_epoch)
+                                      samples_per_epoch=cfg.train_samples_per_epoch, pin_memory=cfg.pin_mem)
     eval_loader = create_atcd_loader(eval_ds, 250, False, num_workers=cfg.workers,
                                      num_samples=cfg.eval_samples or None)
     holdout_loader = None

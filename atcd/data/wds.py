@@ -109,7 +109,7 @@ class WdsLoader:
     """
 
     def __init__(self, dataset: _TrainStream | EvalStream, num_workers: int, is_training: bool, seed: int,
-                 rank: int, source: WdsSource, handler: _SkipCounter):
+                 rank: int, source: WdsSource, handler: _SkipCounter, pin_memory: bool = False):
         self.dataset = dataset
         self.is_training = is_training
         self.seed, self.rank = seed, rank
@@ -123,7 +123,7 @@ class WdsLoader:
         self.chunk_ids: list[int] | None = getattr(dataset, "chunk_ids", None)
         # persistent_workers=False: each epoch's workers get a fresh copy of the dataset with the current epoch
         self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False,
-                                 generator=self._generator)
+                                 generator=self._generator, pin_memory=pin_memory)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int):
@@ -167,6 +167,7 @@ def create_wds_loader(
         strict: bool = False,
         max_skipped: int | None = None,
         with_keys: bool = False,
+        pin_memory: bool = False,
         **transform_kw,
 ) -> WdsLoader:
     """A rank-sharded streaming loader over WebDataset shards, yielding float [0,1] batches.
@@ -193,6 +194,7 @@ def create_wds_loader(
         strict: raise `DataError` on the first unreadable member instead of skipping it.
         max_skipped: raise `DataError` once more than this many members were skipped.
         with_keys: batches are `(images, labels, keys)` instead of `(images, labels)`.
+        pin_memory: page-locked batches (timm's --pin-mem), for asynchronous copies to a GPU.
         **transform_kw: `create_pixel_transform`'s options (interpolation, crop_pct, no_aug, hflip, scale, ratio).
 
     Returns:
@@ -215,14 +217,15 @@ def create_wds_loader(
             raise DataError("num_samples/sample_ids select an evaluation subset; for training use samples_per_epoch")
         n = samples_per_epoch or src.num_samples
         if not n:
-            raise DataError(f"unknown number of training samples for {data_dir_or_url!r}: give samples_per_epoch, "
-                            f"an _info.json, or a '|N' suffix on the shard pattern")
+            raise DataError(f"unknown number of training samples for {data_dir_or_url!r}: give "
+                            f"--train-samples-per-epoch N, an _info.json (scripts/make_shards.py writes one), or a "
+                            f"'|N' suffix on the shard pattern")
         ds = _TrainStream(src, decode, handler, batch_size, seed, rank, world_size, num_workers,
                           num_batches=math.ceil(n / (world_size * batch_size)), shuffle_buffer=shuffle_buffer)
     else:
         plan = wds_eval_plan(src, batch_size, rank, world_size, num_samples, sample_ids)
         ds = EvalStream(src, plan, decode, handler, num_workers, input_size)
-    return WdsLoader(ds, num_workers, is_training, seed, rank, src, handler)
+    return WdsLoader(ds, num_workers, is_training, seed, rank, src, handler, pin_memory=pin_memory)
 
 
 def wds_eval_plan(src: WdsSource, batch_size: int, rank: int = 0, world_size: int = 1,

@@ -140,9 +140,13 @@ class ATCD(TrainMethod):
     @classmethod
     def check(cls, cfg) -> None:
         o = cfg.method_opts
+        if o.cd_lambda <= o.cd_rho:  # J_cd's logit gradient at a trajectory's start is (lam - rho)(p - y)
+            raise ConfigError(f"--cd-lambda {o.cd_lambda:g} <= --cd-rho {o.cd_rho:g}: each trajectory's first step "
+                              f"would then be zero or descend the loss; give lambda > rho (the paper's best: 4 rho)")
         if o.reuse_grad and o.mh and o.mh_kinetic > 0 and o.mh_kinetic_v == "gradient":
             raise ConfigError("--mh-kinetic > 0 with --mh-kinetic-v gradient measures the input gradient at each "
-                              "trajectory's start under the current weights, which --reuse-grad does not compute")
+                              "trajectory's start under the current weights, which --reuse-grad does not compute: "
+                              "drop --reuse-grad, or give --mh-kinetic-v normalised, --mh-kinetic 0 or --no-mh")
 
     @classmethod
     def label(cls, opts) -> str:
@@ -320,7 +324,9 @@ class ATCD(TrainMethod):
         T = self.opts.atcd_T
         if "mh_counts" not in state:
             raise CheckpointError("the checkpoint's ATCD method state has no 'mh_counts' (M-H acceptance counts): "
-                                  "it was not written by this version's ATCD")
+                                  "it was not written by this version's ATCD: resume it with the version that wrote "
+                                  "it, or start afresh from its weights with --initial-checkpoint RUN/model.safetensors "
+                                  "--overwrite")
         counts = state["mh_counts"]
         if tuple(counts.shape) != (T, 2):
             raise CheckpointError(f"the checkpoint's ATCD M-H counts have shape {tuple(counts.shape)}, this run "

@@ -70,6 +70,7 @@ class TrainMethod:
         self.passes = PassCounter()
         self.gen = generator or torch.Generator().manual_seed(cfg.seed)
         self.eps, self.attack_step = cfg.eps, cfg.attack_step  # this step's; --eps-warmup-epochs ramps them
+        self.smoothing = getattr(cfg, "smoothing", 0.0)  # label smoothing of the weight updates' loss only
 
     def set_progress(self, epochs_done: float):
         """Called before every minibatch with the epochs trained so far (e.g. 1.25): sets this step's `eps` and
@@ -140,7 +141,7 @@ class TrainMethod:
         d = None if delta is None else delta.detach().requires_grad_(input_grad)
         with ctx.autocast():
             logits = ctx.model(x if d is None else x + d)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.smoothing)  # --smoothing
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.backward(loss)
         g = d.grad.detach() if input_grad else None

@@ -52,7 +52,7 @@ class TRADES(TrainMethod):
         with ctx.autocast():
             logits_nat = ctx.model(x)
             logits_adv = ctx.model(x + delta)
-            loss = F.cross_entropy(logits_nat.float(), y) + o.trades_beta * trades_kl(
+            loss = F.cross_entropy(logits_nat.float(), y, label_smoothing=self.smoothing) + o.trades_beta * trades_kl(
                 logits_adv, F.softmax(logits_nat.float(), 1)).mean()
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.backward(loss)

@@ -27,25 +27,33 @@ def _read_list(path: str) -> list[str]:
         raise ConfigError(f"--model-list {path!r}: cannot read it ({e.strerror})") from None
 
 
-def expand_models(model: str, model_list: str | None = None) -> tuple[str, ...]:
+def expand_models(model: str, model_list: str | None = None, pretrained: bool | None = None) -> tuple[str, ...]:
     """The models named by `--model` (a comma list) or, in its place, a `--model-list` file (one name a line, `#`
-    comments), with `local-dir:` globs expanded to the folders they match (sorted), duplicates dropped."""
+    comments), with `local-dir:` globs expanded to the folders they match (sorted) and timm wildcards ('resnet1*',
+    'all') to timm's names as timm's validate.py does (`list_models(pattern, pretrained=True)`; all architectures
+    with `pretrained` False), duplicates dropped."""
     names = _read_list(model_list) if model_list else [m.strip() for m in model.split(",") if m.strip()]
     if not names:
         raise ConfigError(f"--model-list {model_list!r} names no model" if model_list else "--model names no model")
     out: list[str] = []
     for name in names:
         source, path = parse_model_name(name)
-        if not any(c in name for c in _GLOB_CHARS):
+        if not any(c in name for c in _GLOB_CHARS) and name != "all":
             out.append(name)
         elif source == "local-dir":
             found = sorted(p for p in glob.glob(os.path.expanduser(path)) if os.path.isdir(p))
             if not found:
                 raise ConfigError(f"--model {name}: the pattern matches no folder")
             out += [f"local-dir:{p}" for p in found]
+        elif source is None:
+            found = list_models("*" if name == "all" else name, pretrained=pretrained is not False)
+            if not found:
+                raise ConfigError(f"--model {name}: the pattern matches no timm model"
+                                  f"{' with pretrained weights' if pretrained is not False else ''}")
+            out += found
         else:
-            raise ConfigError(f"--model {name}: wildcards are expanded over local-dir: folders only (e.g. "
-                              f"'local-dir:output/*/hf-export'); list timm names with commas or in --model-list")
+            raise ConfigError(f"--model {name}: wildcards are expanded over timm names and local-dir: folders only "
+                              f"(e.g. 'resnet1*', 'local-dir:output/*/hf-export'); list hub names with commas")
     return tuple(dict.fromkeys(out))
 
 
@@ -124,7 +132,7 @@ def default_eps(models: tuple[str, ...], data_eps: float | None, data_name: str)
 def check_sources(cfg) -> tuple[str, ...]:
     """The models a validate.py config (`EvalConfig`) names, checked before anything is loaded: options that only fit
     one model, a bare timm name without weights, `--use-ema` without an EMA file, a local-dir: that is no folder."""
-    models = expand_models(cfg.model, cfg.model_list)
+    models = cfg.models
     if cfg.model_list and cfg.model != type(cfg).model:
         raise ConfigError("give the models with --model or with --model-list, not both")
     one_only = [flag for flag, v in (("--checkpoint", cfg.checkpoint), ("--update-card", cfg.update_card),

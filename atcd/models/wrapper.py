@@ -48,6 +48,11 @@ class NormalizedModel(nn.Module):
         return cls(model, mean, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.mean.shape[1]
+        if x.shape[1] != c:  # else (x - mean) would broadcast 1-channel digits to c channels without a word
+            raise ConfigError(f"the model takes {c}-channel input but the images have {x.shape[1]} channel(s): give "
+                              f"--in-chans {x.shape[1]} (a model trained on such images), or data with {c} channels "
+                              f"(e.g. --data-dir IMAGE_FOLDER)")
         return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
 
 

@@ -72,7 +72,7 @@ def export_run(
         repo_id: str,
         out_dir: str | None = None,
         results_path: str | None = None,
-        license: str = "apache-2.0",
+        license: str | None = None,
         hardware: str | None = None,
         dataset_id: str | None = None,
         weights: str = "final",
@@ -91,7 +91,8 @@ def export_run(
         repo_id: `org/name` the folder is meant for.
         out_dir: where to write (default RUN_DIR/hf-export); replaced as a whole if it is an earlier export.
         results_path: validate.py output (default RUN_DIR/results.json).
-        license: license id of the weights (card metadata and pretrained_cfg).
+        license: license id of the weights (card metadata and pretrained_cfg); required unless the run trained on
+            the bundled mnist-mini (then apache-2.0): weights trained on other data may carry that data's terms.
         hardware: what training ran on, for the card.
         dataset_id: Hub dataset id (default: derived from the dataset name).
         weights: which of the run's weights to publish: final, best or ema (`atcd.publish.measured.WEIGHTS`); the
@@ -112,6 +113,13 @@ def export_run(
     weights = run_weights(run_dir, weights)
     with open(os.path.join(run_dir, "args.yaml")) as f:
         train_args = yaml.safe_load(f) or {}
+    if license is None:
+        if train_args.get("dataset") != "mnist-mini":
+            raise HubError(f"--license is required: {run_dir} was trained on {train_args.get('dataset')} data, whose "
+                           f"terms may bind the weights (ImageNet's do); give the license you may use, e.g. --license "
+                           f"other, or --license apache-2.0 for data that allows it")
+        license = "apache-2.0"  # the suite's own; the bundled MNIST digits put no terms on the weights
+        _logger.info("--license apache-2.0 (the weights were trained on the bundled mnist-mini)")
     results_path = results_path or os.path.join(run_dir, "results.json")
     results = read_measured_results(results_path, weights, train_args)
     info = model_info(results, train_args["model"], **robustbench_info) if robustbench_info is not None else None

@@ -12,6 +12,7 @@ import os
 
 from ..models.hub import HubError, one_line
 from ..provenance import file_sha256
+from ..run_options import run_validate_flags
 from .labels import eps_text
 
 __all__ = ["WEIGHTS", "read_measured_results", "run_weights"]
@@ -34,15 +35,7 @@ def run_weights(run_dir: str, which: str) -> str:
 
 
 def _validate_command(weights: str, results_path: str, train_args: dict) -> str:
-    parts = ["python validate.py", f"--model {train_args.get('model')}", f"--checkpoint {weights}"]
-    if train_args.get("dataset") and train_args.get("dataset") != "folder":
-        parts.append(f"--dataset {train_args['dataset']}")
-    if train_args.get("data_dir"):
-        parts.append(f"--data-dir {train_args['data_dir']}")
-    for flag in ("input_size", "img_size", "crop_pct", "interpolation", "mean", "std", "num_classes", "in_chans"):
-        v = train_args.get(flag)
-        if v is not None:
-            parts.append(f"--{flag.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v)))
+    parts = ["python validate.py", *run_validate_flags(train_args, weights)]  # (validate.py --run reads the same)
     parts += ["--attacks clean,pgd,autoattack", f"--eps {eps_text(float(train_args.get('eps', 0.3)))}",
               f"--results-file {results_path}"]
     return " ".join(parts)
