@@ -8,7 +8,8 @@
 
 The last line printed (by the main process only) is `RESULT {json}`. Exit codes: 0 done, or stopped by
 SIGTERM/SIGUSR1 after writing a checkpoint (`"status": "preempted"`; resume with --resume auto); 2 bad input;
-3 stopped by --max-bad-steps non-finite updates (`"status": "bad_steps"`); 128+N a second signal N.
+3 stopped by --max-bad-steps non-finite updates (`"status": "bad_steps"`); 4 trained to the end with accuracy still
+at chance after the eps warm-up (`"status": "collapsed"`, atcd/collapse.py); 128+N a second signal N.
 """
 import json
 import logging
@@ -16,7 +17,7 @@ import sys
 
 from atcd.cli import user_errors
 from atcd.config import parse_train_args
-from atcd.faults import EXIT_BAD_STEPS
+from atcd.faults import EXIT_BAD_STEPS, EXIT_COLLAPSED
 
 
 def main(argv=None):
@@ -26,7 +27,7 @@ def main(argv=None):
     from accelerate import PartialState
     if PartialState().is_main_process:  # every process returns the same (reduced) result
         print("RESULT " + json.dumps(result))
-    return EXIT_BAD_STEPS if result["status"] == "bad_steps" else 0
+    return {"bad_steps": EXIT_BAD_STEPS, "collapsed": EXIT_COLLAPSED}.get(result["status"], 0)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,11 @@ class TrainConfig(TrainOptions):
             object.__setattr__(self, "method_opts", get_method_class(self.method).Options())
         if self.attack_step is None and self.eps is not None:  # the method's own rule of eps (and of its steps)
             object.__setattr__(self, "attack_step", get_method_class(self.method).default_attack_step(self))
+        if self.eps_warmup_epochs is None:  # the method's rule (ATCD at eps 0.3 does not train without one)
+            m = get_method_class(self.method)
+            passes = -(-self.epochs // m.budget_divisor(self.method_opts)) if self.epochs_as_budget else self.epochs
+            warmup = m.default_eps_warmup(self, passes) if self.eps else 0.0
+            object.__setattr__(self, "eps_warmup_epochs", float(warmup))
 
     @classmethod
     def of(cls, **flat) -> "TrainConfig":

@@ -17,9 +17,10 @@ import sys
 
 import torch
 
-__all__ = ["EXIT_BAD_STEPS", "FiniteGuard", "Preemption"]
+__all__ = ["EXIT_BAD_STEPS", "EXIT_COLLAPSED", "FiniteGuard", "Preemption"]
 
 EXIT_BAD_STEPS = 3  # exit code of a run stopped by --max-bad-steps
+EXIT_COLLAPSED = 4  # exit code of a run that trained to the end at chance accuracy (atcd/collapse.py)
 
 
 class Preemption:

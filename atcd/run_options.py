@@ -197,9 +197,12 @@ class TrainOptions:
                                        "Fast 1.25 eps, Free eps); args.yaml records the resolved value",
                                        type=parse_fraction, check=lambda v: v is None or v > 0, why="must be > 0",
                                        group=_A)
-    eps_warmup_epochs: float = option(0.0, "ramp eps, and the attack step with it, linearly from 0 to --eps over "
-                                      "this many epochs, per minibatch (the MNIST warm-up of Madry's and Wong's runs;"
-                                      " 0: off)", type=float, check=_GE0, why="must be >= 0", group=_A)
+    eps_warmup_epochs: float | None = option(None, "ramp eps, and the attack step with it, linearly from 0 to --eps "
+                                             "over this many epochs, per minibatch (the MNIST warm-up of Madry's and "
+                                             "Wong's runs; 0: off); default: the method's rule (ATCD: half the passes "
+                                             "at eps >= 0.1, else 0; others 0); args.yaml records the resolved value",
+                                             type=float, check=lambda v: v is None or v >= 0, why="must be >= 0",
+                                             group=_A)
     attack_bn: str = option("eval", "BN mode in attack steps", choices=("eval", "train"), group=_A)
     holdout: int | None = option(None, "training images held out for selection (default 500 if a rule below is on, "
                                  "else 0)", type=int, check=lambda v: v is None or v >= 0, why="must be >= 0",

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 from dataclasses import replace
 
 import torch
@@ -27,6 +28,7 @@ from .checkpoint import (
     save_run_state,
     save_weights,
 )
+from .collapse import collapse_message, epoch_collapsed
 from .config import TrainConfig
 from .data import create_train_loaders, resolve_input_size, set_data_epoch
 from .ema import RunEma
@@ -362,6 +364,10 @@ class _Training:
             row.update(holdout_top1=round(ho["clean"]["top1"], 2), holdout_pgd_top1=round(ho["pgd"]["top1"], 2))
             stopped = _select(cfg, row, epoch, self.best, os.path.join(self.out_dir, "model_best.safetensors"),
                               self.attack_model, acc)
+        row["collapsed"] = epoch_collapsed(row, epoch, cfg.eps_warmup_epochs, unwrap_timm(self.model).num_classes,
+                                           len(self.train_loader) * cfg.batch_size * acc.num_processes)
+        if row["collapsed"] == 1 and acc.is_main_process:  # at chance after the warm-up (atcd/collapse.py)
+            print(collapse_message(row, epoch, cfg), file=sys.stderr, flush=True)
         if acc.is_main_process:
             write_summary(os.path.join(self.out_dir, "summary.csv"), row)
             log_scalars(acc, row, self.stepper.num_updates)
@@ -400,6 +406,8 @@ class _Training:
         checks = {"num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
                   "rank_weights_sha256": rank_weight_hashes(unwrap_timm(self.model), acc),
                   "rank_num_updates": gather_object([self.stepper.num_updates])}
+        if self.row.get("collapsed") == 1:  # trained to the end and still at chance: not "completed"
+            self.status = "collapsed"
         acc.wait_for_everyone()
         return {"run_dir": self.out_dir, "status": self.status, "method": self.method.label(cfg.method_opts),
                 **self.row, "bad_steps": self.faults["bad_steps"], **checks}

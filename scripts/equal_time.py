@@ -13,6 +13,7 @@ Writes equal_time.csv (one row per method, budget and seed), equal_time.md (tabl
 AutoAttack accuracy minus the best baseline's with 95 % intervals) and equal_time.png.
 """
 import csv
+import functools
 import json
 import math
 import os
@@ -34,10 +35,8 @@ def train_size(cfg) -> int:
 
 
 def make_plans(costs: list[dict], budgets: list[float], recipe_config, path: str) -> dict:
-    """{entry: {budget: plan dict}} from the cost table, or the plans of an earlier run of the same benchmark."""
-    from dataclasses import asdict
-
-    from atcd.budget import plan_budget
+    """{entry: {budget: plan dict}} from the cost table, or the plans of an earlier run of the same benchmark (only
+    if they are the plans the recipes and flags would get now: else a one-line error)."""
     if os.path.isfile(path):
         with open(path) as f:
             plans = json.load(f)
@@ -45,21 +44,51 @@ def make_plans(costs: list[dict], budgets: list[float], recipe_config, path: str
         if missing:
             fail(f"error: {path} was planned for other methods or budgets (missing {missing[:3]}); give another "
                   f"--out or delete it")
+        for c in costs:  # the saved plan and its cost table must price what the recipes and flags run now
+            why = _repriced(c, recipe_config(c["method"]), {b: plans[c["method"]][f"{b:g}"] for b in budgets})
+            if why:
+                fail(f"error: {path} was priced for other flags of {c['method']} ({why}); give another --out or "
+                     f"delete it and its costs.csv")
         print(f"[equal-time] reusing the plan of the earlier run: {path}", flush=True)
         return plans
     plans = {}
     for c in costs:
         cfg = recipe_config(c["method"])
-        plans[c["method"]] = {}
-        for b in budgets:
-            p = plan_budget(b, c["sec_per_batch"], train_size(cfg), cfg.batch_size, cfg.epochs, cfg.eps_warmup_epochs)
-            plans[c["method"]][f"{b:g}"] = {**asdict(p), "cost_model_s": p.minibatches * c["predicted_sec"],
-                                            "label": c["label"]}
+        plans[c["method"]] = {f"{b:g}": _plan(c, cfg, b) for b in budgets}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(plans, f, indent=1)
     os.replace(tmp, path)
     return plans
+
+
+PRICED = ("minibatches", "epochs", "samples_per_epoch", "eps_warmup_epochs", "label")  # what a plan fixes
+
+
+def _plan(c: dict, cfg, budget: float) -> dict:
+    """The plan of one entry (its cost-table row `c`, its recipe config) for `budget` seconds."""
+    from dataclasses import asdict
+
+    from atcd.budget import plan_budget
+    p = plan_budget(budget, c["sec_per_batch"], train_size(cfg), cfg.batch_size, cfg.epochs, cfg.eps_warmup_epochs)
+    return {**asdict(p), "cost_model_s": p.minibatches * c["predicted_sec"], "label": c["label"]}
+
+
+def _repriced(c: dict, cfg, saved: dict) -> str:
+    """Why a saved plan (`saved`: {budget: plan}) and its cost-table row `c` do not price the entry's recipe and
+    flags as they are now ('' when they do): the method's label and passes per minibatch, and every planned number."""
+    from atcd.methods import get_method_class
+    method = get_method_class(cfg.method)
+    label, passes = method.label(cfg.method_opts), method.passes_per_batch(cfg.method_opts)
+    if label != c["label"] or ("full_passes" in c and float(c["full_passes"]) != passes):
+        return (f"the cost table timed {c['label']!r} at {float(c.get('full_passes', 'nan')):g} passes per minibatch, "
+                f"the recipe now runs {label!r} at {passes}")
+    for b, plan in saved.items():
+        now = _plan(c, cfg, b)
+        diff = [f"{k} {plan.get(k)} -> {now[k]}" for k in PRICED if plan.get(k) != now[k]]
+        if diff:
+            return f"at {b:g} s: {', '.join(diff)}"
+    return ""
 
 
 RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision"}  # where/how, not what
@@ -79,7 +108,7 @@ def _train(entry: str, plan: dict, seed: int, runs: str, exp: str, log: str):
                   "folder (or give another --out)")
         return
     run_logged(["train_atcd.py", *args, "--output", runs, "--experiment", exp, "--no-progress",
-                *(["--resume", "auto"] if started(run) else ["--overwrite"])], log)
+                *(["--resume", "auto"] if started(run) else ["--overwrite"])], log, ok=(0, 4))  # 4: at chance
 
 
 def _validate(run: str, attacks: str, n: int, res_file: str, a, log: str):
@@ -159,27 +188,33 @@ def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
 def mh_acceptance(epochs: list[dict]) -> dict:
     """The M-H acceptance of a run (summary.csv rows), mean over its epochs: overall, and per replay as
     "r0/r1/..."; empty for methods without the test."""
-    def mean(col):
+    def mean(col):  # an untested replay ('' or, from older runs, nan) is no measurement
         vals = [float(r[col]) for r in epochs if r.get(col, "") not in ("", None)]
+        vals = [v for v in vals if not math.isnan(v)]
         return sum(vals) / len(vals) if vals else None
     overall = mean("mh_accept")
     if overall is None:
         return {"mh_accept": "", "mh_accept_replays": ""}
-    replays = [mean(c) for c in sorted((c for c in epochs[0] if c.startswith("mh_accept_r")), key=lambda c: int(c[11:]))]
-    return {"mh_accept": round(overall, 3), "mh_accept_replays": "/".join(f"{v:.3f}" for v in replays if v is not None)}
+    cols = sorted((c for c in epochs[0] if c.startswith("mh_accept_r")), key=lambda c: int(c[11:]))
+    replays = [mean(c) for c in cols]
+    return {"mh_accept": round(overall, 3),
+            "mh_accept_replays": "/".join("-" if v is None else f"{v:.3f}" for v in replays)}  # -: no test
 
 
-def _paired(rows_a: list[dict], rows_b: list[dict], key: str) -> tuple[float, float]:
-    """ATCD minus baseline over images: per seed, the same images of both; pooled over seeds (test-set noise only)."""
+def _paired(rows_a: list[dict], rows_b: list[dict], key: str) -> tuple[float, float, int]:
+    """ATCD minus baseline over images: per seed, the same images of both; pooled over seeds (test-set noise only).
+    Returns (difference, half-width, seeds pooled): a seed without per-image results of both is left out, and the
+    caller says how many were pooled."""
     from atcd.stats import mean_interval
-    d = []
+    d, pooled = [], 0
     for ra in rows_a:
         rb = next((r for r in rows_b if r["seed"] == ra["seed"]), None)
         ca, cb = ra.get("_correct", {}).get(key, ""), (rb or {}).get("_correct", {}).get(key, "")
         if rb is None or not ca or len(ca) != len(cb):
             continue
         d += [100.0 * (int(p) - int(q)) for p, q in zip(ca, cb)]
-    return mean_interval(d) if d else (float("nan"), float("nan"))
+        pooled += 1
+    return (*mean_interval(d), pooled) if d else (float("nan"), float("nan"), 0)
 
 
 def _acceptance_cell(rs: list[dict]) -> str:
@@ -203,10 +238,108 @@ def _ablation_lines(sel: list[dict]) -> list[str]:
         rs = [r for r in sel if r["recipe"] == m]
         cells = []
         for k in keys:
-            d, hw = _paired(rs, recipe, k)
-            cells.append("" if math.isnan(d) else f"{d:+.1f} ± {hw:.1f}")
+            d, hw, pooled = _paired(rs, recipe, k)
+            cells.append("" if math.isnan(d) else f"{d:+.1f} ± {hw:.1f}"
+                         + (f" ({pooled} of {len(rs)} seeds)" if pooled < len(rs) else ""))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _verdict(atcd: list[dict], base: dict, key: str) -> str:
+    """ATCD minus the best baseline (by mean) on `key`: per seed, then a t-interval over those seed differences; the
+    paired interval over images (test-set noise only) beside it, naming how many seeds it pooled."""
+    from atcd.stats import seed_paired_interval
+    best = max(base, key=lambda m: sum(r[key] for r in base[m]) / len(base[m]))
+    d, hw, seeds = seed_paired_interval({r["seed"]: r[key] for r in atcd}, {r["seed"]: r[key] for r in base[best]})
+    dp, hwp, pooled = _paired(atcd, base[best], key)
+    if not seeds:
+        return f"ATCD and the best baseline ({best}) share no seed on {key}: no paired verdict."
+    if not math.isnan(hw):  # an interval over seeds
+        verdict = "wins" if d - hw > 0 else "loses" if d + hw < 0 else "is not separated from it"
+    elif not math.isnan(hwp):  # one seed: only the test images' noise is known, and the seed's is not
+        verdict = ("is ahead over these images" if dp - hwp > 0 else "is behind over these images"
+                   if dp + hwp < 0 else "is not separated from it") + " (one seed: no interval over seeds)"
+    else:  # one seed and rows without per-image results (merged from equal_time.csv files)
+        verdict = "cannot be called (one seed, no per-image results: no interval)"
+    n_key = atcd[0]["n_aa"] if key == "autoattack" else atcd[0]["n"]
+    a, b = {r["seed"]: r[key] for r in atcd}, {r["seed"]: r[key] for r in base[best]}
+    per_seed = ", ".join(f"{a[s] - b[s]:+.1f}" for s in seeds)
+    spans = ([f"95 % t-interval over the {len(seeds)} seed differences ± {hw:.1f}"] if not math.isnan(hw) else []) + (
+        [f"over the {n_key} images, paired, {pooled} of {len(seeds)} seeds pooled (test-set noise only): "
+         f"{dp:+.1f} ± {hwp:.1f}"] if pooled else [])
+    return (f"ATCD minus the best baseline ({best}) on {key}, seed-paired: **{d:+.1f} points** (per seed "
+            f"{', '.join(map(str, seeds))}: {per_seed}" + (f"; {'; '.join(spans)}" if spans else "") + f"); ATCD "
+            f"{verdict}.")
+
+
+@functools.lru_cache(maxsize=None)
+def updates_per_batch(entry: str) -> int:
+    """Weight updates per minibatch of an entry `name[:flags]` (its recipe recipes/mnist_<name>.yaml, then the
+    flags): ATCD T, Free m, the others 1."""
+    from atcd.config import parse_train_args
+    from atcd.methods import get_method_class
+    name, _, flags = entry.partition(":")
+    cfg = parse_train_args(["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml"), *flags.split()])
+    return get_method_class(cfg.method).updates_per_batch(cfg.method_opts)
+
+
+def updates(row: dict) -> int:
+    """The weight updates a row trained: its minibatches x its recipe's updates per minibatch."""
+    return int(row["minibatches"]) * updates_per_batch(row["recipe"])
+
+
+def _at(curve: list[tuple[float, float]], u: float) -> tuple[float | None, bool]:
+    """Accuracy of a (updates, accuracy) curve at `u` updates, linear in log(updates) between measured budgets;
+    beyond them by the nearest segment if within half a doubling (returned flagged True), else None."""
+    pts = sorted(curve)
+    if len(pts) < 2:
+        return None, False
+    lu = math.log(u)
+    lo, hi = math.log(pts[0][0]), math.log(pts[-1][0])
+    if lu < lo - 0.5 * math.log(2) or lu > hi + 0.5 * math.log(2):
+        return None, False
+    i = max(0, min(len(pts) - 2, sum(1 for p in pts if math.log(p[0]) <= lu) - 1))
+    (u0, a0), (u1, a1) = pts[i], pts[i + 1]
+    return a0 + (a1 - a0) * (lu - math.log(u0)) / (math.log(u1) - math.log(u0)), not lo <= lu <= hi
+
+
+def update_split(rows: list[dict], key: str) -> list[str]:
+    """Per budget, ATCD's gap to the best baseline split into "updates per second" (the accuracy a method gains or
+    loses by making more or fewer weight updates in the budget) and "accuracy per update" (the gap at equal update
+    counts), read off the methods' accuracy-vs-updates curves over the budgets (means over seeds)."""
+    from atcd.stats import mean_interval
+    budgets = sorted({r["budget_s"] for r in rows})
+    mean = {}
+    for r in rows:
+        mean.setdefault((r["recipe"], r["budget_s"]), []).append(r)
+    pt = {k: (updates(v[0]), mean_interval([r[key] for r in v])[0]) for k, v in mean.items()}
+    out = ["### The gap in weight updates", "",
+           "Weight updates = minibatches × the recipe's updates per minibatch (ATCD T = 4, Free m = 4, the others "
+           f"1). {key} accuracy (mean over seeds) against updates is read between the budgets linearly in log(updates) "
+           "(~: up to half a doubling beyond the measured budgets). Split of ATCD minus the best baseline: "
+           "*updates per second* = the baseline's accuracy at its own updates minus at ATCD's (or ATCD's at the "
+           "baseline's updates minus at its own); *accuracy per update* = the gap at equal update counts.", "",
+           "| budget | ATCD updates (/s) | best baseline: updates (/s) | gap | from updates per second | "
+           "from accuracy per update |", "|---|---|---|---|---|---|"]
+    for b in budgets:
+        base = {m: pt[(m, bb)] for (m, bb) in pt if bb == b and not next(
+            r for r in rows if r["recipe"] == m)["method"].startswith("atcd")}
+        if ("atcd", b) not in pt or not base:
+            continue
+        best = max(base, key=lambda m: base[m][1])
+        (ua, aa), (ub, ab) = pt[("atcd", b)], base[best]
+        curve = lambda m: [pt[(mm, bb)] for (mm, bb) in pt if mm == m]  # noqa: E731
+        ab_at_ua, x1 = _at(curve(best), ua)
+        if ab_at_ua is not None:  # the baseline's curve at ATCD's update count
+            thr, per, mark = ab_at_ua - ab, aa - ab_at_ua, x1
+        else:
+            aa_at_ub, x2 = _at(curve("atcd"), ub)
+            thr, per, mark = (None, None, False) if aa_at_ub is None else (aa - aa_at_ub, aa_at_ub - ab, x2)
+        cells = ["outside the measured updates"] * 2 if thr is None else [
+            f"{'~' if mark else ''}{thr:+.1f}", f"{'~' if mark else ''}{per:+.1f}"]
+        out.append(f"| {b:g} s | {ua} ({ua / b:.1f}) | {best}: {ub} ({ub / b:.1f}) | {aa - ab:+.1f} | "
+                   + " | ".join(cells) + " |")
+    return [*out, ""]
 
 
 def headline(rows: list[dict]) -> str:
@@ -217,7 +350,7 @@ def headline(rows: list[dict]) -> str:
 def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
     """equal_time.md's lines: a table per budget and ATCD's margin over the best baseline; `costs` says where the
     cost table the plans were priced from is."""
-    from atcd.stats import diff_interval, mean_interval
+    from atcd.stats import mean_interval
     key = headline(rows)
     budgets = sorted({r["budget_s"] for r in rows})
     attacks = {"clean": "clean", "pgd": f"PGD-{a.attack_steps} ({a.attack_loss} loss)",
@@ -236,9 +369,8 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
         mh = any(r.get("mh_accept", "") != "" for r in sel)
         seeds = sorted({r["seed"] for r in sel})
         lines += [f"### {b:g} s", "", f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.", ""]
-        lines += [("| method (recipe) | epochs × minibatches | train s (planned; cost model) | "
-                                          "clean | pgd | autoattack | n (AutoAttack) |" + (" M-H acceptance (per replay) |"
-                                                                                          if mh else "")),
+        lines += [("| method (recipe) | epochs × minibatches | train s (planned; cost model) | clean | pgd | "
+                   "autoattack | n (AutoAttack) |" + (" M-H acceptance (per replay) |" if mh else "")),
                   "|---|---|---|---|---|---|---|" + ("---|" if mh else "")]
         for m in dict.fromkeys(r["recipe"] for r in sel):
             rs = [r for r in sel if r["recipe"] == m]
@@ -263,21 +395,8 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
         base = {m: [r for r in sel if r["recipe"] == m] for m in dict.fromkeys(r["recipe"] for r in sel
                                                                                 if not r["method"].startswith("atcd"))}
         if atcd and base:
-            best = max(base, key=lambda m: sum(r[key] for r in base[m]) / len(base[m]))
-            d, hw = diff_interval([r[key] for r in atcd], [r[key] for r in base[best]])
-            _, hwp = _paired(atcd, base[best], key)
-            if not math.isnan(hw):  # an interval over seeds
-                verdict = "wins" if d - hw > 0 else "loses" if d + hw < 0 else "is not separated from it"
-            elif not math.isnan(hwp):  # one seed: only the test images' noise is known, and the seed's is not
-                verdict = ("is ahead over these images" if d - hwp > 0 else "is behind over these images"
-                           if d + hwp < 0 else "is not separated from it") + " (one seed: no interval over seeds)"
-            else:  # one seed and rows without per-image results (merged from equal_time.csv files)
-                verdict = "cannot be called (one seed, no per-image results: no interval)"
-            n_key = atcd[0]["n_aa"] if key == "autoattack" else atcd[0]["n"]
-            spans = ([f"95 % over seeds ± {hw:.1f}"] if not math.isnan(hw) else []) + (
-                [f"95 % over the {n_key} images, paired, seeds pooled: ± {hwp:.1f}"] if not math.isnan(hwp) else [])
-            lines += [f"ATCD minus the best baseline ({best}) on {key}: **{d:+.1f} points** "
-                      + (f"({'; '.join(spans)}); " if spans else "") + f"ATCD {verdict}.", ""]
+            lines += [_verdict(atcd, base, key), ""]
+    lines += update_split(rows, key)
     slow = [r for r in rows if r["train_s"] > SLOW * r["planned_s"]]
     lines.append("Cross-check: measured training seconds / planned: "
                  f"{min(r['train_s'] / r['planned_s'] for r in rows):.2f}-"
@@ -288,7 +407,9 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
     return lines
 
 
-def plot(rows: list[dict], path: str):
+def plot(rows: list[dict], path: str, x: str = "budget"):
+    """Headline accuracy (mean, 95 % over seeds) per method against the budget, or (`x="updates"`) against the
+    weight updates the method made in it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -300,7 +421,8 @@ def plot(rows: list[dict], path: str):
         xs, ys, lo, hi = [], [], [], []
         for b in sorted({r["budget_s"] for r in rows if r["recipe"] == m}):
             rs = [r for r in rows if r["recipe"] == m and r["budget_s"] == b]
-            xs.append(b)  # the budget: measured seconds are a cross-check (a shared machine inflates them)
+            # the budget: measured seconds are a cross-check (a shared machine inflates them)
+            xs.append(b if x == "budget" else updates(rs[0]))
             mean, hw = mean_interval([r[key] for r in rs])
             hw = 0.0 if math.isnan(hw) else hw
             ys.append(mean)
@@ -308,7 +430,11 @@ def plot(rows: list[dict], path: str):
             hi.append(min(hw, 100.0 - mean))
         label = next(r["method"] for r in rows if r["recipe"] == m)
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=label)
-    ax.set_xlabel("training budget (s; minibatches priced by the measured cost per minibatch)")
+    if x == "budget":
+        ax.set_xlabel("training budget (s; minibatches priced by the measured cost per minibatch)")
+    else:
+        ax.set_xscale("log")
+        ax.set_xlabel("weight updates in the budget (log scale; the budgets' points joined per method)")
     ax.set_ylabel(f"{key} accuracy (%; mean, 95 % over seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -341,6 +467,7 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
     if not rows:
         fail(f"error: --report-only found no finished (method, budget, seed) in {a.out}/equal_time")
     plot(rows, os.path.join(a.out, "equal_time.png"))
+    plot(rows, os.path.join(a.out, "equal_time_updates.png"), x="updates")
     lines = report(rows, a)
     if not_run:
         lines += ["", f"Not run yet ({len(not_run)} of {len(not_run) + len(rows)} rows; --report-only reports the "

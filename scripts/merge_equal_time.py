@@ -83,10 +83,12 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     write_csv(os.path.join(a.out, "equal_time.csv"), rows, FIELDS)
     plot(rows, os.path.join(a.out, "equal_time.png"))
+    plot(rows, os.path.join(a.out, "equal_time_updates.png"), x="updates")
     lines = [f"# Equal training time: {len(rows)} rows merged from {len(a.csv)} files", "",
              "Command: `python scripts/merge_equal_time.py " + " ".join(argv if argv is not None else sys.argv[1:])
              + "`", "", *report(rows, a, costs="the runs' cost table, in their benchmark.md: equal_time.csv holds the plans, "
-                                          "not the table"), "", "![AutoAttack accuracy vs training time at equal budgets](equal_time.png)"]
+                                          "not the table"), "", "![AutoAttack accuracy vs training time at equal budgets](equal_time.png)",
+             "", "![AutoAttack accuracy vs weight updates](equal_time_updates.png)"]
     with open(os.path.join(a.out, "equal_time.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"{len(rows)} rows: {os.path.join(a.out, 'equal_time.md')}")

@@ -28,17 +28,58 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _runs import ROOT, fail, finished, run_logged, stale_args, started, write_csv
 
 FIELDS = ["method", "recipe", "point", "experiment", "epochs", "train_s", "best_epoch", "holdout_clean", "holdout_pgd",
-          "chosen", "below_min_clean"]
+          "chosen", "below_min_clean", "budget_s", "minibatches", "planned_s", "collapsed"]
+EXIT_COLLAPSED = 4  # atcd.faults.EXIT_COLLAPSED: a point that trained to the end at chance is a score, not a failure
 
 
 def grid_points(grid: dict) -> list[tuple[str, dict]]:
-    """[(recipe, {flag: value})]: the cartesian product of each recipe's values, in the file's order."""
-    points = []
+    """[(recipe, {flag: value})]: per recipe, the cartesian product of its axes ({flag: [values]}) or its list of
+    explicit points ([{flag: value}, ...]); recipes taken in turn, point by point (round robin), so a grid stopped
+    early has as many points of every method."""
+    per = []
     for recipe, axes in grid["grids"].items():
+        if isinstance(axes, list):
+            per.append([(recipe, dict(pt)) for pt in axes])
+            continue
         keys = list(axes)
-        for values in itertools.product(*(axes[k] if isinstance(axes[k], list) else [axes[k]] for k in keys)):
-            points.append((recipe, dict(zip(keys, values))))
-    return points
+        per.append([(recipe, dict(zip(keys, values))) for values in
+                    itertools.product(*(axes[k] if isinstance(axes[k], list) else [axes[k]] for k in keys))])
+    return [pts[i] for i in range(max(map(len, per), default=0)) for pts in per if i < len(pts)]
+
+
+def entry(recipe: str, point: dict) -> str:
+    """The point as a scripts/benchmark.py entry `recipe:flags` (what its cost table times)."""
+    return ":".join([recipe, " ".join(flags(point))]) if point else recipe
+
+
+def budget_plans(points: list[tuple[str, dict]], budget: float, out: str, cost_batches: int) -> dict:
+    """{entry: plan flags} pricing every point at `budget` seconds: its seconds per minibatch from one interleaved
+    cost table of all the points (scripts/benchmark.py's measure_costs, written to out/grid_costs.csv and read back
+    by a continued grid), laid out by atcd.budget.plan_budget as the equal-time comparison does."""
+    from benchmark import measure_costs, read_costs, recipe_config
+    from equal_time import train_size
+
+    from atcd.budget import plan_budget
+    entries = list(dict.fromkeys(entry(r, pt) for r, pt in points))
+    path = os.path.join(out, "grid_costs.csv")
+    if os.path.isfile(path):
+        with open(path) as f:
+            have = {r["method"] for r in csv.DictReader(f)}
+        missing = [e for e in entries if e not in have]
+        if missing:
+            fail(f"error: {path} priced other points (missing {missing[:2]}); give another --out or delete it")
+        costs = read_costs(out, entries, f"the grid in {out}")
+        print(f"[grid] reusing the cost table of the earlier run: {path}", flush=True)
+    else:
+        print(f"[grid] timing {len(entries)} points ({cost_batches} minibatches x 2 rounds each)", flush=True)
+        costs = measure_costs(entries, 128, cost_batches, rounds=2)
+        write_csv(path, costs, list(costs[0]))
+    plans = {}
+    for c in costs:
+        cfg = recipe_config(c["method"])
+        p = plan_budget(budget, c["sec_per_batch"], train_size(cfg), cfg.batch_size, cfg.epochs, cfg.eps_warmup_epochs)
+        plans[c["method"]] = p
+    return plans
 
 
 def experiment_name(recipe: str, point: dict) -> str:
@@ -56,22 +97,29 @@ def flags(options: dict) -> list[str]:
     return out
 
 
-def train_point(recipe: str, point: dict, common: dict, out: str) -> str:
-    """Train one point (or finish / read it); returns its run folder."""
+RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision"}  # where/how, not what
+
+
+def train_point(recipe: str, point: dict, common: dict, out: str, plan=None) -> str:
+    """Train one point (or finish / read it); returns its run folder. `plan`: its atcd.budget.BudgetPlan when the
+    grid is priced in seconds (`common: {budget_s: ...}`)."""
+    from atcd.config import parse_train_args
     exp = experiment_name(recipe, point)
     run = os.path.join(out, exp)
-    if finished(run):  # finished earlier: read it if it is this point
+    args = ["-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"), *flags({**common, **point}),
+            *(plan.train_flags() if plan else []), "--early-stop", "robust"]
+    if finished(run):  # finished earlier: read it if it is this point, as the recipe and its defaults resolve now
         stale = stale_args(run, {**common, **point})
+        stale = stale or stale_args(run, parse_train_args(args).flat(), ignore=RUN_KEYS)
         if stale:
             fail(f"error: {run} holds a run trained with {stale}, not this grid's values; give another --out or "
                  f"delete that folder")
         return run
     print(f"[grid] {exp}", flush=True)
     os.makedirs(out, exist_ok=True)
-    run_logged(["train_atcd.py", "-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"),
-                *flags({**common, **point}), "--early-stop", "robust", "--output", out, "--experiment", exp,
-                "--no-progress", *(["--resume", "auto"] if started(run) else ["--overwrite"])],
-               os.path.join(out, f"{exp}.train.log"))
+    run_logged(["train_atcd.py", *args, "--output", out, "--experiment", exp, "--no-progress",
+                *(["--resume", "auto"] if started(run) else ["--overwrite"])],
+               os.path.join(out, f"{exp}.train.log"), ok=(0, EXIT_COLLAPSED))
     return run
 
 
@@ -86,7 +134,7 @@ def score(run: str) -> dict:
         method = yaml.safe_load(f)["method"]
     return {"method": method, "epochs": len(rows), "train_s": round(sum(float(r["seconds"]) for r in rows), 1),
             "best_epoch": int(best["epoch"]), "holdout_clean": float(best["holdout_top1"]),
-            "holdout_pgd": float(best["holdout_pgd_top1"])}
+            "holdout_pgd": float(best["holdout_pgd_top1"]), "collapsed": int(rows[-1].get("collapsed") == "1")}
 
 
 def choose(rows: list[dict], min_clean: float) -> None:
@@ -95,8 +143,8 @@ def choose(rows: list[dict], min_clean: float) -> None:
         mine = [r for r in rows if r["recipe"] == recipe]
         ok = [r for r in mine if r["holdout_clean"] >= min_clean]
         best = max(ok or mine, key=lambda r: (r["holdout_pgd"], r["holdout_clean"], -r["train_s"]))
-        for r in mine:
-            r["chosen"], r["below_min_clean"] = int(r is best), int(r is best and not ok)
+        for r in mine:  # every point below --min-clean stays flagged (a Fast point that does not train, too)
+            r["chosen"], r["below_min_clean"] = int(r is best), int(r["holdout_clean"] < min_clean)
 
 
 def main(argv=None) -> int:
@@ -105,6 +153,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder of the runs, grid.csv and chosen.csv")
     p.add_argument("--methods", default=None, help="comma list of the grid's recipes to run (default: all)")
     p.add_argument("--min-clean", type=float, default=95.0, help="holdout clean accuracy a chosen point needs")
+    p.add_argument("--cost-batches", type=int, default=4,
+                   help="with `common: {budget_s: S}`: timed minibatches per point and round of the cost table")
     args = p.parse_args(argv)
     args.out = os.path.abspath(args.out)  # the trainings run from the repo root
     try:
@@ -121,12 +171,18 @@ def main(argv=None) -> int:
     if len(set(sizes.values())) > 1:
         print(f"[grid] note: the methods get different numbers of points {sizes}", flush=True)
     os.makedirs(args.out, exist_ok=True)
+    common = dict(grid.get("common") or {})
+    budget = common.pop("budget_s", None)  # equal time: every point priced at these seconds, not at fixed epochs
+    points = [(r, pt) for r, pt in points if r in wanted]
+    plans = budget_plans(points, float(budget), args.out, args.cost_batches) if budget else {}
     rows = []
     for recipe, point in points:
-        if recipe in wanted:
-            run = train_point(recipe, point, grid.get("common", {}), args.out)
-            rows.append({"recipe": recipe, "point": " ".join(flags(point)), "experiment": os.path.basename(run),
-                         **score(run)})
+        plan = plans.get(entry(recipe, point))
+        run = train_point(recipe, point, common, args.out, plan)
+        rows.append({"recipe": recipe, "point": " ".join(flags(point)), "experiment": os.path.basename(run),
+                     **score(run), **({"budget_s": budget, "minibatches": plan.minibatches,
+                                       "planned_s": round(plan.planned_s, 1)} if plan else {})})
+        write_csv(os.path.join(args.out, "grid.csv"), rows, FIELDS)  # a grid stopped early keeps its rows
     choose(rows, args.min_clean)
     write_csv(os.path.join(args.out, "grid.csv"), rows, FIELDS)
     write_csv(os.path.join(args.out, "chosen.csv"), [r for r in rows if r["chosen"]], FIELDS)

@@ -192,7 +192,8 @@ def _epoch(cfg, batch, n=96, epochs=1, seed=0):
 def test_epoch_acceptance_with_tau_to_zero_is_zero_when_trajectories_lower_the_loss(mnist_test_batch):
     """rho > lam: J_cd's gradient at a trajectory's start is (lam - rho)(p - y), so a one-step trajectory descends
     CE. At tau -> 0 the epoch accepts (almost) none of them, at tau = 1 a real fraction; summary keys per replay."""
-    base = {"eps": 0.3, "attack_step": 0.1, "atcd_T": 2, "atcd_K": 1, "cd_lambda": 1.0, "cd_rho": 2.0}
+    base = {"eps": 0.3, "attack_step": 0.1, "atcd_T": 2, "atcd_K": 1, "cd_lambda": 1.0, "cd_rho": 2.0,
+            "eps_warmup_epochs": 0.0}  # the whole ball from the first step (ATCD ramps eps 0.3 by default)
     (cold,), _, _ = _epoch(TrainConfig.of(**base, mh_temperature=1e-9), mnist_test_batch)
     (warm,), _, _ = _epoch(TrainConfig.of(**base, mh_temperature=1.0), mnist_test_batch)
     assert cold["mh_accept"] <= 0.02 and cold["mh_accept_r0"] <= 0.02 and cold["mh_accept_r1"] <= 0.02

@@ -102,6 +102,12 @@ class TrainMethod:
         return None
 
     @classmethod
+    def default_eps_warmup(cls, cfg, passes: int) -> float:
+        """The eps warm-up in epochs when --eps-warmup-epochs is not given (`passes`: the run's passes over the
+        data); 0: none."""
+        return 0.0
+
+    @classmethod
     def check(cls, cfg) -> None:
         """Checks across the method's options and the run-wide ones; raise `ConfigError` (one line)."""
 
