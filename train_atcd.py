@@ -11,24 +11,9 @@ SIGTERM/SIGUSR1 after writing a checkpoint (`"status": "preempted"`; resume with
 3 stopped by --max-bad-steps non-finite updates (`"status": "bad_steps"`); 4 trained to the end with accuracy still
 at chance after the eps warm-up (`"status": "collapsed"`, atcd/collapse.py); 128+N a second signal N.
 """
-import json
-import logging
 import sys
 
-from atcd.cli import user_errors
-from atcd.config import parse_train_args
-from atcd.faults import EXIT_BAD_STEPS, EXIT_COLLAPSED
-
-
-def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from atcd.trainer import run
-    result = user_errors(run, user_errors(parse_train_args, argv))
-    from accelerate import PartialState
-    if PartialState().is_main_process:  # every process returns the same (reduced) result
-        print("RESULT " + json.dumps(result))
-    return {"bad_steps": EXIT_BAD_STEPS, "collapsed": EXIT_COLLAPSED}.get(result["status"], 0)
-
+from atcd.main import train_main as main  # also the `atcd-train` console script of the installed package
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,9 +18,9 @@ __all__ = ["EVAL_EXAMPLES", "EVAL_FIRST", "EVAL_GROUPS", "TRAIN_EXAMPLES", "TRAI
            "TrainOptions", "add_timm_spellings", "resolve_lr", "resolve_timm_spellings", "run_parser",
            "run_validate_flags", "with_run_flags"]
 
-TRAIN_GROUPS = ("model", "data", "augmentation (training on image folders and shards; README: Data)", "optimisation",
-                "adversary (every adversarial method)", "model selection (on a holdout carved from the training split)",
-                "evaluation during training", "output")
+TRAIN_GROUPS = ("model", "data", "augmentation (training on image folders and shards; docs/train.md: Data)",
+                "optimisation", "adversary (every adversarial method)",
+                "model selection (on a holdout carved from the training split)", "evaluation during training", "output")
 EVAL_GROUPS = ("model", "data", "evaluation", "output")
 # the options users change first, listed first by --help (eps: validate's is an attack setting, AttackConfig)
 TRAIN_FIRST = ("model", "method", "dataset", "data_dir", "eps", "epochs", "batch_size", "lr", "output", "experiment")

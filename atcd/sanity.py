@@ -83,5 +83,5 @@ def summarize(checks: dict[str, dict], attacks=()) -> list[str]:
     }
     if any(a in ("autoattack", "square") for a in attacks):  # the robust number to read already includes Square
         msgs["whitebox_beats_square"] += ("; the autoattack/square rows include Square's result: report those (or "
-                                          "worst_case), not PGD (README: Gradient masking on the MNIST demo)")
+                                          "worst_case), not PGD (docs/validate.md: Gradient masking on the MNIST demo)")
     return [f"sanity check failed: {k}: {msgs.get(k, '')}" for k, v in checks.items() if not v["ok"]]

@@ -18,7 +18,7 @@ FLOORS = [
     ("atcd.run_options", "atcd.config", "atcd.faults", "atcd.ranks", "atcd.launch"),
     ("atcd.engine", "atcd.sanity", "atcd.sweep", "atcd.diagnostics", "atcd.ema", "atcd.provenance"),
     ("atcd.trainer", "atcd.evaluator"),
-    ("atcd.publish",),
+    ("atcd.publish", "atcd.main"),
 ]
 
 

@@ -46,14 +46,14 @@ def test_model_far_from_its_pretrained_size_is_warned_about(tmp_path):
 
 
 def _readme_block(marker: str) -> list[list[str]]:
-    """The commands of the README's bash block that contains `marker` (continuation lines joined)."""
-    with open(f"{ROOT}/README.md") as f:
+    """The commands of the training reference's bash block that contains `marker` (continuation lines joined)."""
+    with open(f"{ROOT}/docs/train.md") as f:
         text = f.read()
     block = next(b for b in text.split("```bash")[1:] if marker in b.split("```")[0]).split("```")[0]
     return [shlex.split(c) for c in block.replace("\\\n", " ").splitlines() if c.strip()]
 
 
-@pytest.mark.slow  # the README's streaming example, as written, learns
+@pytest.mark.slow  # the streaming example of docs/train.md, as written, learns
 @pytest.mark.longest
 def test_readme_streaming_example_learns(tmp_path):
     cmds = _readme_block("wds-demo")

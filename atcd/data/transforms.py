@@ -3,7 +3,7 @@
 timm's `create_transform` is called with mean 0 and std 1: normalisation lives in the model wrapper
 (`atcd.models.NormalizedModel`), so attacks and eps work in pixel space (timm's `normalize=False` would give uint8).
 
-The rule (README, Data): built-in datasets are tensors served as they are. Image folders and shards are read through
+The rule (docs/train.md, Data): built-in datasets are tensors served as they are. Image folders and shards are read through
 timm's eval transform (resize, centre crop by `crop_pct`) and, for training, augmented unless `no_aug`:
   - images of at most 32 px: random crop with zero padding of 1/8 of the size (4 at 32 px) and a horizontal flip,
     the CIFAR adversarial-training recipe. timm has no pad-crop, so torchvision's `RandomCrop` follows timm's resize;
