@@ -7,6 +7,7 @@ import tempfile
 import pytest
 import timm
 import torch
+from conftest import Recorder
 from torch import nn
 
 from atcd.attacks.core import project
@@ -104,20 +105,28 @@ def test_epochs_as_budget_divides_by_replays():
 
 
 def test_free_perturbation_carries_across_minibatches(mnist_test_batch):
+    """The second minibatch starts from the first one's final delta (projected onto the new images' ball and box),
+    not from zero; the saved state restores it."""
     cfg = TrainConfig.of(method="free", free_m=2, eps=0.3)
     torch.manual_seed(0)
-    model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist"))
+    model = Recorder(NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")))
     ctx = StepContext(model=model, attack_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                       backward=lambda loss: loss.backward(), after_update=lambda: None)
     method = create_method("free", cfg)
     x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    x2, y2 = mnist_test_batch[0][32:64], mnist_test_batch[1][32:64]
     method.step(ctx, x, y)
     carried = method.delta.clone()
     assert carried.abs().max() > 0  # after m replays the buffer holds the accumulated FGSM steps
+    assert torch.equal(model.calls[0][0], x)  # the original starts from zero noise
     state = method.state_dict()
     fresh = create_method("free", cfg)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.delta, carried)
+    method.step(ctx, x2, y2)
+    first = model.calls[2][0]  # the second minibatch's first replay
+    assert torch.equal(first, x2 + project(x2, carried, 0.3))
+    assert (first - x2).abs().max() > 0.25  # really carried: far from a zero start
 
 
 def test_fast_alpha_defaults_to_1_25_eps():
