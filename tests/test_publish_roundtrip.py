@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow  # the module fixture trains, validates and publishes through the scripts
 REPO = "atcd-test/resnet18-digits-32px"
+LICENSE = ("--license", "apache-2.0")  # trained on an image folder: publish asks which license the weights carry
 
 
 def _ok(r):
@@ -46,8 +47,8 @@ def r18(tmp_path_factory):
                    "--no-progress", "--output", str(root), "--experiment", "run"))
     ns = SimpleNamespace(root=root, data=data, run=run, export=root / "export")
     _ok(_validate(ns, run / "model.safetensors", run / "results.json", attacks="clean,autoattack"))
-    _ok(run_main("scripts/publish.py", str(run), "--repo-id", REPO, "--out", str(ns.export), "--robustbench-info",
-                   "--rb-name", "digits r18", "--rb-authors", "A. Tester", "--rb-dataset", "mnist"))
+    _ok(run_main("scripts/publish.py", str(run), "--repo-id", REPO, *LICENSE, "--out", str(ns.export),
+                 "--robustbench-info", "--rb-name", "digits r18", "--rb-authors", "A. Tester", "--rb-dataset", "mnist"))
     ns.results = json.loads((run / "results.json").read_text())
     ns.card = ModelCard.load(ns.export / "README.md")
     return ns
@@ -124,7 +125,7 @@ def test_robustbench_model_info(r18):
 
 def test_robustbench_info_needs_autoattack(r18, tmp_path):
     _ok(_validate(r18, r18.run / "model.safetensors", tmp_path / "clean.json", n="50"))
-    r = run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(tmp_path / "x"),
+    r = run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, *LICENSE, "--out", str(tmp_path / "x"),
                    "--results", str(tmp_path / "clean.json"), "--robustbench-info")
     assert r.returncode == 2 and "no autoattack" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
@@ -133,14 +134,14 @@ def test_robustbench_info_needs_autoattack(r18, tmp_path):
 @pytest.mark.parametrize("which,name", [("best", "model_best.safetensors"), ("ema", "model_ema.safetensors")])
 def test_weights_choice_needs_results_of_that_file(r18, tmp_path, which, name):
     out = tmp_path / "export"
-    r = run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(out), "--weights", which)
+    r = run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, *LICENSE, "--out", str(out), "--weights", which)
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1 and not out.exists()
     assert f"not on {r18.run / name}" in err
     assert f"python validate.py --model resnet18 --checkpoint {r18.run / name}" in err
     results = tmp_path / f"results_{which}.json"
     _ok(_validate(r18, r18.run / name, results, n="50"))
-    _ok(run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(out), "--weights", which,
+    _ok(run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, *LICENSE, "--out", str(out), "--weights", which,
                    "--results", str(results)))
     published, chosen = load_file(out / "model.safetensors"), load_file(r18.run / name)
     final = load_file(r18.run / "model.safetensors")
@@ -155,6 +156,6 @@ def test_results_of_rewritten_weights_are_refused(r18, tmp_path):
     results = json.loads((r18.run / "results.json").read_text())
     results["weights_sha256"] = "0" * 64
     (tmp_path / "stale.json").write_text(json.dumps(results))
-    r = run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, "--out", str(tmp_path / "x"),
+    r = run_main("scripts/publish.py", str(r18.run), "--repo-id", REPO, *LICENSE, "--out", str(tmp_path / "x"),
                    "--results", str(tmp_path / "stale.json"))
     assert r.returncode == 2 and "was measured on" in r.stderr and "python validate.py" in r.stderr

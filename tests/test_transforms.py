@@ -283,7 +283,7 @@ def test_a_published_run_states_its_size_and_normalisation(tmp_path):
     (run / "results.json").write_text(json.dumps({"model": args["model"], "checkpoint": str(run / "model.safetensors"),
                                                   "eps": 0.0, "norm": "Linf",
                                                   "num_samples": 10, "results": {"clean": {"top1": 50.0, "n": 10}}}))
-    out = export_run(str(run), "org/name", out_dir=str(tmp_path / "export"))
+    out = export_run(str(run), "org/name", out_dir=str(tmp_path / "export"), license="apache-2.0")
     with open(os.path.join(out, "config.json")) as f:
         pcfg = json.load(f)["pretrained_cfg"]
     assert (pcfg["input_size"], pcfg["mean"], pcfg["std"]) == ([3, 64, 64], [0.5] * 3, [0.25] * 3)
