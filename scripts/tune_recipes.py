@@ -52,33 +52,34 @@ def entry(recipe: str, point: dict) -> str:
     return ":".join([recipe, " ".join(flags(point))]) if point else recipe
 
 
-def budget_plans(points: list[tuple[str, dict]], budget: float, out: str, cost_batches: int) -> dict:
+def budget_plans(points: list[tuple[str, dict]], common: dict, budget: float, out: str, cost_batches: int) -> dict:
     """{entry: plan flags} pricing every point at `budget` seconds: its seconds per minibatch from one interleaved
     cost table of all the points (scripts/benchmark.py's measure_costs, written to out/grid_costs.csv and read back
     by a continued grid), laid out by atcd.budget.plan_budget as the equal-time comparison does."""
-    from benchmark import measure_costs, read_costs, recipe_config
+    from benchmark import measure_costs
     from equal_time import train_size
 
     from atcd.budget import plan_budget
+    from atcd.config import parse_train_args
     entries = list(dict.fromkeys(entry(r, pt) for r, pt in points))
     path = os.path.join(out, "grid_costs.csv")
     if os.path.isfile(path):
         with open(path) as f:
-            have = {r["method"] for r in csv.DictReader(f)}
-        missing = [e for e in entries if e not in have]
+            costs = [{**r, "sec_per_batch": float(r["sec_per_batch"])} for r in csv.DictReader(f)]
+        missing = [e for e in entries if e not in {c["method"] for c in costs}]
         if missing:
             fail(f"error: {path} priced other points (missing {missing[:2]}); give another --out or delete it")
-        costs = read_costs(out, entries, f"the grid in {out}")
         print(f"[grid] reusing the cost table of the earlier run: {path}", flush=True)
     else:
         print(f"[grid] timing {len(entries)} points ({cost_batches} minibatches x 2 rounds each)", flush=True)
         costs = measure_costs(entries, 128, cost_batches, rounds=2)
         write_csv(path, costs, list(costs[0]))
+    sec = {c["method"]: c["sec_per_batch"] for c in costs}
     plans = {}
-    for c in costs:
-        cfg = recipe_config(c["method"])
-        p = plan_budget(budget, c["sec_per_batch"], train_size(cfg), cfg.batch_size, cfg.epochs, cfg.eps_warmup_epochs)
-        plans[c["method"]] = p
+    for recipe, pt in points:  # the run's own config (the common flags too: the holdout sets the split's size)
+        cfg = parse_train_args(["-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"), *flags({**common, **pt})])
+        plans[entry(recipe, pt)] = plan_budget(budget, sec[entry(recipe, pt)], train_size(cfg), cfg.batch_size,
+                                               cfg.epochs, cfg.eps_warmup_epochs)
     return plans
 
 
@@ -109,8 +110,7 @@ def train_point(recipe: str, point: dict, common: dict, out: str, plan=None) -> 
     args = ["-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"), *flags({**common, **point}),
             *(plan.train_flags() if plan else []), "--early-stop", "robust"]
     if finished(run):  # finished earlier: read it if it is this point, as the recipe and its defaults resolve now
-        stale = stale_args(run, {**common, **point})
-        stale = stale or stale_args(run, parse_train_args(args).flat(), ignore=RUN_KEYS)
+        stale = stale_args(run, parse_train_args(args).flat(), ignore=RUN_KEYS)
         if stale:
             fail(f"error: {run} holds a run trained with {stale}, not this grid's values; give another --out or "
                  f"delete that folder")
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     common = dict(grid.get("common") or {})
     budget = common.pop("budget_s", None)  # equal time: every point priced at these seconds, not at fixed epochs
     points = [(r, pt) for r, pt in points if r in wanted]
-    plans = budget_plans(points, float(budget), args.out, args.cost_batches) if budget else {}
+    plans = budget_plans(points, common, float(budget), args.out, args.cost_batches) if budget else {}
     rows = []
     for recipe, point in points:
         plan = plans.get(entry(recipe, point))

@@ -45,3 +45,38 @@ def test_bad_grid_or_method_is_a_one_line_error(tmp_path, text, needle):
     grid.write_text(text)
     r = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(tmp_path / "o"), "--methods", "nosuch")
     assert r.returncode == 2 and needle in r.stderr.strip().splitlines()[-1]
+
+
+EQUAL_TIME_GRID = """
+common: {holdout: 100, budget_s: 3, eval_samples: 20, eval_attack_steps: 2}
+grids:
+  standard:
+    - {lr: 0.003}
+    - {lr: 0.0001}
+  fast:
+    - {attack_step: 0.3}
+"""
+
+
+def test_grid_at_equal_time_prices_every_point_from_one_cost_table_and_runs_round_robin(tmp_path):
+    """`common: {budget_s: S}`: each point trains for S priced seconds (its minibatches from the interleaved cost
+    table of all the points, grid_costs.csv), not for the recipe's epochs; explicit points run method by method in
+    turn; a continued grid reads the cost table instead of timing again."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(EQUAL_TIME_GRID)
+    out = tmp_path / "out"
+    r = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(out), "--cost-batches", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("[grid] ") and ln.split()[1] not in ("timing", "note:")] == [
+        "standard-lr=0.003", "fast-attack_step=0.3", "standard-lr=0.0001"]  # round robin
+    costs = {row["method"]: float(row["sec_per_batch"]) for row in csv.DictReader((out / "grid_costs.csv").open())}
+    assert set(costs) == {"standard:--lr 0.003", "standard:--lr 0.0001", "fast:--attack-step 0.3"}
+    rows = list(csv.DictReader((out / "grid.csv").open()))
+    for row in rows:
+        sec = costs[row["recipe"] + ":" + row["point"]]
+        assert row["budget_s"] == "3" and abs(float(row["planned_s"]) - int(row["minibatches"]) * sec) < 0.06
+        assert abs(int(row["minibatches"]) - 3 / sec) <= 1  # the budget's minibatches, whatever the recipe's epochs
+        summary = list(csv.DictReader((out / row["experiment"] / "summary.csv").open()))
+        assert sum(int(s["weight_passes"]) for s in summary) == int(row["minibatches"])  # one per minibatch here
+    again = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(out))
+    assert again.returncode == 0 and "reusing the cost table" in again.stdout and "[grid] standard" not in again.stdout
