@@ -98,6 +98,10 @@ def test_fp16_update_under_the_grad_scaler_tracks_fp32(standard_model, mixed_bat
     assert step > 0
     d16, dbf = ((w16 - w32).norm() / step).item(), ((wbf - w32).norm() / step).item()
     assert d16 <= 1.5 * dbf, f"fp16 update {d16:.3f} from fp32's, bf16 {dbf:.3f}"
+    # an fp16 step that moved nothing is 1.0 away (and passes the bound above for TRADES, whose bf16 is 1.1): the
+    # fp16 update must be nearer the fp32 one than the starting weights are
+    assert d16 < 0.5, f"fp16 update {d16:.3f} from fp32's"
+    assert (w16 - w0).norm() > 0.5 * step
 
 
 TINY = ("-c", "recipes/mnist_atcd.yaml", "--epochs", "1", "--train-samples-per-epoch", "64", "--batch-size", "32",
