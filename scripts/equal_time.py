@@ -434,7 +434,7 @@ def plot(rows: list[dict], path: str, x: str = "budget"):
         ax.set_xlabel("training budget (s; minibatches priced by the measured cost per minibatch)")
     else:
         ax.set_xscale("log")
-        ax.set_xlabel("weight updates in the budget (log scale; the budgets' points joined per method)")
+        ax.set_xlabel("weight updates made in the budget (log scale)")
     ax.set_ylabel(f"{key} accuracy (%; mean, 95 % over seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
