@@ -131,30 +131,54 @@ def _cpu_batches(mnist_test_batch, n: int = 2, size: int = 16, keys: bool = Fals
     return out
 
 
-def _train(dev, batches: list, method: str = "atcd") -> dict:
+def _train(dev, batches: list, method: str = "atcd", model_out: list | None = None) -> dict:
     own = {"atcd_T": 2, "atcd_K": 2} if method == "atcd" else {}
-    cfg = TrainConfig.of(method=method, eps=0.3, attack_step=0.1, **own)
+    cfg = TrainConfig.of(method=method, eps=0.3, attack_step=0.1, eps_warmup_epochs=0.0, **own)
     model = _model().to(dev)
     acc = FakeAccelerator(dev)
     ctx = StepContext(model=model, attack_model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                       backward=acc.backward, after_update=lambda: None)
-    return train_one_epoch(create_method(method, cfg), ctx, batches, acc, 0, progress=False)
+    stats = train_one_epoch(create_method(method, cfg), ctx, batches, acc, 0, progress=False)
+    if model_out is not None:
+        model_out.append(model)
+    return stats
+
+
+def _assert_same_weights(a, b):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.detach().cpu(), q.detach().cpu(), rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_harness_runs_the_train_loop_on_device_batches(dev, mnist_test_batch):
-    """What a prepared loader yields (device batches) trains: the harness itself is sound."""
-    stats = _train(dev, [to_device(b, dev) for b in _cpu_batches(mnist_test_batch)])
+    """What a prepared loader yields (device batches) trains: the harness itself is sound, and (the fake device
+    computing on the cpu) it trains exactly what the same loop on the cpu trains."""
+    on_dev, on_cpu = [], []
+    stats = _train(dev, [to_device(b, dev) for b in _cpu_batches(mnist_test_batch)], model_out=on_dev)
+    ref = _train(torch.device("cpu"), _cpu_batches(mnist_test_batch), model_out=on_cpu)
     assert stats["completed"] and stats["weight_passes"] == 4 and 2.0 < stats["train_loss"] < 2.5
+    assert stats["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-6)
+    assert stats["train_adv_top1"] == ref["train_adv_top1"]
+    _assert_same_weights(on_dev[0], on_cpu[0])
 
 
 @pytest.mark.parametrize("keys", [False, True])
 def test_train_loop_moves_cpu_batches_to_the_device(dev, mnist_test_batch, keys):
-    stats = _train(dev, _cpu_batches(mnist_test_batch, keys=keys))
+    on_dev, on_cpu = [], []
+    stats = _train(dev, _cpu_batches(mnist_test_batch, keys=keys), model_out=on_dev)
+    ref = _train(torch.device("cpu"), _cpu_batches(mnist_test_batch), model_out=on_cpu)
     assert stats["completed"] and stats["weight_passes"] == 4
+    assert stats["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-6)
+    _assert_same_weights(on_dev[0], on_cpu[0])
 
 
 def test_eval_loop_moves_cpu_batches_to_the_device(dev, mnist_test_batch):
-    model = _model().to(dev)
-    res = evaluate_attacks(model, _cpu_batches(mnist_test_batch), ["clean", "pgd"],
-                           AttackConfig(eps=0.3, step_size=0.1, steps=2), FakeAccelerator(dev))
+    """Per example, the fake device's clean and PGD verdicts are the cpu's (same seeds, same arithmetic)."""
+    cfg = AttackConfig(eps=0.3, step_size=0.1, steps=2)
+    res = evaluate_attacks(_model().to(dev), _cpu_batches(mnist_test_batch), ["clean", "pgd"], cfg,
+                           FakeAccelerator(dev))
+    ref = evaluate_attacks(_model(), _cpu_batches(mnist_test_batch), ["clean", "pgd"], cfg,
+                           FakeAccelerator(torch.device("cpu")))
     assert res["clean"]["n"] == 32 and 0.0 <= res["pgd"]["top1"] <= res["clean"]["top1"]
+    for name in ("clean", "pgd"):
+        assert torch.equal(res[name]["_ok"].cpu(), ref[name]["_ok"].cpu()), name
+        assert res[name]["top1"] == ref[name]["top1"]
