@@ -280,3 +280,17 @@ def test_acceptance_is_summed_over_ranks(tmp_path):
     for o in outs:  # rank 0 alone would give 1/8, 1/4 and 0
         assert (o["mh_accept"], o["mh_accept_r0"], o["mh_accept_r1"]) == (5 / 16, 3 / 8, 2 / 8)
         assert o["left"] == 0
+
+
+def test_model_card_says_when_the_mh_test_never_rejected():
+    """Issue 33 item 4: at the MNIST recipe's settings M-H accepts everything; the card says so from the run's own
+    summary.csv, and says nothing more when the test did reject."""
+    from atcd.publish.card import _training_section
+    args = {"method": "atcd", "dataset": "mnist-mini", "batch_size": 128, "eval_samples": 200, "eval_attack_steps": 10}
+    row = {"epoch": "0", "seconds": "1", "eval_top1": "98", "eval_pgd_top1": "80", "num_updates": "4"}
+    inert = _training_section(args, "smallcnn_mnist", [{**row, "mh_accept": "1.0"}, {**row, "mh_accept": "0.99994"}],
+                              None)
+    assert "acceptance per epoch: 0.9999-1.0000" in inert and "never rejected" in inert
+    acting = _training_section(args, "smallcnn_mnist", [{**row, "mh_accept": "0.74"}], None)
+    assert "acceptance per epoch: 0.7400-0.7400" in acting and "never rejected" not in acting
+    assert "acceptance per epoch" not in _training_section({**args, "mh": False}, "smallcnn_mnist", [row], None)

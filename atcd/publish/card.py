@@ -139,6 +139,12 @@ def _training_section(train_args: dict, arch: str, summary_rows: list[dict] | No
             f"selection): clean {last.get('eval_top1')}%, PGD-{train_args.get('eval_attack_steps')} "
             f"{last.get('eval_pgd_top1')}%"),
         ]
+        acc = [float(r["mh_accept"]) for r in summary_rows if r.get("mh_accept") not in (None, "")]
+        if acc:  # ATCD with M-H: say whether the test acted (issue 33: at kappa_H = 0, tau = 1 it did not)
+            lines.append(f"- Metropolis-Hastings acceptance per epoch: {min(acc):.4f}-{max(acc):.4f}" + (
+                "; the test (almost) never rejected, so the chains ran as warm-started PGD steps and its forward pass "
+                "per replay bought nothing (MNIST recipe: reports/mnist-mini/mh_acceptance.md)"
+                if min(acc) >= 0.999 else ""))
     else:
         lines.append("- the run folder had no `summary.csv`")
     lines.append(f"- hardware: {hardware}" if hardware else
