@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import AttackConfig
-from .attacks.core import perturb, random_init
+from .attacks.core import device_generator, perturb, random_init
 from .attacks.losses import jcd_loss
 from .methods.atcd import ATCD
 
@@ -51,11 +51,12 @@ def trajectory_shift(model: nn.Module, batches: Iterable, k: int, k2: int, cfg: 
     """Per layer: {layer, l2, cosine, norm_k, norm_k2} between the data-averaged gradients of k and k2 trajectories."""
     was_training = model.training
     model.eval()
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = None  # made on the batches' device at the first batch
     sums: dict[int, dict[str, torch.Tensor]] = {k: {}, k2: {}}
     n = 0
     try:
         for x, y in batches:
+            gen = gen or device_generator(cfg.seed, x.device)
             start = random_init(x, cfg.eps, gen)  # one start shared by both trajectory lengths
             for kk in {k, k2}:
                 g = layer_gradients(model, x + trajectory_delta(model, x, y, kk, cfg, start, opts), y)

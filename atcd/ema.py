@@ -54,11 +54,11 @@ class RunEma:
         """After optimizer update number `num_updates` (1-based, as timm's train.py counts: the first copies)."""
         self.ema.update(model, step=num_updates)
 
-    def evaluate(self, loader, attack_cfg, accelerator, channels_last: bool = False) -> dict:
+    def evaluate(self, loader, attack_cfg, accelerator, channels_last: bool = False, precision: str = "fp32") -> dict:
         """The summary columns: `ema_eval_top1` / `ema_eval_pgd_top1` beside the raw `eval_top1` / `eval_pgd_top1`."""
         sync_buffers(self.ema.module, accelerator)
         ev = evaluate_attacks(self.ema.module, loader, ["clean", "pgd"], attack_cfg, accelerator,
-                              channels_last=channels_last)
+                              channels_last=channels_last, precision=precision)  # as the raw weights' columns
         return {"ema_eval_top1": round(ev["clean"]["top1"], 2), "ema_eval_pgd_top1": round(ev["pgd"]["top1"], 2)}
 
     def files(self) -> dict[str, nn.Module]:

@@ -9,8 +9,10 @@ from tqdm import tqdm
 
 from .attacks import AttackConfig, get_attack
 from .data import chunk_seed
+from .cluster import wait_outside_collectives
 from .device import to_device
 from .methods import StepContext, TrainMethod
+from .precision import eval_precision
 
 __all__ = ["evaluate_attacks", "gather_uneven", "strip_private", "train_one_epoch"]
 
@@ -174,8 +176,11 @@ def _gather_flags(accelerator, info: dict) -> dict:
 
 
 def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, accelerator=None,
-                     progress: bool = False, channels_last: bool = False) -> dict[str, dict]:
+                     progress: bool = False, channels_last: bool = False, precision: str = "fp32") -> dict[str, dict]:
     """Top-1 accuracy per attack (plus `worst_case` over attacks per example); model is put in eval mode.
+
+    Every forward pass runs in `precision` (`atcd.precision.eval_precision`: fp32 with TF32 off by default), whatever
+    autocast the launcher had Accelerate wrap around the model's forward.
 
     Every batch is a chunk of the global sample order (`loader.chunk_ids` of an evaluation loader over an
     `EvalPlan`; otherwise as `_chunk_of` assumes), and each attack's randomness is seeded from (`cfg.seed`, chunk):
@@ -196,33 +201,36 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
     info = {a: {} for a in attacks}
     chunk_rows = []  # the chunk of every example this process evaluated, in its order
     try:
-        for name in attacks:
-            fn = get_attack(name)
-            it = tqdm(loader, desc=name, disable=not progress, leave=False)
-            for i, batch in enumerate(it):
-                x, y = to_device(batch[:2], device, channels_last)  # streamed loaders are never prepare()d
-                c = chunk_of(i)
-                if name == attacks[0]:
-                    chunk_rows.append(torch.full((len(y),), c, dtype=torch.long))
-                if len(y) == 0:  # a chunk whose every image was unreadable
-                    continue
-                x_adv = fn(model, x, y, replace(cfg, seed=chunk_seed(cfg.seed, c)))
-                ok = None
-                if isinstance(x_adv, tuple):  # (x_adv, info): e.g. AutoAttack's own check flags
-                    x_adv, extra = x_adv
-                    ok = extra.pop("correct", None)  # the attack's own verdict (a resumed AutoAttack: x_adv is partial)
-                    for k, v in extra.items():
-                        info[name].setdefault(k, []).extend(v)
-                if ok is None:
-                    with torch.no_grad():
-                        ok = model(x_adv).argmax(1) == y
-                if per_batch_gather:
-                    ok = accelerator.gather_for_metrics(ok)
-                per_attack[name].append(ok)
+        with eval_precision(precision, model):
+            for name in attacks:
+                fn = get_attack(name)
+                it = tqdm(loader, desc=name, disable=not progress, leave=False)
+                for i, batch in enumerate(it):
+                    x, y = to_device(batch[:2], device, channels_last)  # streamed loaders are never prepare()d
+                    c = chunk_of(i)
+                    if name == attacks[0]:
+                        chunk_rows.append(torch.full((len(y),), c, dtype=torch.long))
+                    if len(y) == 0:  # a chunk whose every image was unreadable
+                        continue
+                    x_adv = fn(model, x, y, replace(cfg, seed=chunk_seed(cfg.seed, c)))
+                    ok = None
+                    if isinstance(x_adv, tuple):  # (x_adv, info): e.g. AutoAttack's own check flags
+                        x_adv, extra = x_adv
+                        ok = extra.pop("correct", None)  # the attack's own verdict (a resumed AutoAttack: x_adv is partial)
+                        for k, v in extra.items():
+                            info[name].setdefault(k, []).extend(v)
+                    if ok is None:
+                        with torch.no_grad():
+                            ok = model(x_adv).argmax(1) == y
+                    if per_batch_gather:
+                        ok = accelerator.gather_for_metrics(ok)
+                    per_attack[name].append(ok)
     finally:
         model.train(was_training)
     order = None
     if not per_batch_gather:  # this process's chunks, then every process's, back in the global order
+        if accelerator is not None:
+            wait_outside_collectives(accelerator)  # ranks with fewer chunks must not wait inside the gather
         chunks = torch.cat(chunk_rows) if chunk_rows else torch.zeros(0, dtype=torch.long)
         if accelerator is not None:
             chunks = gather_uneven(accelerator, chunks)

@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from .checkpoint import atomic_write_text, load_weights
+from .cluster import accelerator_handlers
 from .config import EvalConfig
 from .data import (
     create_atcd_dataset,
@@ -30,6 +31,7 @@ from .device import to_device
 from .engine import evaluate_attacks, strip_private
 from .models import NormalizedModel, build_model, timm_kwargs, unwrap_timm
 from .models.sources import ema_weights
+from .precision import eval_precision
 from .provenance import measurement_record
 from .sanity import model_fingerprint, probe_checks, summarize
 from .sweep import run_sweep, write_sweep
@@ -104,7 +106,7 @@ def _results_text(out: dict, outs: list[dict], fmt: str) -> str:
 def run(cfg: EvalConfig) -> dict:
     """Evaluate every model of `cfg` (one, or several into a leaderboard); returns the one model's results dict, or
     `{"leaderboard": rows, "runs": [results, ...]}`."""
-    accelerator = Accelerator()
+    accelerator = Accelerator(kwargs_handlers=accelerator_handlers(cfg.dist_timeout))
     if not cfg.no_progress and accelerator.is_main_process:  # AutoAttack reports its progress at DEBUG level
         logging.getLogger("auto-attack").setLevel(logging.DEBUG)
         logging.getLogger("atcd.attacks.autoattack").setLevel(logging.INFO)  # a line per sub-attack as it starts
@@ -144,17 +146,27 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
                                  download=cfg.dataset_download, **tf)
         loader = create_eval_loader(ds, cfg.batch_size, **shard)
     model = accelerator.prepare(model)
+    # prepare() wraps forward in the launcher's autocast (kept by unwrap_model): every pass below bypasses it and
+    # runs in --eval-precision (fp32, TF32 off, by default)
     model = accelerator.unwrap_model(model).eval()
+    with eval_precision(cfg.eval_precision, model):
+        return _measure(cfg, accelerator, model, loader, tf, sample_ids)
+
+
+def _measure(cfg: EvalConfig, accelerator: Accelerator, model, loader, tf: dict, sample_ids) -> dict:
+    """Clean accuracy, attacks, probes and sweeps of one prepared model (inside its evaluation precision)."""
     acfg = cfg.attack
     t0 = time.time()
     fingerprint = model_fingerprint(model)
     sanity = _probe(model, loader, cfg, acfg) if cfg.sanity_samples else {}
-    res = evaluate_attacks(model, loader, list(cfg.attacks), acfg, accelerator, progress=not cfg.no_progress)
+    res = evaluate_attacks(model, loader, list(cfg.attacks), acfg, accelerator, progress=not cfg.no_progress,
+                           precision=cfg.eval_precision)
     out = {
         "model": cfg.model, "checkpoint": _weights(cfg), "dataset": cfg.dataset or cfg.data_dir,
         "split": cfg.split, "num_samples": res[cfg.attacks[0]]["n"],
         "evaluated_ids": _evaluated_ids(loader, listed=sample_ids is not None),
-        "eps": acfg.eps, "norm": "Linf",
+        "eps": acfg.eps, "norm": "Linf", "eval_precision": cfg.eval_precision,
+        "launcher_mixed_precision": accelerator.mixed_precision,
         "attack_config": acfg.as_dict(),
         "results": {a: {**r, "correct": _bits(res[a]["_ok"])} for a, r in strip_private(res).items()},
         "seconds": round(time.time() - t0, 1),
@@ -171,7 +183,8 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
     sweep_dir = os.path.dirname(os.path.abspath(cfg.results_file)) if cfg.results_file else "output/validate"
     for param, values in sweeps:
         if values:
-            rows = run_sweep(model, loader, acfg, cfg.sweep_attack, param, list(values), accelerator)
+            rows = run_sweep(model, loader, acfg, cfg.sweep_attack, param, list(values), accelerator,
+                             precision=cfg.eval_precision)
             out[f"sweep_{param}"] = rows
             if accelerator.is_main_process:
                 out[f"sweep_{param}_files"] = write_sweep(rows, sweep_dir, param)

@@ -1,9 +1,12 @@
 """Faults a long training run must survive: preemption signals and non-finite steps.
 
 - `Preemption`: SIGTERM / SIGUSR1 (what SLURM, Kubernetes and spot instances send before killing a job) ask the run
-  to finish the current step, write a checkpoint and exit 0; a second signal exits at once. Under several
-  processes the request is agreed on by all of them at the end of every step, so a signal to one rank makes every
-  rank checkpoint at the same step.
+  to finish the current step, write a checkpoint and exit 0. A repeated signal is the same request: SLURM signals
+  every process of the step and torch's elastic agent (`accelerate launch`, torchrun) forwards its own SIGTERM to
+  the trainers, so one preemption arrives twice (SIGINT / Ctrl-C still stops at once). Forked loader workers
+  inherit the handler and ignore the signal (the main process stops them). Under several processes the request is
+  agreed on by all of them without a host sync per step: each step all-reduces a device flag, and every rank reads
+  the flag of `lag` steps earlier from host memory, so all ranks checkpoint at the same step.
 - `FiniteGuard`: wraps the optimizer the methods step. An update whose gradients hold a NaN/inf (a non-finite
   loss back-propagates into them) is skipped and counted on the device instead of being applied (no host sync per
   update); the trainer reads the count every --log-interval minibatches and before every checkpoint, and stops
@@ -11,16 +14,27 @@
   every rank reaches the same decision without another collective. Under fp16 Accelerate's GradScaler already
   skips overflowing steps (and lowers its scale); there the guard defers to it.
 """
+import collections
 import os
 import signal
 import sys
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["EXIT_BAD_STEPS", "EXIT_COLLAPSED", "FiniteGuard", "Preemption"]
+__all__ = ["EXIT_BAD_STEPS", "EXIT_COLLAPSED", "FiniteGuard", "Preemption", "worker_ignores_stop_signals"]
 
 EXIT_BAD_STEPS = 3  # exit code of a run stopped by --max-bad-steps
 EXIT_COLLAPSED = 4  # exit code of a run that trained to the end at chance accuracy (atcd/collapse.py)
+
+
+def worker_ignores_stop_signals(worker_id: int = 0) -> None:
+    """`DataLoader(worker_init_fn=...)`: a loader worker ignores SIGTERM/SIGUSR1. A scheduler signals every process
+    of the job, workers included, and torch's worker handler dies of a SIGTERM that its parent did not send; the
+    main process would then fail on the next batch ("worker killed by signal: Terminated") instead of writing its
+    checkpoint. The main process stops its workers itself (and they exit when it dies)."""
+    for s in Preemption.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class Preemption:
@@ -28,18 +42,22 @@ class Preemption:
 
     SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
 
-    def __init__(self):
+    def __init__(self, lag: int = 2):
         self.signum: int | None = None
         self._old = {}
+        self._pid = os.getpid()
+        self.lag = lag
+        self._pending: collections.deque = collections.deque()  # (host flag, event) of the last `lag` steps
+        self._slots: list = []
 
     def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.signum is not None:  # second signal: no more grace
-            print(f"{name} again: exiting now without a checkpoint", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
+        if os.getpid() != self._pid:  # a forked loader worker: the main process stops it
+            return
+        if self.signum is not None:  # the scheduler's and the launcher's copy of one preemption
+            return
         self.signum = signum
-        print(f"{name} received: finishing the current step, then checkpointing and exiting "
-              f"(send it again to exit at once)", file=sys.stderr, flush=True)
+        print(f"{signal.Signals(signum).name} received: finishing the current step, then checkpointing and exiting "
+              f"(a repeated signal is the same request; SIGINT stops at once)", file=sys.stderr, flush=True)
 
     def __enter__(self):
         for s in self.SIGNALS:
@@ -58,13 +76,55 @@ class Preemption:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else "a signal to another process"
 
-    def requested(self, accelerator) -> bool:
-        """True on every process once any process got a signal (one tiny all-reduce per step when distributed)."""
+    def requested(self, accelerator, now: bool = False) -> bool:
+        """True on every process, at the same call, once any process got a signal.
+
+        Distributed, per call: a device flag is set with `fill_` (no host-to-device copy) and all-reduced; its value
+        is copied into pinned host memory behind an event, and the value of `lag` calls earlier is read from there
+        (the event of a step long done on the device: no wait for the current queue). `now=True` (epoch ends,
+        already a sync point) all-reduces and reads at once, and drops the pending reads.
+        """
         mine = self.signum is not None
         if accelerator.num_processes == 1:
             return mine
-        flag = accelerator.reduce(torch.tensor([int(mine)], device=accelerator.device), reduction="sum")
-        return int(flag.item()) > 0
+        if now:
+            self._pending.clear()
+            flag = torch.zeros(1, dtype=torch.int32, device=accelerator.device).fill_(int(mine))
+            return int(accelerator.reduce(flag, reduction="sum").item()) > 0
+        if not self._slots:
+            self._slots = [_FlagSlot(accelerator.device) for _ in range(self.lag + 1)]
+        slot = self._slots[0]
+        self._slots.append(self._slots.pop(0))
+        self._pending.append(slot.post(int(mine)))
+        if len(self._pending) <= self.lag:
+            return False
+        return self._pending.popleft()()
+
+
+class _FlagSlot:
+    """A device flag, its pinned host copy and the event after the copy: one step's stop request in flight."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.flag = torch.zeros(1, dtype=torch.int32, device=self.device)
+        cuda = self.device.type == "cuda"
+        self.host = torch.zeros(1, dtype=torch.int32, pin_memory=cuda)
+        self.host_view = self.host.numpy()  # read through numpy: host memory, no tensor read
+        self.event = torch.Event(device=self.device.type) if self.device.type != "cpu" else None
+
+    def post(self, mine: int):
+        """Set, all-reduce and start copying this step's flag; returns the read of its result."""
+        self.flag.fill_(mine)
+        dist.all_reduce(self.flag)
+        self.host.copy_(self.flag, non_blocking=self.event is not None)
+        if self.event is not None:
+            self.event.record()
+
+        def read() -> bool:
+            if self.event is not None:
+                self.event.synchronize()  # that step's copy only, not the whole queue
+            return int(self.host_view[0]) > 0
+        return read
 
 
 class FiniteGuard:
@@ -115,14 +175,17 @@ class FiniteGuard:
     @torch.no_grad()
     def _guarded_step(self, params: list):
         device = params[0].grad.device
-        bad = ~torch.stack([torch.isfinite(p.grad).all().to(device) for p in params]).all()
+        # one fused kernel group for the flag (max |g| per tensor is NaN/inf iff the tensor holds one), not a
+        # Python loop of isfinite/all kernels per parameter (~1,000 on ResNet-50)
+        peaks = torch._foreach_norm([p.grad for p in params], float("inf"))
+        bad = ~torch.stack([n.to(device) for n in peaks]).isfinite().all()
         state = self._state()
 
         def on_device(p) -> dict:  # p's state entries that can be put back without a host sync
             return {k: v for k, v in state.get(p, {}).items() if isinstance(v, torch.Tensor) and v.device == device}
 
         mine = [p for p in params if p.device == device]
-        saved = [p.clone() for p in mine], [{k: v.clone() for k, v in on_device(p).items()} for p in mine]
+        saved = torch._foreach_mul(mine, 1.0), [{k: v.clone() for k, v in on_device(p).items()} for p in mine]
         self.optimizer.step()
         for p, old_p, old_state in zip(mine, *saved):
             p.copy_(torch.where(bad, old_p, p))

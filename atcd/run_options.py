@@ -108,10 +108,12 @@ class TrainOptions:
     ratio: tuple | None = option(None, "RandomResizedCrop aspect-ratio range (timm's flag; default 3/4 4/3)",
                                  type=parse_fraction, nargs=2, metavar=("LOW", "HIGH"), group=_AUG)
     batch_size: int = option(128, "per-process batch size", short="-b", **AT_LEAST_1, group=_D)
-    workers: int = option(0, "loader worker processes per process", short="-j", check=_GE0, why="must be >= 0",
-                          group=_D)
-    pin_mem: bool = option(False, "page-locked (pinned) loader batches for faster copies to a GPU (timm's flag)",
-                           action="store_true", group=_D)
+    workers: int | None = option(None, "loader worker processes per process; default: 0 on a cpu, on a GPU "
+                                 "min(8, this process's share of the CPUs); args.yaml records the value used",
+                                 short="-j", type=int, check=lambda v: v is None or v >= 0, why="must be >= 0",
+                                 group=_D)
+    pin_mem: bool = option(False, "page-locked (pinned) loader batches for faster copies to a GPU (timm's flag; "
+                           "always on for CUDA)", action="store_true", group=_D)
     shuffle_buffer: int = option(2048, "wds: per-worker sample shuffle buffer (1 = shard order)", **AT_LEAST_1,
                                  group=_D)
     strict_data: bool = option(False, "fail on the first corrupt image or shard member (default: skip it, count it, "
@@ -169,6 +171,15 @@ class TrainOptions:
                                          "what `accelerate launch --mixed_precision` or `accelerate config` set "
                                          "(else no). The resolved value is what args.yaml records", type=str,
                                          choices=("no", "bf16", "fp16"), group=_O)
+    eval_precision: str = option("fp32", "precision of every evaluation (per-epoch eval, EMA, holdout): fp32 with "
+                                 "TF32 off whatever the launcher's --mixed_precision; tf32/bf16/fp16 on purpose only",
+                                 choices=("fp32", "tf32", "bf16", "fp16"), group=_E)
+    dist_timeout: float = option(1800.0, "seconds a process waits in a collective before the run aborts (the process "
+                                 "group's timeout; NCCL's own default is 600)", check=lambda v: v > 0,
+                                 why="must be > 0 seconds", group=_O)
+    find_unused_parameters: bool = option(False, "DDP's find_unused_parameters: for a model whose forward leaves "
+                                          "some parameters without a gradient (else DDP errors at the next step)",
+                                          group=_O)
     model_ema: bool = option(False, "keep an exponential moving average of the weights (timm's ModelEmaV3): "
                              "evaluated per epoch (ema_* columns), checkpointed, written as model_ema.safetensors",
                              group=_O)
@@ -297,6 +308,12 @@ class EvalOptions:
     strict_data: bool = option(False, "fail on the first corrupt image or shard member (default: skip it, count it, "
                                "warn)", action="store_true", group="data")
     attacks: tuple = option(("clean", "pgd"), "comma list of attacks", type=comma_list, group="evaluation")
+    eval_precision: str = option("fp32", "precision of clean accuracy, attacks, probes and AutoAttack: fp32 with TF32 "
+                                 "off whatever the launcher's --mixed_precision; tf32/bf16/fp16 on purpose only",
+                                 choices=("fp32", "tf32", "bf16", "fp16"), group="evaluation")
+    dist_timeout: float = option(1800.0, "seconds a process waits in a collective before the run aborts (NCCL's own "
+                                 "default is 600); ranks that finish their images early wait outside any collective",
+                                 check=lambda v: v > 0, why="must be > 0 seconds", group="evaluation")
     sanity_samples: int = option(32, "probe images for the sanity checks (eps=0, monotonicity, white-box vs Square, "
                                  "model unchanged); 0 turns them off", check=_GE0, why="must be >= 0",
                                  group="evaluation")

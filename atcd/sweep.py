@@ -11,7 +11,7 @@ __all__ = ["plot_sweep", "run_sweep", "write_sweep"]
 
 
 def run_sweep(model, loader, cfg: AttackConfig, attack: str, param: str, values: list[float],
-              accelerator=None) -> list[dict]:
+              accelerator=None, precision: str = "fp32") -> list[dict]:
     """Top-1 under `attack` for each value of `param` ('steps' or 'eps'); the step size follows the default rule
     (2.5 eps / steps) unless it was given explicitly (then it is kept for a steps sweep and scaled for eps)."""
     rows = []
@@ -22,7 +22,7 @@ def run_sweep(model, loader, cfg: AttackConfig, attack: str, param: str, values:
             c = replace(cfg, eps=float(v), step_size=cfg.step_size * float(v) / cfg.eps if cfg.eps else 0.0)
         else:
             raise ValueError(f"unknown sweep parameter {param!r}")
-        res = evaluate_attacks(model, loader, [attack], c, accelerator)
+        res = evaluate_attacks(model, loader, [attack], c, accelerator, precision=precision)
         rows.append({"param": param, "value": v, "attack": attack, "top1": res[attack]["top1"],
                      "n": res[attack]["n"]})
     return rows

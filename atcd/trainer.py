@@ -19,6 +19,8 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 
 from .attacks import AttackConfig
+from .attacks.core import device_generator
+from .cluster import accelerator_handlers, check_shared_output
 from .checkpoint import (
     atomic_write_text,
     earlier_run,
@@ -45,6 +47,7 @@ from .models import (
     unwrap_timm,
 )
 from .optim import AccumulatingOptimizer, create_run_optimizer
+from .precision import train_math_policy
 from .ranks import rank_weight_hashes, sync_buffers
 from .schedule import UpdateCounter, create_lr_scheduler
 from .summary import trim_summary, write_summary
@@ -94,6 +97,20 @@ def _select(cfg: TrainConfig, row: dict, epoch: int, best: dict, best_path: str,
     return False
 
 
+def loader_defaults(cfg: TrainConfig, accelerator: Accelerator) -> dict:
+    """--workers and --pin-mem as a GPU run needs them unless given: workers per process from this process's share
+    of the CPUs (at most 8), pinned batches on CUDA (a copy from pageable memory waits for the device). Loaders are
+    not persistent: a training dataset's per-epoch augmentation seed is set in the main process, which persistent
+    workers would not see."""
+    workers = cfg.workers
+    if workers is None and accelerator.device.type == "cpu":
+        workers = 0  # the cpu computes the steps too
+    elif workers is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(8, max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))  # (torchrun sets it)
+    return {"workers": workers, "pin_mem": cfg.pin_mem or accelerator.device.type == "cuda"}
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train as `cfg` says; returns the last epoch's summary row (plus `run_dir` and per-process checks).
 
@@ -110,9 +127,11 @@ def run(cfg: TrainConfig) -> dict:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
                                                                         data_seed=cfg.seed),
+                              kwargs_handlers=accelerator_handlers(cfg.dist_timeout, cfg.find_unused_parameters),
                               **accelerator_kwargs(cfg.log_with, run_dir_for(cfg)))  # --log-with trackers
     try:
-        cfg = replace(cfg, mixed_precision=accelerator.mixed_precision)  # what runs is what args.yaml records
+        # what runs is what args.yaml records: the resolved precision and loader settings
+        cfg = replace(cfg, mixed_precision=accelerator.mixed_precision, **loader_defaults(cfg, accelerator))
         if cfg.mixed_precision == "fp16" and accelerator.scaler is None:  # Accelerate turns fp16 off on cpu
             raise ConfigError(f"fp16 does not run on {accelerator.device.type}: Accelerate turns it off there (no "
                               f"autocast, no GradScaler), so the run would be fp32 while recording fp16; use bf16 or "
@@ -145,6 +164,8 @@ class _Training:
         """Model, loaders, run dir, method, optimizer, scheduler and the step context, in that order."""
         cfg, acc = self.cfg, self.accelerator
         set_seed(cfg.seed, device_specific=False)  # the same initial weights on every process
+        check_shared_output(acc, cfg.output)  # before any rank looks for an earlier run or a checkpoint there
+        self.math_policy = train_math_policy(acc.device)
         earlier = earlier_run(self.out_dir)
         if earlier and not cfg.resume and not cfg.overwrite:  # appending to its summary would mix two runs
             raise ConfigError(f"{self.out_dir} already holds a training run ({', '.join(earlier[:3])}"
@@ -168,20 +189,23 @@ class _Training:
         self._make_run_dir(earlier)
         set_seed(cfg.seed, device_specific=True)  # per-process global RNG from here on (seed + rank)
         # per-rank random starts and M-H draws (each rank attacks different images); rank 0 keeps cfg.seed
-        self.method = create_method(cfg.method, replace(cfg, seed=cfg.seed + acc.process_index))
+        # drawing on the accelerator: no host draw + pageable copy per random start or M-H test
+        seed = cfg.seed + acc.process_index
+        self.method = create_method(cfg.method, replace(cfg, seed=seed), generator=device_generator(seed, acc.device))
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = RunEma.create(cfg, model, acc.device)  # None without --model-ema; an eager copy
-        if cfg.torch_compile:
-            # in place (no `_orig_mod` wrapper): DDP wraps the compiled module, the attack passes (on the unwrapped
-            # module) run compiled too, and state-dict keys stay those of the plain model
-            model.compile(backend=cfg.torch_compile)
         if cfg.streamed:  # rank-sharded loaders never go through prepare()
             model, optimizer = acc.prepare(model, optimizer)
         else:
             model, optimizer, train_loader, eval_loader = acc.prepare(model, optimizer, train_loader, eval_loader)
             if holdout_loader is not None:
                 holdout_loader = acc.prepare(holdout_loader)
+        if cfg.torch_compile:
+            # after prepare (DDP has registered its hooks on the plain module), in place on the inner module (no
+            # `_orig_mod` wrapper): the attack passes (on the unwrapped module) run compiled too, and state-dict
+            # keys stay those of the plain model
+            acc.unwrap_model(model).compile(backend=cfg.torch_compile)
         self.model, self.optimizer = model, optimizer
         self.train_loader, self.eval_loader, self.holdout_loader = train_loader, eval_loader, holdout_loader
         # len() is per process for both kinds of loader (prepared: its shard; streamed: the fixed batch count)
@@ -197,7 +221,7 @@ class _Training:
         self.guard = FiniteGuard(inner, acc, num_updates=lambda: self.stepper.num_updates)
         self.ctx = StepContext(model=model, attack_model=self.attack_model, optimizer=self.guard,
                                backward=acc.backward, after_update=self._after_update, clip_grad=self._clip,
-                               autocast=acc.autocast)
+                               autocast=acc.autocast, no_sync=lambda: acc.no_sync(model))
         self.eval_cfg = AttackConfig(eps=cfg.eps, step_size=2.5 * cfg.eps / max(1, cfg.eval_attack_steps),
                                      steps=cfg.eval_attack_steps, seed=cfg.seed)
 
@@ -219,9 +243,10 @@ class _Training:
         method = get_method_class(cfg.method)
         n_params = sum(p.numel() for p in model.parameters())
         _logger.info("train %s (%.2fM params) | data %s: %d images/epoch at %s | --method %s: %d passes/minibatch | "
-                     "%d process(es), precision %s | output %s", cfg.model, n_params / 1e6, cfg.dataset,
-                     images_per_epoch, "x".join(map(str, data_size)), method.label(cfg.method_opts),
-                     method.passes_per_batch(cfg.method_opts), acc.num_processes, cfg.mixed_precision, self.out_dir)
+                     "%d process(es), precision %s (math %s, evaluation %s) | output %s", cfg.model, n_params / 1e6,
+                     cfg.dataset, images_per_epoch, "x".join(map(str, data_size)), method.label(cfg.method_opts),
+                     method.passes_per_batch(cfg.method_opts), acc.num_processes, cfg.mixed_precision,
+                     self.math_policy, cfg.eval_precision, self.out_dir)
 
     def _make_run_dir(self, earlier: list[str]):
         """The run dir appears only once model and data are known good: bad input leaves no partial output."""
@@ -350,17 +375,19 @@ class _Training:
         cfg, acc = self.cfg, self.accelerator
         sync_buffers(self.attack_model, acc)  # every rank evaluates the weights rank 0 will save
         ev = evaluate_attacks(self.attack_model, self.eval_loader, ["clean", "pgd"], self.eval_cfg, acc,
-                              channels_last=cfg.channels_last)
+                              channels_last=cfg.channels_last, precision=cfg.eval_precision)
         row = {"epoch": epoch, **{k: round(v, 5) if isinstance(v, float) else v for k, v in self.stats.items()},
                "eval_top1": round(ev["clean"]["top1"], 2), "eval_pgd_top1": round(ev["pgd"]["top1"], 2),
                "eval_n": ev["clean"]["n"], "lr": self._lr(),
-               "num_updates": self.stepper.num_updates, "bad_steps": self.guard.bad_steps}
+               "num_updates": self.stepper.num_updates, "bad_steps": self.guard.bad_steps,
+               "eval_precision": cfg.eval_precision}
         if self.ema is not None:  # the averaged weights on the same images and attack
-            row.update(self.ema.evaluate(self.eval_loader, self.eval_cfg, acc, channels_last=cfg.channels_last))
+            row.update(self.ema.evaluate(self.eval_loader, self.eval_cfg, acc, channels_last=cfg.channels_last,
+                                         precision=cfg.eval_precision))
         stopped = False
         if self.holdout_loader is not None:
             ho = evaluate_attacks(self.attack_model, self.holdout_loader, ["clean", "pgd"], self.eval_cfg, acc,
-                                  channels_last=cfg.channels_last)
+                                  channels_last=cfg.channels_last, precision=cfg.eval_precision)
             row.update(holdout_top1=round(ho["clean"]["top1"], 2), holdout_pgd_top1=round(ho["pgd"]["top1"], 2))
             stopped = _select(cfg, row, epoch, self.best, os.path.join(self.out_dir, "model_best.safetensors"),
                               self.attack_model, acc)
@@ -381,7 +408,7 @@ class _Training:
     def end_epoch(self, epoch: int) -> bool:
         """Epoch-end checkpoint; False when a signal arrived during the evaluation (the run stops here)."""
         path = self._save(f"checkpoint-{epoch:04d}", self._meta(epoch, True, len(self.train_loader)))
-        if epoch + 1 < self.epochs and self.preemption.requested(self.accelerator):
+        if epoch + 1 < self.epochs and self.preemption.requested(self.accelerator, now=True):
             self.status, self.status_ckpt = "preempted", path
             return False
         return True
@@ -404,6 +431,7 @@ class _Training:
                 atomic_write_text(os.path.join(self.out_dir, "data_keys.json"), json.dumps(self.data_keys))
         # cheap cross-process checks a launcher test (or a user) can read off the RESULT line
         checks = {"num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
+                  "eval_precision": cfg.eval_precision,
                   "rank_weights_sha256": rank_weight_hashes(unwrap_timm(self.model), acc),
                   "rank_num_updates": gather_object([self.stepper.num_updates])}
         if self.row.get("collapsed") == 1:  # trained to the end and still at chance: not "completed"

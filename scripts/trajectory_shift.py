@@ -56,11 +56,14 @@ def plot(rows: list[dict], path: str, k: int, k2: int):
 
 
 def main(argv=None) -> int:
+    import torch
+
     from atcd.attacks import AttackConfig
     from atcd.checkpoint import atomic_write_text, load_weights
     from atcd.cli import user_errors
     from atcd.config import check_model_name
     from atcd.data import create_atcd_dataset, create_atcd_loader
+    from atcd.device import to_device
     from atcd.diagnostics import trajectory_shift
     from atcd.errors import ConfigError
     from atcd.methods.atcd import ATCD
@@ -83,6 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--cd-lambda", type=float, default=2.0)
     p.add_argument("--cd-rho", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="where the gradients are computed (default: the accelerator if "
+                   "there is one, else cpu)")
     p.add_argument("--out", default="output/trajectory_shift")
     a = p.parse_args(argv)
 
@@ -93,11 +98,14 @@ def main(argv=None) -> int:
         cks = _checkpoints(a)
         if not cks:
             raise ConfigError("no checkpoints: give --checkpoints or a --run-dir holding model.safetensors")
-        model = build_model(a.model)
+        acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        device = torch.device(a.device or (acc.type if acc is not None else "cpu"))
+        model = build_model(a.model).to(device)
         pcfg = unwrap_timm(model).pretrained_cfg
         ds = create_atcd_dataset(a.dataset, a.split, data_dir=a.data_dir,
                                  input_size=tuple(pcfg.get("input_size", (3, 224, 224))))
-        batches = list(create_atcd_loader(ds, a.batch_size, False, num_samples=a.num_samples))
+        batches = [to_device(b, device) for b in create_atcd_loader(ds, a.batch_size, False,
+                                                                   num_samples=a.num_samples)]
         acfg = AttackConfig(eps=a.eps, step_size=a.attack_step, seed=a.seed)
         opts = ATCD.Options(cd_lambda=a.cd_lambda, cd_rho=a.cd_rho)
         out = []

@@ -213,6 +213,17 @@ def test_channels_last_and_torch_compile_train_the_same_model(tmp_path, one_proc
     _assert_same_training(load_file(tmp_path / "cl" / "model.safetensors"), one_process_reference, tol=1e-4)
 
 
+def test_channels_last_and_torch_compile_after_ddp_train_the_same_model_on_two_processes(tmp_path,
+                                                                                        one_process_reference):
+    """The ImageNet recipe's GPU defaults (channels-last, torch.compile) over 2 DDP processes: the model is compiled
+    after `prepare` has wrapped it in DDP, and the run trains the 1-process eager reference's model up to float
+    noise, with equal weights on both ranks."""
+    res = _train_2proc(*MAP_STYLE, "-b", "32", "--channels-last", "--torch-compile", "aot_eager",
+                       "--output", str(tmp_path), "--experiment", "cl2")
+    assert res["num_processes"] == 2 and len(set(res["rank_weights_sha256"])) == 1
+    _assert_same_training(load_file(tmp_path / "cl2" / "model.safetensors"), one_process_reference, tol=1e-4)
+
+
 def test_bf16_autocast_trains_atcd_like_fp32(tmp_path):
     """A short ATCD demo (eps 0.1, T=2, K=1, 64 updates) under bf16 autocast on CPU and in fp32, run side by side:
     both learn, and the accuracies agree within a few points (measured: clean 67.0 vs 64.0, PGD-5 49.0 vs 47.0)."""

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 __all__ = ["PassCounter", "input_grad", "perturb", "project", "random_init", "sign_step", "step_size_at"]
@@ -47,8 +48,19 @@ def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
     return (x + delta).clamp(0.0, 1.0) - x
 
 
+def device_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A seeded generator that draws on `device` (a GPU draw needs no host draw and pageable copy, which would wait
+    for the device); a cpu generator on a backend that has none (the random numbers are then copied)."""
+    try:
+        return torch.Generator(device=device).manual_seed(seed)
+    except (RuntimeError, NotImplementedError):
+        return torch.Generator().manual_seed(seed)
+
+
 def random_init(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    noise = torch.rand(x.shape, generator=generator, device="cpu", dtype=torch.float32).to(x.device, x.dtype)
+    """A uniform start in the eps-ball (and [0,1]), drawn where the generator lives (float32 whatever x's dtype)."""
+    where = generator.device if generator is not None else x.device
+    noise = torch.rand(x.shape, generator=generator, device=where, dtype=torch.float32).to(x.device, x.dtype)
     return project(x, (2 * noise - 1) * eps, eps)
 
 
@@ -81,6 +93,15 @@ def _fp16_backward(logits: torch.Tensor, d: torch.Tensor, y: torch.Tensor,
     return g * _rowwise(s, g).to(g.dtype), loss
 
 
+def _any_rank(flag: torch.Tensor) -> bool:
+    """Read a 0-dim bool flag, true when it is true on any process: a redo decided per rank would run a SyncBN
+    forward (--attack-bn train) on some ranks only, which hangs them."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = flag.to(torch.int32)
+        dist.all_reduce(flag)
+    return bool(flag)
+
+
 def input_grad(
         model: nn.Module,
         x: torch.Tensor,
@@ -96,10 +117,11 @@ def input_grad(
     fp32 (counted in `counter.fp16_fallbacks` and as one more input-gradient pass). That check reads one flag on
     the host per fp16 pass; fp32 and bf16 passes are unchanged (no check, no sync).
     """
-    fp16 = _fp16_autocast(x.device.type)
     with torch.enable_grad():
         d = delta.detach().requires_grad_(True)
         logits = model(x + d)
+        # fp16 logits: an autocast opened here or inside the model (Accelerate's wrapper of a prepared model)
+        fp16 = logits.dtype == torch.float16 or _fp16_autocast(x.device.type)
         if fp16:
             g, loss = _fp16_backward(logits, d, y, loss_fn)
         else:
@@ -107,7 +129,7 @@ def input_grad(
             (g,) = torch.autograd.grad(loss.sum(), d)
     if counter is not None:
         counter.input_grad += 1
-    if fp16 and not bool(torch.isfinite(g).all() & torch.isfinite(loss).all()):
+    if fp16 and _any_rank(~(torch.isfinite(g).all() & torch.isfinite(loss).all())):
         if counter is not None:
             counter.fp16_fallbacks += 1
         with torch.autocast(x.device.type, enabled=False):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..options import option
-from .core import PassCounter, input_grad, random_init, sign_step
+from .core import PassCounter, device_generator, input_grad, random_init, sign_step
 from .losses import get_loss
 from .registry import register_attack
 
@@ -31,7 +31,7 @@ def hmc_trajectory(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     example, -1 if none) and `best` (per example: the first misclassified state, else the highest-loss state).
     """
     loss_fn = get_loss(loss)
-    gen = torch.Generator().manual_seed(seed)
+    gen = device_generator(seed, x.device)
     delta = random_init(x, eps, gen)
     v = torch.zeros_like(x)
     g, cur_loss, logits = input_grad(model, x, delta, y, loss_fn, counter)
@@ -42,7 +42,7 @@ def hmc_trajectory(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     for i in range(1, steps + 1):
         prop, v_prop = sign_step(x, delta, v, g, eps, alpha, momentum)
         g_prop, prop_loss, prop_logits = input_grad(model, x, prop, y, loss_fn, counter)
-        u = torch.rand(cur_loss.shape, generator=gen).to(x.device)
+        u = torch.rand(cur_loss.shape, generator=gen, device=gen.device).to(x.device)
         h_cur, h_prop = _energy(cur_loss, v, temperature), _energy(prop_loss, v_prop, temperature)
         acc = u < torch.exp((h_cur - h_prop).clamp(max=0.0))
         accepted += int(acc.sum())

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from .core import perturb, random_init
+from .core import device_generator, perturb, random_init
 from .losses import get_loss, margin_loss
 from .registry import AttackConfig, register_attack
 
@@ -10,7 +10,7 @@ __all__ = ["pgd_attack"]
 
 
 def _restarted(model, x, y, cfg: AttackConfig, loss_fn, momentum: float, random_start: bool):
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = device_generator(cfg.seed, x.device)
     x_adv = x.clone()
     still = torch.ones(len(y), dtype=torch.bool, device=x.device)  # not yet fooled
     for r in range(max(1, cfg.restarts)):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
+from ..faults import worker_ignores_stop_signals
 
 __all__ = ["ChunkLoader", "EvalPlan", "chunk_seed", "create_eval_loader", "match_sample_ids", "read_sample_ids",
            "strided_positions"]
@@ -145,7 +146,7 @@ class ChunkLoader:
         self.chunk_ids = plan.chunk_ids
         self.num_samples = plan.num_rank_samples
         self.loader = DataLoader(dataset, batch_sampler=[plan.chunk(c) for c in self.chunk_ids],
-                                 num_workers=num_workers, **loader_kw)
+                                 num_workers=num_workers, worker_init_fn=worker_ignores_stop_signals, **loader_kw)
 
     @property
     def num_skipped(self) -> int:

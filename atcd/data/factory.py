@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from ..errors import DataError
+from ..faults import worker_ignores_stop_signals
 from .cifar import TORCH_CIFAR, TorchCifar
 from .mnist_mini import MnistMini
 from .registry import builtin_datasets, get_dataset_spec, list_datasets, register_dataset
@@ -221,6 +222,7 @@ def create_atcd_loader(
         generator=gen if is_training and sampler is None else None,
         num_workers=num_workers, drop_last=is_training if drop_last is None else drop_last,
         persistent_workers=False, pin_memory=pin_memory,  # timm's --pin-mem
+        worker_init_fn=worker_ignores_stop_signals,
     )
 
 

@@ -16,7 +16,7 @@ def create_train_loaders(cfg, rank: int, world_size: int, pcfg: dict) -> tuple:
     transforms follow the run's flags over the model's `pcfg` (`transform_kwargs`); training ones augment."""
     tf, train_tf = transform_kwargs(cfg, pcfg), transform_kwargs(cfg, pcfg, is_training=True)
     if cfg.streamed:  # rank-sharded: prepare() would shard them a second time
-        shard = {"name": cfg.dataset, "seed": cfg.seed, "num_workers": cfg.workers, "rank": rank,
+        shard = {"name": cfg.dataset, "seed": cfg.seed, "num_workers": cfg.workers or 0, "rank": rank,
                  "world_size": world_size, "strict": cfg.strict_data}
 
         def train_loader_for(samples_per_epoch):
@@ -38,14 +38,14 @@ def create_train_loaders(cfg, rank: int, world_size: int, pcfg: dict) -> tuple:
     train_ds, _ = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=True, aug_seed=cfg.seed,
                                                     **ds_kw, **train_tf), cfg.holdout_size, cfg.seed)
     eval_ds = create_atcd_dataset(cfg.dataset, "val", is_training=False, **ds_kw, **tf)
-    train_loader = create_atcd_loader(train_ds, cfg.batch_size, True, seed=cfg.seed, num_workers=cfg.workers,
+    train_loader = create_atcd_loader(train_ds, cfg.batch_size, True, seed=cfg.seed, num_workers=cfg.workers or 0,
                                       samples_per_epoch=cfg.train_samples_per_epoch, pin_memory=cfg.pin_mem)
-    eval_loader = create_atcd_loader(eval_ds, 250, False, num_workers=cfg.workers,
+    eval_loader = create_atcd_loader(eval_ds, 250, False, num_workers=cfg.workers or 0,
                                      num_samples=cfg.eval_samples or None)
     holdout_loader = None
     if cfg.holdout_size:  # the same carve, with the eval transform
         _, holdout_ds = split_holdout(create_atcd_dataset(cfg.dataset, "train", is_training=False, **ds_kw, **tf),
                                       cfg.holdout_size, cfg.seed)
-        holdout_loader = create_atcd_loader(holdout_ds, 250, False, num_workers=cfg.workers)
+        holdout_loader = create_atcd_loader(holdout_ds, 250, False, num_workers=cfg.workers or 0)
     return train_loader, eval_loader, holdout_loader
 

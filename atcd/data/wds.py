@@ -29,6 +29,7 @@ from itertools import count, islice
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from ..faults import worker_ignores_stop_signals
 from .eval_plan import EvalPlan, match_sample_ids, strided_positions
 from .factory import DataError
 from .registry import get_dataset_spec, register_dataset
@@ -123,7 +124,8 @@ class WdsLoader:
         self.chunk_ids: list[int] | None = getattr(dataset, "chunk_ids", None)
         # persistent_workers=False: each epoch's workers get a fresh copy of the dataset with the current epoch
         self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False,
-                                 generator=self._generator, pin_memory=pin_memory)
+                                 generator=self._generator, pin_memory=pin_memory,
+                                 worker_init_fn=worker_ignores_stop_signals)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int):

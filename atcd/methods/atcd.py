@@ -74,8 +74,8 @@ __all__ = ["ATCD", "hamiltonian", "mh_accept"]
 
 
 def _uniform(shape, generator=None) -> torch.Tensor:
-    """The M-H test's uniform draws (CPU generator: the same draws on every device and after a resume)."""
-    return torch.rand(shape, generator=generator)
+    """The M-H test's uniform draws, on the generator's device (the method's: the accelerator's, see the trainer)."""
+    return torch.rand(shape, generator=generator, device=generator.device if generator is not None else None)
 
 
 def mh_accept(h_start: torch.Tensor, h_end: torch.Tensor, generator=None) -> torch.Tensor:

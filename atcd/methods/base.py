@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.core import PassCounter
+from ..errors import ConfigError
 
 __all__ = ["StepContext", "StepResult", "TrainMethod", "attack_mode"]
 
@@ -23,6 +24,7 @@ class StepContext:
     after_update: Callable[[], None]          # scheduler step_update etc., called once per optimizer step
     clip_grad: Callable[[], None] = lambda: None
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # DDP: backward without all-reduce
 
 
 @dataclass
@@ -162,7 +164,12 @@ class TrainMethod:
 
     def load_state_dict(self, state: dict):
         if "generator" in state:
-            self.gen.set_state(state["generator"])
+            try:
+                self.gen.set_state(state["generator"])
+            except RuntimeError:  # a cpu generator's state is 5056 bytes, a CUDA generator's 16
+                raise ConfigError(f"the checkpoint's random-number state of --method {self.name} was saved on another "
+                                  f"kind of device than this run's {self.gen.device.type}: resume on the kind of "
+                                  f"device it was trained on") from None
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         raise NotImplementedError

@@ -45,7 +45,8 @@ class TRADES(TrainMethod):
             with torch.no_grad():
                 p_nat = F.softmax(amodel(x).float(), 1)
             self.passes.forward += 1
-            start = project(x, 0.001 * torch.randn(x.shape, generator=self.gen).to(x.device, x.dtype), self.eps)
+            noise = torch.randn(x.shape, generator=self.gen, device=self.gen.device)  # on the device (trainer)
+            start = project(x, 0.001 * noise.to(x.device, x.dtype), self.eps)
             delta = perturb(amodel, x, y, lambda z, _y: trades_kl(z, p_nat), self.eps, self.attack_step,
                             o.attack_steps, start, counter=self.passes)
         ctx.model.train()

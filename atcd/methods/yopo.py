@@ -7,6 +7,7 @@ steps of size --attack-step). The first layer is the timm model's stem (`pretrai
 first convolution), found generically.
 Cost per minibatch: m weight passes + m*n first-layer passes (counted as `stem_passes`).
 """
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -105,15 +106,17 @@ class YOPO(TrainMethod):
         eta = random_init(x, self.eps, self.gen)
         ctx.optimizer.zero_grad(set_to_none=True)
         loss_sum, logits = 0.0, None
-        for _ in range(o.yopo_m):
+        for j in range(o.yopo_m):
             holder = {}
             h = stem.register_forward_hook(lambda _m, _i, o, _h=holder: _Tap.apply(o, _h))
+            # the m backward passes accumulate one update: DDP all-reduces the gradient once, after the last
+            sync = ctx.no_sync if j < o.yopo_m - 1 else contextlib.nullcontext
             try:
                 ctx.model.train()
-                with ctx.autocast():
+                with sync(), ctx.autocast():
                     logits = ctx.model(x + eta)
-                    loss = F.cross_entropy(logits.float(), y) / o.yopo_m
-                ctx.backward(loss)  # accumulates the weight gradient and fills holder["p"]
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=self.smoothing) / o.yopo_m
+                    ctx.backward(loss)  # accumulates the weight gradient and fills holder["p"]
             finally:
                 h.remove()
             self.passes.weight += 1
