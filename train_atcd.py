@@ -9,7 +9,8 @@
 The last line printed (by the main process only) is `RESULT {json}`. Exit codes: 0 done, or stopped by
 SIGTERM/SIGUSR1 after writing a checkpoint (`"status": "preempted"`; resume with --resume auto); 2 bad input;
 3 stopped by --max-bad-steps non-finite updates (`"status": "bad_steps"`); 4 trained to the end with accuracy still
-at chance after the eps warm-up (`"status": "collapsed"`, atcd/collapse.py); 128+N a second signal N.
+at chance after the eps warm-up (`"status": "collapsed"`, atcd/collapse.py). A repeated SIGTERM/SIGUSR1 is the
+same request; SIGINT stops at once.
 """
 import sys
 
