@@ -163,7 +163,7 @@ def test_card_parses_and_holds_the_measured_numbers(pub):
     for needle in ("## Robustness", "## How to use", "## Training", "## Limitations", "## Citation",
                    "Adversarial Training Using Contrastive Divergence", f'timm.create_model("hf-hub:{REPO}"',
                    "import atcd", "mean = (0.0,), std = (1.0,)", f"wall time of the training loop: {seconds:.1f} s",
-                   "No AutoAttack evaluation is recorded", "on 100 images"):
+                   "No AutoAttack evaluation is recorded", "on 100 images", "evaluated in fp32 (TF32 off)"):
         assert needle in text, needle
     assert "None%" not in text and "nan" not in text.lower().split()
 

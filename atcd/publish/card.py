@@ -53,6 +53,14 @@ def _card(data: ModelCardData, body: str) -> ModelCard:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
+def _precision_text(results: dict) -> str:
+    """The evaluation precision as the card states it (results from before --eval-precision: the launcher's)."""
+    p = results.get("eval_precision")
+    if p is None:
+        return "the precision of its launch (not recorded)"
+    return {"fp32": "fp32 (TF32 off)", "tf32": "fp32 with TF32 matmuls"}.get(p, f"{p} autocast")
+
+
 def _reproduce_command(model: str, results: dict) -> str:
     acfg = results.get("attack_config", {})
     attacks = [a for a in results["results"] if a != "worst_case"]
@@ -69,6 +77,8 @@ def _reproduce_command(model: str, results: dict) -> str:
         parts += [f"--attack-restarts {acfg.get('restarts', 1)}", f"--attack-loss {acfg.get('loss', 'ce')}"]
         if acfg.get("step_schedule", "constant") != "constant":
             parts.append(f"--attack-step-schedule {acfg['step_schedule']}")
+    if results.get("eval_precision", "fp32") != "fp32":
+        parts.append(f"--eval-precision {results['eval_precision']}")
     if "autoattack" in attacks and acfg.get("aa_version", "standard") != "standard":
         parts.append(f"--aa-version {acfg['aa_version']}")
         if acfg.get("aa_attacks"):
@@ -216,7 +226,7 @@ def build_model_card(
 `{arch}` ({model_config.get("num_classes")} classes, input {tuple(pcfg.get("input_size", ()))}) trained with
 **{_method_name(train_args)[0]}** on `{train_ds}` by the ATCD suite (atcd {__version__}, timm {timm.__version__}).
 On {results["num_samples"]} `{results.get("dataset")}` {results.get("split", "test")} images at {results["norm"]}
-ε = {eps_text(float(results["eps"]))} ([0, 1] pixel units): {headline}.
+ε = {eps_text(float(results["eps"]))} ([0, 1] pixel units), evaluated in {_precision_text(results)}: {headline}.
 
 ## Robustness
 
