@@ -240,6 +240,9 @@ def parse_eval_args(argv: list[str] | None = None) -> EvalConfig:
     refuse_foreign(given, owned, mine, "attack", f"--attacks {','.join(run['attacks'])}", flags)
     options = {a: classes[a](**{k: v for k, v in args.items() if k in {f.name for f in option_fields(classes[a])}})
                for a in ran if classes[a] is not None}
+    if args["eps"] is None and run.get("protocol"):  # the protocol fixes eps (atcd.protocols.resolve_protocol)
+        from .protocols import protocol_eps
+        args["eps"] = protocol_eps(run)
     if args["eps"] is None:
         data = resolve_dataset(run["dataset"], run["data_dir"])
         check_data_dir(data, run["data_dir"])  # (a data error before the eps that data would define)

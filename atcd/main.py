@@ -28,7 +28,8 @@ def validate_main(argv: list[str] | None = None) -> int:
     """Evaluate (see validate.py's docstring); prints one `RESULT {json}` line."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from .evaluator import run
-    cfg = user_errors(parse_eval_args, argv)
+    from .protocols import resolve_protocol
+    cfg = user_errors(resolve_protocol, user_errors(parse_eval_args, argv))  # --protocol: its values, in place
     out = user_errors(run, cfg)
     if out.get("is_main_process", True):  # one RESULT line under `accelerate launch` too
         if cfg.update_card:

@@ -9,7 +9,8 @@ run, so the evaluation itself is the ordinary one and its results file records e
 * preprocessing: CIFAR none (the 32 px images as they are); ImageNet the entry's (`Res256Crop224`,
   `BicubicRes256Crop224`, ...), read from the hub folder written by `scripts/import_checkpoint.py --robustbench`;
 * attack: clean accuracy, then AutoAttack version standard at the threat model's ε (CIFAR L∞ 8/255, ImageNet
-  L∞ 4/255). `benchmark()` seeds AutoAttack with the time; here the seed is `--seed`'s (per chunk, as always).
+  L∞ 4/255; an `--eps` given is used instead, as `benchmark(eps=...)`, with a warning: not a leaderboard number).
+  `benchmark()` seeds AutoAttack with the time; here the seed is `--seed`'s (per chunk, as always).
 """
 import json
 import logging
@@ -18,7 +19,7 @@ from dataclasses import replace
 
 from .errors import ConfigError
 
-__all__ = ["PROTOCOLS", "resolve_protocol", "zoo_info"]
+__all__ = ["PROTOCOLS", "protocol_eps", "resolve_protocol", "zoo_info"]
 
 _logger = logging.getLogger(__name__)
 
@@ -52,6 +53,15 @@ def zoo_info(model: str) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f).get("robustbench")
+
+
+def protocol_eps(run: dict) -> float:
+    """The ε the protocol of the parsed options `run` evaluates at (before `resolve_protocol`, which sets it)."""
+    from .models.sources import expand_models
+    models = expand_models(run["model"], run.get("model_list"))
+    info = zoo_info(models[0]) if len(models) == 1 else None
+    dataset = (info or {}).get("dataset") or (run.get("dataset") or "").removeprefix("torch/")
+    return 8 / 255 if dataset in _CIFAR else 4 / 255
 
 
 def resolve_protocol(cfg):
@@ -94,6 +104,9 @@ def _robustbench(cfg):
                           + ("(torchvision's CIFAR folder; --dataset-download fetches it)" if dataset in _CIFAR
                              else "(an ImageNet folder with val/<wnid>/*.JPEG)"))
     eps = 8 / 255 if dataset in _CIFAR else 4 / 255
+    if abs(cfg.attack.eps - protocol_eps({"model": models[0], "dataset": cfg.dataset})) > 1e-12:
+        eps = cfg.attack.eps  # --eps given: benchmark(eps=...) at another radius, never a leaderboard number
+        _logger.warning("--protocol robustbench at --eps %.4g: not the leaderboard's threat model", eps)
     opts = cfg.attack.options_for("autoattack")
     attack = replace(cfg.attack, eps=eps, step_size=None,
                      options={**cfg.attack.options, "autoattack": replace(opts, aa_version="standard", aa_attacks=())})
@@ -105,7 +118,7 @@ def _robustbench(cfg):
         n = min(cfg.num_samples or _CIFAR[dataset], _CIFAR[dataset])
         out = replace(cfg, dataset=expected, split=f"test[:{n}]", num_samples=None, sample_ids=None,
                       input_size=None, img_size=32, crop_pct=1.0, interpolation="bilinear", **common)
-        what = f"{dataset} Linf eps 8/255: the first {n} test images in torchvision's order, no preprocessing"
+        what = f"{dataset} Linf: the first {n} test images in torchvision's order, no preprocessing"
     else:
         from .publish.zoo import robustbench
         rb = robustbench()
@@ -122,6 +135,6 @@ def _robustbench(cfg):
             _logger.warning("--protocol robustbench, preprocessing %s: %s", prep, _INEXACT[prep])
         out = replace(cfg, dataset="folder", split="val", num_samples=n, sample_ids=ids, input_size=None,
                       img_size=size, crop_pct=crop, interpolation=interp, **common)
-        what = f"imagenet Linf eps 4/255: the first {n} images of RobustBench's list, preprocessing {prep}"
-    print(f"protocol robustbench: {what}; clean + AutoAttack standard, seed {cfg.attack.seed}")
+        what = f"imagenet Linf: the first {n} images of RobustBench's list, preprocessing {prep}"
+    print(f"protocol robustbench: {what}; clean + AutoAttack standard at eps {eps:.4g}, seed {cfg.attack.seed}")
     return out

@@ -99,7 +99,7 @@ def _zoo(a) -> int:
           f"{v['max_abs_diff']:.2g} on {v['n']} inputs), preprocessing {out['preprocessing'] or 'none'}"
           + (f"; RobustBench reports clean {rep['clean_acc']:.2f} %, AutoAttack {rep['autoattack_acc']:.2f} %"
              if rep else ""))
-    print(f"next: python validate.py --model local-dir:{a.out} --protocol robustbench --data-dir DATA -n 1000 "
+    print(f"next: python validate.py --model local-dir:{a.out} --protocol robustbench --data-dir DATA --num-samples 1000 "
           f"--update-card {a.out}")
     print("RESULT " + json.dumps(out, default=str))
     return 0
@@ -110,9 +110,17 @@ def _coverage(a) -> int:
 
     from atcd.publish.zoo import coverage, write_coverage
     t0 = time.time()
-    rows = user_errors(coverage, [("cifar10", "Linf"), ("imagenet", "Linf")], names=a.entries)
+    from atcd.publish.zoo import zoo_entries
+    tables = [("cifar10", "Linf"), ("imagenet", "Linf")]
+    total = sum(len([n for n in user_errors(zoo_entries, *t) if not a.entries or n in a.entries]) for t in tables)
     csv_path = os.path.splitext(a.report)[0] + ".csv"
-    summary = write_coverage(rows, csv_path, a.report, "python scripts/import_checkpoint.py --robustbench-coverage")
+    command = "python scripts/import_checkpoint.py --robustbench-coverage"
+
+    def write(rows):
+        return write_coverage(rows, csv_path, a.report, command, total)
+
+    rows = user_errors(coverage, tables, names=a.entries, on_row=write)
+    summary = write(rows)
     for table, s in summary.items():
         print(f"{table}: {s['imported']} of {s['single_model']} single-model entries imported exactly "
               f"({s['pct_of_single']} %; {s['pct_of_in_scope']} % of the {s['in_scope']} without a custom module)")

@@ -6,7 +6,7 @@
 # tests are collected first (marker `longest`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -r requirements.txt -e .
+python -m pip install -q -r requirements.txt -e . && python -m pip install -q --no-deps robustbench==1.1.1  # [zoo]
 WORKERS=${TEST_WORKERS:-2}
 if [ "$WORKERS" -gt 0 ]; then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

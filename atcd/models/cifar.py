@@ -42,7 +42,7 @@ class _ClassifierMixin:
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        x = F.avg_pool2d(x, x.shape[-2:]).flatten(1)  # as the TRADES / RobustBench code pools: bit-equal logits
         if self.drop_rate:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.head(x)

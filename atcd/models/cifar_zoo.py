@@ -52,7 +52,7 @@ class _TimmHead:
         setattr(self, self._head, nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity())
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3)) if x.shape[-1] * x.shape[-2] > 1 else x.flatten(1)
+        x = F.avg_pool2d(x, x.shape[-2:]).flatten(1)  # the zoo's own pooling op: bit-equal logits
         return x if pre_logits else getattr(self, self._head)(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
