@@ -91,7 +91,8 @@ def _repriced(c: dict, cfg, saved: dict) -> str:
     return ""
 
 
-RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision"}  # where/how, not what
+RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision",  # where/how, not what
+            "workers", "pin_mem"}  # (resolved by the trainer per device: args.yaml records the value it chose)
 
 
 def _train(entry: str, plan: dict, seed: int, runs: str, exp: str, log: str):
@@ -291,7 +292,10 @@ def updates(row: dict) -> int:
 def _at(curve: list[tuple[float, float]], u: float) -> tuple[float | None, bool]:
     """Accuracy of a (updates, accuracy) curve at `u` updates, linear in log(updates) between measured budgets;
     beyond them by the nearest segment if within half a doubling (returned flagged True), else None."""
-    pts = sorted(curve)
+    by_u = {}
+    for uu, acc in curve:  # budgets that gave the same updates (e.g. one epoch each) are one point
+        by_u.setdefault(uu, []).append(acc)
+    pts = sorted((uu, sum(v) / len(v)) for uu, v in by_u.items())
     if len(pts) < 2:
         return None, False
     lu = math.log(u)

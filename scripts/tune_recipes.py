@@ -98,7 +98,8 @@ def flags(options: dict) -> list[str]:
     return out
 
 
-RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision"}  # where/how, not what
+RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision",  # where/how, not what
+            "workers", "pin_mem"}  # (resolved by the trainer per device: args.yaml records the value it chose)
 
 
 def train_point(recipe: str, point: dict, common: dict, out: str, plan=None) -> str:
