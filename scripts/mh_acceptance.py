@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from atcd.checkpoint import load_weights
     from atcd.config import parse_train_args
     from atcd.data import MnistMini
-    from atcd.models import build_model
+    from atcd.models import build_model, unwrap_timm
     recipe = parse_train_args(["-c", os.path.join(ROOT, "recipes", "mnist_atcd.yaml")])
     ds = MnistMini("train")
     g = torch.Generator().manual_seed(0)
@@ -63,7 +63,8 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model = build_model(recipe.model)
         if path:
-            load_weights(model, path if path.endswith(".safetensors") else os.path.join(path, "model.safetensors"))
+            load_weights(unwrap_timm(model), path if path.endswith(".safetensors")
+                         else os.path.join(path, "model.safetensors"))
         settings = [(k, tau, 0.0, "gradient") for k in map(int, a.ks.split(",")) for tau in map(float,
                                                                                              a.taus.split(","))]
         settings.append((recipe.method_opts.atcd_K, 1.0, 1.0, "normalised"))

@@ -32,7 +32,8 @@ python scripts/benchmark.py --methods "$METHODS" --cost-methods "standard,$METHO
     --attack-steps 40 --num-samples "$NUM_SAMPLES" --aa-samples "$AA_SAMPLES" --eval-procs "$EVAL_PROCS" --out "$WORK" \
     ${REPORT_ONLY:+--report-only}
 mkdir -p "$REPORT"
-cp "$WORK/equal_time.png" "$WORK/equal_time_updates.png" "$WORK/equal_time.csv" "$WORK/costs.csv" "$WORK/equal_time_plan.json" "$REPORT/"
+cp "$WORK/equal_time.png" "$WORK/equal_time_updates.png" "$WORK/equal_time.csv" "$WORK/costs.csv" \
+    "$WORK/equal_time_plan.json" "$REPORT/"
 {
     cat "$WORK/benchmark.md"
     echo
