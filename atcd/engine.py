@@ -8,8 +8,8 @@ import torch
 from tqdm import tqdm
 
 from .attacks import AttackConfig, get_attack
-from .data import chunk_seed
 from .cluster import wait_outside_collectives
+from .data import chunk_seed
 from .device import to_device
 from .methods import StepContext, TrainMethod
 from .precision import eval_precision
@@ -216,7 +216,8 @@ def evaluate_attacks(model, loader, attacks: Sequence[str], cfg: AttackConfig, a
                     ok = None
                     if isinstance(x_adv, tuple):  # (x_adv, info): e.g. AutoAttack's own check flags
                         x_adv, extra = x_adv
-                        ok = extra.pop("correct", None)  # the attack's own verdict (a resumed AutoAttack: x_adv is partial)
+                        # the attack's own verdict (a resumed AutoAttack: x_adv is partial)
+                        ok = extra.pop("correct", None)
                         for k, v in extra.items():
                             info[name].setdefault(k, []).extend(v)
                     if ok is None:

@@ -11,8 +11,17 @@ import yaml
 
 from .data import describe_datasets, resolve_dataset
 from .errors import ConfigError
-from .options import AT_LEAST_1, HelpFormatter, add_options, comma_list, key_value, option, option_fields, \
-    parse_fraction, set_help
+from .options import (
+    AT_LEAST_1,
+    HelpFormatter,
+    add_options,
+    comma_list,
+    key_value,
+    option,
+    option_fields,
+    parse_fraction,
+    set_help,
+)
 
 __all__ = ["EVAL_EXAMPLES", "EVAL_FIRST", "EVAL_GROUPS", "TRAIN_EXAMPLES", "TRAIN_FIRST", "TRAIN_GROUPS", "EvalOptions",
            "TrainOptions", "add_timm_spellings", "resolve_lr", "resolve_timm_spellings", "run_parser",

@@ -20,7 +20,6 @@ from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 
 from .attacks import AttackConfig
 from .attacks.core import device_generator
-from .cluster import accelerator_handlers, check_shared_output
 from .checkpoint import (
     atomic_write_text,
     earlier_run,
@@ -30,6 +29,7 @@ from .checkpoint import (
     save_run_state,
     save_weights,
 )
+from .cluster import accelerator_handlers, check_shared_output
 from .collapse import collapse_message, epoch_collapsed
 from .config import TrainConfig
 from .data import create_train_loaders, resolve_input_size, set_data_epoch
@@ -107,7 +107,7 @@ def loader_defaults(cfg: TrainConfig, accelerator: Accelerator) -> dict:
         workers = 0  # the cpu computes the steps too
     elif workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = min(8, max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))  # (torchrun sets it)
+        workers = min(8, max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))  # (torchrun sets it)
     return {"workers": workers, "pin_mem": cfg.pin_mem or accelerator.device.type == "cuda"}
 
 
@@ -125,8 +125,9 @@ def run(cfg: TrainConfig) -> dict:
     logging.getLogger("accelerate").setLevel(logging.DEBUG if cfg.log_level == "DEBUG" else logging.WARNING)
     # mixed_precision None: the launcher's or `accelerate config`'s value (ACCELERATE_MIXED_PRECISION) wins
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
-                                                                        data_seed=cfg.seed),
+                              # non_blocking: batch copies from pinned memory (--pin-mem, on for CUDA) overlap compute
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
+                                                                        non_blocking=True),
                               kwargs_handlers=accelerator_handlers(cfg.dist_timeout, cfg.find_unused_parameters),
                               **accelerator_kwargs(cfg.log_with, run_dir_for(cfg)))  # --log-with trackers
     try:

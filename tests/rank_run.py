@@ -2,6 +2,7 @@
 
     accelerate launch ... tests/rank_run.py --chdir-per-rank DIR -- <train_atcd.py arguments>
     accelerate launch ... tests/rank_run.py --count-syncs FILE -- <train_atcd.py arguments>
+    accelerate launch ... tests/rank_run.py --data-wait SECONDS -- <train_atcd.py arguments>
 
 --chdir-per-rank DIR: every rank works in DIR/rank<LOCAL_RANK> (a relative --output then names a folder no other rank
 sees: node-local storage, simulated on one host).
@@ -9,6 +10,9 @@ sees: node-local storage, simulated on one host).
 device"; `.to(device)` is left out, as on cpu every device is the cpu) and the tensors made from host data on a
 device (`torch.tensor(data, device=...)`, a copy from pageable memory on a GPU) inside each training epoch, data
 loading excluded, written to FILE.rank<R> as JSON.
+--data-wait SECONDS: before each training batch the rank waits that long in Python (`time.sleep`, as a rank waiting
+for an input-bound loader does): a signal is handled at once, and a second copy of it arrives separately, as on a
+GPU, where the trainer is not blocked inside long C calls (on a CPU the two copies of a preemption coalesce).
 """
 import json
 import os
@@ -61,7 +65,24 @@ def _count_syncs(out_file: str) -> None:
     real_tensor, real_as_tensor = torch.tensor, torch.as_tensor
     atcd.trainer.train_one_epoch = run_epoch
     rank = os.environ.get("RANK", "0")
-    atexit.register(lambda: open(f"{out_file}.rank{rank}", "w").write(json.dumps(epochs)))
+    def write():
+        with open(f"{out_file}.rank{rank}", "w") as f:
+            f.write(json.dumps(epochs))
+    atexit.register(write)
+
+
+def _data_wait(seconds: float) -> None:
+    import time
+
+    import atcd.engine
+
+    original = atcd.engine._skip_batches
+
+    def waiting(*args, **kwargs):
+        for batch in original(*args, **kwargs):
+            time.sleep(seconds)
+            yield batch
+    atcd.engine._skip_batches = waiting
 
 
 def _where() -> str:
@@ -83,6 +104,8 @@ def main() -> int:
         d = os.path.join(own[own.index("--chdir-per-rank") + 1], f"rank{os.environ.get('LOCAL_RANK', '0')}")
         os.makedirs(d, exist_ok=True)
         os.chdir(d)
+    if "--data-wait" in own:
+        _data_wait(float(own[own.index("--data-wait") + 1]))
     if "--count-syncs" in own:
         _count_syncs(os.path.abspath(own[own.index("--count-syncs") + 1]))
     import train_atcd

@@ -52,9 +52,8 @@ def test_eval_precision_turns_tf32_off_and_restores_it():
             assert torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-    with pytest.raises(ValueError, match="fp32"):
-        with eval_precision("fp8"):
-            pass
+    with pytest.raises(ValueError, match="fp32"), eval_precision("fp8"):
+        pass
 
 
 class _GpuGenerator(torch.Generator):

@@ -94,18 +94,23 @@ TRAIN = ("--dataset", "mnist-mini", "--eps", "0.3", "--method", "atcd", "--atcd-
 
 def test_sigterm_to_the_whole_launch_always_checkpoints_and_resumes_bit_identically(tmp_path):
     """SIGTERM to the process group of a 2-process `accelerate launch` (what SLURM does): the trainers get it
-    from the scheduler and again from the launcher's agent, which forwards its own. At three moments (early in the
-    first epoch, later in it, and with 2 loader workers per rank, where the trainers wait for batches in Python and
-    the forked workers inherit the handler) the run writes a checkpoint before the agent's grace period ends, and
-    `--resume auto` then finishes with the uninterrupted run's weights, bit for bit."""
+    from the scheduler and again from the launcher's agent, which forwards its own. In three runs (early in the
+    first epoch; with 2 loader workers per rank, which get the signal too; waiting in Python) the run writes a
+    checkpoint before the agent's grace period ends, and `--resume auto` then finishes with the uninterrupted run's
+    weights, bit for bit. In the third, each rank waits in Python before every batch (tests/rank_run.py
+    --data-wait): the two copies of the signal arrive separately, as on a GPU (on a CPU busy in long C calls they
+    coalesce), and the second must not end the run."""
     full = _result(tolerate_teardown_abort(run_script(*LAUNCH_2PROC, "train_atcd.py", *TRAIN, "--output",
                                                       str(tmp_path), "--experiment", "full", env=ENV_2PROC,
                                                       timeout=600)))
     ref = load_file(tmp_path / "full" / "model.safetensors")
     env = dict(os.environ, PYTHONPATH=ROOT, **ENV_2PROC)
-    for name, delay, extra in (("early", 0.5, ()), ("later", 3.0, ()), ("workers", 2.0, ("--workers", "2"))):
+    waiting = ("tests/rank_run.py", "--data-wait", "0.3", "--")
+    for name, delay, script, extra in (("early", 0.5, ("train_atcd.py",), ()),
+                                       ("workers", 2.0, ("train_atcd.py",), ("--workers", "2")),
+                                       ("python", 2.0, waiting, ())):
         run_dir = tmp_path / name
-        proc = subprocess.Popen([sys.executable, *LAUNCH_2PROC, "train_atcd.py", *TRAIN, *extra, "--output",
+        proc = subprocess.Popen([sys.executable, *LAUNCH_2PROC, *script, *TRAIN, *extra, "--output",
                                  str(tmp_path), "--experiment", name], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.time() + 300
@@ -114,7 +119,7 @@ def test_sigterm_to_the_whole_launch_always_checkpoints_and_resumes_bit_identica
             time.sleep(0.01)
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGTERM)  # launcher, agent and both trainers
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
         ckpts = sorted(p.name for p in run_dir.iterdir() if (p / "state.json").is_file())
         assert ckpts, f"{name}: no checkpoint written\n{err[-3000:]}"
         assert "exiting now" not in err and err.count("SIGTERM received") <= 2, err[-3000:]  # once per trainer
