@@ -200,3 +200,38 @@ def test_model_option_errors_are_one_line(tmp_path):
                            "--initial-checkpoint names no such file or run dir")):
         r = run_main("train_atcd.py", *common, *extra, "--experiment", "e")
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_ema_of_atcd_is_updated_once_per_optimizer_update(tmp_path):
+    """ATCD makes T=2 optimizer updates per minibatch: the EMA (decay 0.5, no warm-up: timm's first update copies)
+    is e_1 = w_1, e_n = 0.5 e_{n-1} + 0.5 w_n over all 4 updates of 2 minibatches, recomputed from the weights
+    after every optimizer step (recorded by a global optimizer hook); an EMA updated per minibatch is not."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    snaps = []
+    handle = register_optimizer_step_post_hook(
+        lambda opt, *_: snaps.append([p.detach().clone() for g in opt.param_groups for p in g["params"]]))
+    try:
+        r = run_main("train_atcd.py", "--method", "atcd", "--atcd-T", "2", "--atcd-K", "1", "--eps", "0.3",
+                     "--eps-warmup-epochs", "0", "--epochs", "1", "--train-samples-per-epoch", "64", "-b", "32",
+                     "--opt", "sgd", "--lr", "0.05", "--model-ema", "--model-ema-decay", "0.5", "--eval-samples",
+                     "10", "--eval-attack-steps", "1", "--no-progress", "--output", str(tmp_path), "--experiment",
+                     "e")
+    finally:
+        handle.remove()
+    assert r.returncode in (0, 4), r.stderr[-3000:]  # 4: 4 updates leave the CNN at chance ("collapsed")
+    assert len(snaps) == 4
+    raw, ema = load_file(tmp_path / "e" / "model.safetensors"), load_file(tmp_path / "e" / "model_ema.safetensors")
+    # name each optimizer tensor by the final weights it equals
+    index = {k: next(i for i, p in enumerate(snaps[-1]) if p.shape == v.shape and torch.equal(p, v))
+             for k, v in raw.items()}
+    assert len(set(index.values())) == len(raw)
+
+    def ema_of(steps):
+        e = None
+        for s in steps:
+            e = [t.clone() for t in s] if e is None else [0.5 * a + 0.5 * b for a, b in zip(e, s)]
+        return e
+    want, per_minibatch = ema_of(snaps), ema_of(snaps[1::2])
+    for k, i in index.items():
+        torch.testing.assert_close(ema[k], want[i], rtol=1e-5, atol=1e-6, msg=k)
+    assert any((ema[k] - per_minibatch[i]).abs().max() > 1e-4 for k, i in index.items())
