@@ -13,14 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attacks import AttackConfig, attack_options_class, list_attacks
-from .data import (
-    builtin_datasets,
-    check_data_dir,
-    check_transform_options,
-    dataset_eps,
-    is_wds,
-    resolve_dataset,
-)
+from .data import builtin_datasets, check_data_dir, check_transform_options, dataset_eps, is_wds, resolve_dataset
 from .errors import ConfigError
 from .methods import get_method_class, list_methods
 from .models.sources import check_model_name, check_sources, default_eps, expand_models
@@ -187,7 +180,7 @@ class EvalConfig(EvalOptions):
 
 def train_parser() -> argparse.ArgumentParser:
     p = run_parser("Adversarial training (ATCD and baselines) of any timm model.", TrainOptions, TRAIN_GROUPS,
-                TRAIN_FIRST, TRAIN_EXAMPLES)
+                   TRAIN_FIRST, TRAIN_EXAMPLES)
     set_help(p, "method", f"training method: {', '.join(list_methods())} (each one's options: groups below)")
     add_timm_spellings(p)
     add_owned_groups(p, {m: get_method_class(m).Options for m in list_methods()}, "method")
@@ -196,7 +189,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def eval_parser() -> argparse.ArgumentParser:
     p = run_parser("Clean and adversarial accuracy of a checkpoint or hub model.", EvalOptions, EVAL_GROUPS, EVAL_FIRST,
-                EVAL_EXAMPLES)
+                   EVAL_EXAMPLES)
     add_options(next(g for g in p._action_groups if g.title == "main options"), AttackConfig, only=["eps"])
     add_options(p.add_argument_group("attack settings shared by the attacks"), AttackConfig, skip=["eps"])
     set_help(p, "attacks", f"comma list of: {', '.join(list_attacks())}")
