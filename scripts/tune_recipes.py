@@ -52,7 +52,8 @@ def entry(recipe: str, point: dict) -> str:
     return ":".join([recipe, " ".join(flags(point))]) if point else recipe
 
 
-def budget_plans(points: list[tuple[str, dict]], common: dict, budget: float, out: str, cost_batches: int) -> dict:
+def budget_plans(points: list[tuple[str, dict]], common: dict, budget: float, out: str, cost_batches: int,
+                 price_from: str | None = None) -> dict:
     """{entry: plan flags} pricing every point at `budget` seconds: its seconds per minibatch from one interleaved
     cost table of all the points (scripts/benchmark.py's measure_costs, written to out/grid_costs.csv and read back
     by a continued grid), laid out by atcd.budget.plan_budget as the equal-time comparison does."""
@@ -70,6 +71,18 @@ def budget_plans(points: list[tuple[str, dict]], common: dict, budget: float, ou
         if missing:
             fail(f"error: {path} priced other points (missing {missing[:2]}); give another --out or delete it")
         print(f"[grid] reusing the cost table of the earlier run: {path}", flush=True)
+    elif price_from:  # counted passes x the seconds per pass of an earlier (idle-machine) cost table
+        from benchmark import predict_seconds
+        with open(price_from) as f:
+            first = next(csv.DictReader(f))
+        unit = {k: float(first[f"unit_{k}_sec"]) for k in ("weight", "weight_input", "input_grad", "forward", "stem")}
+        print(f"[grid] pricing {len(entries)} points by their counted passes x the pass seconds of {price_from}",
+              flush=True)
+        costs = measure_costs(entries, 128, 1, rounds=1)  # the pass counts (its timings are dropped)
+        for c in costs:
+            c["sec_per_batch"] = c["predicted_sec"] = predict_seconds(c, unit)
+            c["priced_from"] = price_from
+        write_csv(path, costs, list(costs[0]))
     else:
         print(f"[grid] timing {len(entries)} points ({cost_batches} minibatches x 2 rounds each)", flush=True)
         costs = measure_costs(entries, 128, cost_batches, rounds=2)
@@ -156,6 +169,10 @@ def main(argv=None) -> int:
     p.add_argument("--min-clean", type=float, default=95.0, help="holdout clean accuracy a chosen point needs")
     p.add_argument("--cost-batches", type=int, default=4,
                    help="with `common: {budget_s: S}`: timed minibatches per point and round of the cost table")
+    p.add_argument("--price-from", default=None, metavar="COSTS_CSV",
+                   help="with `common: {budget_s: S}`: price each point by its counted passes x the seconds per pass "
+                        "of this cost table (scripts/benchmark.py's costs.csv, e.g. reports/mnist-mini/costs.csv) "
+                        "instead of timing the points here (a busy machine distorts timings)")
     args = p.parse_args(argv)
     args.out = os.path.abspath(args.out)  # the trainings run from the repo root
     try:
@@ -175,7 +192,9 @@ def main(argv=None) -> int:
     common = dict(grid.get("common") or {})
     budget = common.pop("budget_s", None)  # equal time: every point priced at these seconds, not at fixed epochs
     points = [(r, pt) for r, pt in points if r in wanted]
-    plans = budget_plans(points, common, float(budget), args.out, args.cost_batches) if budget else {}
+    if args.price_from and not os.path.isfile(args.price_from):
+        p.error(f"--price-from {args.price_from}: no such file")
+    plans = budget_plans(points, common, float(budget), args.out, args.cost_batches, args.price_from) if budget else {}
     rows = []
     for recipe, point in points:
         plan = plans.get(entry(recipe, point))

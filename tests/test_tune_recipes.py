@@ -80,3 +80,26 @@ def test_grid_at_equal_time_prices_every_point_from_one_cost_table_and_runs_roun
         assert sum(int(s["weight_passes"]) for s in summary) == int(row["minibatches"])  # one per minibatch here
     again = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(out))
     assert again.returncode == 0 and "reusing the cost table" in again.stdout and "[grid] standard" not in again.stdout
+
+
+def test_grid_priced_from_an_earlier_cost_table_uses_counted_passes_times_its_pass_seconds(tmp_path):
+    """--price-from: a busy machine does not time the points; each is priced by its counted passes x the seconds per
+    pass of the given cost table (reports/mnist-mini/costs.csv: a standard step is one weight pass)."""
+    import os
+
+    from conftest import ROOT
+    table = os.path.join(ROOT, "reports", "mnist-mini", "costs.csv")
+    with open(table) as f:
+        weight = float(next(csv.DictReader(f))["unit_weight_sec"])
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("common: {holdout: 100, budget_s: 2, eval_samples: 20, eval_attack_steps: 2}\n"
+                    "grids:\n  standard:\n    - {lr: 0.003}\n")
+    out = tmp_path / "out"
+    r = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(out), "--price-from", table)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (cost,) = csv.DictReader((out / "grid_costs.csv").open())
+    assert float(cost["sec_per_batch"]) == weight and cost["priced_from"] == table
+    (row,) = csv.DictReader((out / "grid.csv").open())
+    from atcd.budget import plan_budget
+    assert int(row["minibatches"]) == plan_budget(2, weight, 4000 - 100, 128, 4).minibatches  # 3,900 images
+    assert float(row["planned_s"]) == round(int(row["minibatches"]) * weight, 1)
