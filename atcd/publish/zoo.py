@@ -315,9 +315,13 @@ _WRN_CLASSES = {"WideResNet": None, "Rice2020OverfittingNet": "mu", "Chen2020Eff
 _PREACT_CLASSES = {"PreActResNet": None, "Wong2020FastNet": "mu"}
 _RESNET_CLASSES = {"ResNet": None, "Engstrom2019RobustnessNet": "mu", "Augustin2020AdversarialNet": "mu"}
 _ACT_NAMES = {"Swish": "swish", "SiLU": "silu", "ReLU": "relu"}
-_ROBUSTBENCH_XCIT = {"debenedetti2022light_xcit_s12_imagenet_linf": "xcit_small_12_p16_224",
-                     "debenedetti2022light_xcit_m12_imagenet_linf": "xcit_medium_12_p16_224",
-                     "debenedetti2022light_xcit_l12_imagenet_linf": "xcit_large_12_p16_224"}
+# robustbench's XCiT-S12/M12/L12 (12 blocks, eta 1, tokens_norm): timm's xcit_small_12_p16_224, with the width and
+# heads of M12 / L12 as model args (timm has no 12-block medium/large config; plain timm rebuilds it from config.json)
+_ROBUSTBENCH_XCIT = {"debenedetti2022light_xcit_s12_imagenet_linf": ("xcit_small_12_p16_224", {}),
+                     "debenedetti2022light_xcit_m12_imagenet_linf": ("xcit_small_12_p16_224",
+                                                                     {"embed_dim": 512, "num_heads": 8}),
+                     "debenedetti2022light_xcit_l12_imagenet_linf": ("xcit_small_12_p16_224",
+                                                                     {"embed_dim": 768, "num_heads": 16})}
 
 
 def _vals(t: torch.Tensor) -> tuple[float, ...]:
@@ -394,11 +398,11 @@ def _timm_arch(inner: nn.Module) -> tuple[str, dict]:
     if foreign:  # e.g. Singh et al.'s ConvStem put in place of the patch embedding / stem of a timm model
         raise ZooUnsupported(f"timm model {cfg.get('architecture')} with custom submodules "
                              f"({', '.join(f.replace('robustbench.model_zoo.architectures.', '') for f in foreign)})")
-    arch = _ROBUSTBENCH_XCIT.get(cfg.get("architecture"), cfg.get("architecture"))
+    arch, kwargs = _ROBUSTBENCH_XCIT.get(cfg.get("architecture"), (cfg.get("architecture"), {}))
     if not arch or not is_timm_native(arch):
         raise ZooUnsupported(f"timm-built module {type(inner).__name__} ({cfg.get('architecture')}) is not one of "
                              f"timm's own configurations", "architecture")
-    return arch, {}
+    return arch, kwargs
 
 
 def map_to_timm(module: nn.Module, dataset: str, name: str) -> ZooMapping:
