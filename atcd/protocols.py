@@ -90,7 +90,6 @@ def _robustbench_dataset(cfg, info: dict | None) -> str:
 
 
 def _robustbench(cfg):
-    from .attacks.autoattack import AutoAttackOptions
     models = cfg.models
     if len(models) != 1:
         raise ConfigError("--protocol robustbench evaluates one model at a time (got several)")

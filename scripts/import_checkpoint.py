@@ -99,8 +99,8 @@ def _zoo(a) -> int:
           f"{v['max_abs_diff']:.2g} on {v['n']} inputs), preprocessing {out['preprocessing'] or 'none'}"
           + (f"; RobustBench reports clean {rep['clean_acc']:.2f} %, AutoAttack {rep['autoattack_acc']:.2f} %"
              if rep else ""))
-    print(f"next: python validate.py --model local-dir:{a.out} --protocol robustbench --data-dir DATA --num-samples 1000 "
-          f"--update-card {a.out}")
+    print(f"next: python validate.py --model local-dir:{a.out} --protocol robustbench --data-dir DATA "
+          f"--num-samples 1000 --update-card {a.out}")
     print("RESULT " + json.dumps(out, default=str))
     return 0
 

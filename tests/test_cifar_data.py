@@ -72,8 +72,9 @@ def test_train_and_validate_on_torch_cifar10(cifar_dir, tmp_path):
                  "--data-dir", cifar_dir, "--epochs", "1", "--batch-size", "32", "--train-samples-per-epoch", "64",
                  "--eval-samples", "20", "--output", str(tmp_path), "--experiment", "c10", "--no-progress")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_main("validate.py", "--model", "resnet18_cifar", "--checkpoint", str(tmp_path / "c10" / "model.safetensors"),
-                 "--dataset", "torch/cifar10", "--data-dir", cifar_dir, "--attacks", "clean", "--num-samples", "20",
-                 "--sanity-samples", "0", "--no-progress")
+    weights = str(tmp_path / "c10" / "model.safetensors")
+    r = run_main("validate.py", "--model", "resnet18_cifar", "--checkpoint", weights, "--dataset", "torch/cifar10",
+                 "--data-dir", cifar_dir, "--attacks", "clean", "--num-samples", "20", "--sanity-samples", "0",
+                 "--no-progress")
     assert r.returncode == 0, r.stderr[-3000:]
     assert '"clean"' in r.stdout.splitlines()[-1]

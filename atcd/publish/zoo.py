@@ -575,7 +575,8 @@ These are RobustBench's figures (full test set, its AutoAttack evaluation), copi
 `model-index` holds only numbers measured on these very weights. Measure them:
 
 ```bash
-python validate.py --model local-dir:{out_dir} --protocol robustbench --data-dir DATA --num-samples 1000 --update-card {out_dir}
+python validate.py --model local-dir:{out_dir} --protocol robustbench --data-dir DATA --num-samples 1000 \\
+    --update-card {out_dir}
 python scripts/publish.py {out_dir} --repo-id {repo_id} --push
 ```
 
