@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="import every entry of the CIFAR-10 and ImageNet Linf zoo tables with seeded random weights; "
                         "write the outcome table to --report (.md and .csv)")
     p.add_argument("--report", default="reports/robustbench_coverage.md", help="coverage table (with .csv beside)")
-    p.add_argument("--entries", nargs="*", default=None, help="coverage: only these entry names")
+    p.add_argument("--entries", nargs="*", default=None,
+                   help="coverage: only these entries (NAME or DATASET/THREAT/NAME)")
+    p.add_argument("--merge", nargs="*", default=(), metavar="CSV",
+                   help="coverage: rows of earlier partial runs (their .csv) to keep; their entries are not run again")
     p.add_argument("--rename", nargs="*", default=(), metavar="OLD=NEW", help="map key prefixes (e.g. linear.=fc.)")
     p.add_argument("--model-kwargs", nargs="*", default=(), metavar="K=V", help="timm.create_model arguments")
     p.add_argument("--input-size", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
@@ -112,14 +115,27 @@ def _coverage(a) -> int:
     t0 = time.time()
     from atcd.publish.zoo import zoo_entries
     tables = [("cifar10", "Linf"), ("imagenet", "Linf")]
-    total = sum(len([n for n in user_errors(zoo_entries, *t) if not a.entries or n in a.entries]) for t in tables)
+    import csv
+    kept = []
+    for path in a.merge:
+        with open(path, newline="") as f:
+            kept += list(csv.DictReader(f))
+    done = {(r["table"], r["entry"]) for r in kept}
+    wanted = [n for t in tables for n in user_errors(zoo_entries, *t)
+              if not a.entries or n in a.entries or "/".join(t) + "/" + n in a.entries]
+    total = len(wanted)
+    names = ["/".join(t) + "/" + n for t in tables for n in user_errors(zoo_entries, *t)
+             if (not a.entries or n in a.entries or "/".join(t) + "/" + n in a.entries)
+             and ("/".join(t), n) not in done]
     csv_path = os.path.splitext(a.report)[0] + ".csv"
     command = "python scripts/import_checkpoint.py --robustbench-coverage"
 
     def write(rows):
-        return write_coverage(rows, csv_path, a.report, command, total)
+        order = {(("/".join(t)), n): i for i, (t, n) in enumerate((t, n) for t in tables for n in zoo_entries(*t))}
+        merged = sorted(kept + rows, key=lambda r: order[r["table"], r["entry"]])
+        return write_coverage(merged, csv_path, a.report, command, total)
 
-    rows = user_errors(coverage, tables, names=a.entries, on_row=write)
+    rows = user_errors(coverage, tables, names=names, on_row=write) if names else []
     summary = write(rows)
     for table, s in summary.items():
         print(f"{table}: {s['imported']} of {s['single_model']} single-model entries imported exactly "

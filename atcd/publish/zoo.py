@@ -591,11 +591,11 @@ and RobustBench (Croce et al., NeurIPS 2021 Datasets and Benchmarks), whose mode
 
 
 def import_zoo(spec: str, out_dir: str, repo_id: str, file: str | None = None, model_dir: str | None = None,
-               license: str = "other", module: nn.Module | None = None) -> dict:
+               license: str = "other", module: nn.Module | None = None, verify_n: int = 4) -> dict:
     """Write a timm hub folder for the zoo entry `spec` ('cifar10/Linf/NAME'); returns what was done.
 
     `module`: the zoo module already loaded (tests, `coverage`); else it is loaded from `file` / `model_dir`
-    (`load_zoo_module`).
+    (`load_zoo_module`). `verify_n`: random inputs of the logit check (`coverage` uses 2: its nets are GB-sized).
 
     Raises:
         HubError: bad spec, unloadable weights, no timm architecture (`ZooUnsupported`), logits that differ.
@@ -609,7 +609,7 @@ def import_zoo(spec: str, out_dir: str, repo_id: str, file: str | None = None, m
     mapping = map_to_timm(module, dataset, name)
     model = create_mapped(mapping, NUM_CLASSES[dataset])
     prep, dc = preprocessing(dataset, threat, name)
-    check = verify(module, model, mapping.mean, mapping.std, dc["input_size"])
+    check = verify(module, model, mapping.mean, mapping.std, dc["input_size"], n=verify_n)
     data_config = {**dc, "mean": mapping.mean, "std": mapping.std}
     rep = reported(dataset, threat, name)
     rb_version = importlib.metadata.version("robustbench")
@@ -642,7 +642,7 @@ def coverage(tables: list[tuple[str, str]], seed: int = 0, names: list[str] | No
     rows = []
     for dataset, threat in tables:
         for name in zoo_entries(dataset, threat):
-            if names and name not in names:
+            if names and name not in names and f"{dataset}/{threat}/{name}" not in names:
                 continue
             rows.append(_coverage_row(dataset, threat, name, seed))
             _logger.warning("%s/%s/%s: %s %s", dataset, threat, name, rows[-1]["outcome"], rows[-1]["detail"])
@@ -679,7 +679,7 @@ def _coverage_row(dataset: str, threat: str, name: str, seed: int) -> dict:
         del zoo, mapping
         gc.collect()
         try:
-            out = import_zoo(spec, os.path.join(tmp, "out"), "robustbench/" + name, file=path)
+            out = import_zoo(spec, os.path.join(tmp, "out"), "robustbench/" + name, file=path, verify_n=2)
             check = out["verified"]
             row.update(outcome="imported", architecture=out["architecture"] + "".join(
                 f" {k}={v}" for k, v in out["model_kwargs"].items()), max_abs_diff=f"{check['max_abs_diff']:.2g}",
