@@ -5,7 +5,6 @@ The zoo module is robustbench's Wong2020Fast PreAct-ResNet-18 with seeded random
 its features of the training digits (so that it classifies: a random network would leave both numbers at chance);
 it is saved as the zoo's file looks ({'state_dict': ...} with 'module.' keys) and imported. `benchmark()` seeds
 AutoAttack with the time: here it gets the seed validate.py gives the chunk of these images (`chunk_seed`)."""
-import functools
 import importlib.util
 import json
 
@@ -56,7 +55,6 @@ def _fitted_wong(root: str) -> torch.nn.Module:
 
 def test_validate_protocol_robustbench_equals_benchmark(tmp_path, monkeypatch):
     import torchvision
-    from pyautoattack import AutoAttack
 
     from atcd.data.eval_plan import chunk_seed
     from atcd.publish import zoo
@@ -82,7 +80,7 @@ def test_validate_protocol_robustbench_equals_benchmark(tmp_path, monkeypatch):
     rb = zoo.robustbench()
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)  # not the published md5
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    monkeypatch.setattr(rb.eval, "AutoAttack", functools.partial(AutoAttack, seed=chunk_seed(0, 0)))
+    monkeypatch.setattr(rb.eval.AutoAttack, "seed_override", chunk_seed(0, 0))  # validate.py's seed, chunk 0
     zoo_module = zoo.load_zoo_module("cifar10", "Linf", "Wong2020Fast", file=str(path))
     clean, robust = rb.eval.benchmark(zoo_module, n_examples=N, dataset="cifar10", threat_model="Linf",
                                       data_dir=root, eps=1 / 255, batch_size=N)

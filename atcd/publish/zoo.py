@@ -58,7 +58,9 @@ def robustbench():
     robustbench 1.1.1 imports `autoattack`, but the official AutoAttack package installs as `pyautoattack`: the
     alias (`sys.modules['autoattack']`, and its submodules robustbench reaches) is set here before the import.
     Its `loaders.py` also imports `pkg_resources`, which setuptools >= 81 no longer ships: when it is missing, a
-    stub with the one function robustbench calls (`resource_filename`) stands in.
+    stub with the one function robustbench calls (`resource_filename`) stands in. And its `benchmark()` calls
+    AutoAttack's older API (`AutoAttack(..., log_path=)`, `run_standard_evaluation(x, y, bs=)`), which pyautoattack
+    0.2.0 refuses: `robustbench.eval.AutoAttack` is set to a subclass that translates it (`_legacy_autoattack`).
 
     Raises:
         HubError: robustbench (or a dependency) is not installed.
@@ -82,7 +84,30 @@ def robustbench():
         import robustbench.utils  # noqa: F401
     except ImportError as e:
         raise HubError(f"RobustBench's model zoo needs the robustbench package ({one_line(e)}): {INSTALL}") from None
+    if rb.eval.AutoAttack.__name__ != "LegacyAutoAttack":
+        rb.eval.AutoAttack = _legacy_autoattack()
     return rb
+
+
+def _legacy_autoattack():
+    from pyautoattack import AutoAttack
+
+    class LegacyAutoAttack(AutoAttack):
+        """pyautoattack's AutoAttack under the API robustbench 1.1.1's `benchmark()` calls: `log_path` is dropped
+        (progress goes to the `auto-attack` logger), `bs` is `batch_size`, and x_adv alone is returned."""
+        seed_override: int | None = None  # tests: the seed validate.py gives the same images
+
+        def __init__(self, model, norm="Linf", eps=0.3, version="standard", device="cpu", log_path=None, seed=None,
+                     **kwargs):
+            seed = self.seed_override if self.seed_override is not None else seed
+            super().__init__(model, norm=norm, eps=eps, version=version, device=device, seed=seed, **kwargs)
+
+        def run_standard_evaluation(self, x, y, bs=250, state_path=None, **kwargs):
+            out = super().run_standard_evaluation(x, y, batch_size=kwargs.get("batch_size", bs),
+                                                  state_path=state_path)
+            return out[0] if isinstance(out, tuple) else out
+    return LegacyAutoAttack
+
 
 
 def split_spec(spec: str) -> tuple[str, str, str]:
