@@ -137,3 +137,26 @@ def test_bad_specs_are_one_line_errors(tmp_path):
                      "--repo-id", REPO)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().count("\n") == 0, r.stderr
+
+
+@pytest.mark.parametrize("dataset,prep", [("imagenet", "Res256Crop224"), ("cifar10", None)])
+def test_protocol_robustbench_resolves_to_benchmarks_settings(tmp_path, dataset, prep):
+    """--protocol robustbench on a zoo import (its config.json's `robustbench` block): RobustBench's images, order,
+    preprocessing and AutoAttack at the threat model's eps, as plain options of the results file."""
+    from atcd.config import parse_eval_args
+    from atcd.protocols import resolve_protocol
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (tmp_path / "data" / "val" / "n01440764").mkdir(parents=True)
+    (hub / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 10, "robustbench": {
+        "entry": f"{dataset}/Linf/X", "preprocessing": prep, "threat_model": "Linf", "dataset": dataset}}))
+    cfg = resolve_protocol(parse_eval_args(["--model", f"local-dir:{hub}", "--protocol", "robustbench",
+                                            "--data-dir", str(tmp_path / "data"), "--num-samples", "100"]))
+    assert cfg.attacks == ("clean", "autoattack") and cfg.attack.options_for("autoattack").aa_version == "standard"
+    if dataset == "imagenet":
+        assert cfg.attack.eps == 4 / 255 and cfg.dataset == "folder" and cfg.split == "val"
+        assert cfg.num_samples == 100 and cfg.sample_ids.endswith("imagenet_test_image_ids.txt")
+        assert (cfg.img_size, cfg.crop_pct, cfg.interpolation) == (224, 0.875, "bilinear")
+    else:
+        assert cfg.attack.eps == 8 / 255 and cfg.dataset == "torch/cifar10" and cfg.split == "test[:100]"
+        assert cfg.num_samples is None and cfg.sample_ids is None and cfg.img_size == 32
