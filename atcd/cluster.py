@@ -5,6 +5,7 @@
 - `wait_outside_collectives`: ranks that finished their share of an evaluation early wait for the others by polling
   the process group's key-value store, not inside a collective, so a long evaluation (AutoAttack on a robust
   ResNet-50 chunk) never trips the timeout however unequal the ranks' last chunks are.
+- `loader_defaults`: loader workers and pinned memory as a GPU run needs them.
 - `check_shared_output`: every rank writes a marker into `--output` at start and every rank must see all of them;
   otherwise the run stops with one line: checkpoints, resume and the run folder need storage all nodes share.
 """
@@ -21,7 +22,7 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 
 from .errors import ConfigError
 
-__all__ = ["accelerator_handlers", "check_shared_output", "wait_outside_collectives"]
+__all__ = ["accelerator_handlers", "check_shared_output", "loader_defaults", "wait_outside_collectives"]
 
 
 def accelerator_handlers(dist_timeout: float, find_unused_parameters: bool = False) -> list:
@@ -79,3 +80,17 @@ def check_shared_output(accelerator, output: str) -> None:
                           f"{accelerator.num_processes} ranks' marker files there; every node must write checkpoints "
                           f"to one folder (a shared file system path for --output), or resume would find different "
                           f"checkpoints per node")
+
+
+def loader_defaults(cfg, accelerator) -> dict:
+    """--workers and --pin-mem as a GPU run needs them unless given: workers per process from this process's share
+    of the CPUs (at most 8), pinned batches on CUDA (a copy from pageable memory waits for the device). Loaders are
+    not persistent: a training dataset's per-epoch augmentation seed is set in the main process, which persistent
+    workers would not see."""
+    workers = cfg.workers
+    if workers is None and accelerator.device.type == "cpu":
+        workers = 0  # the cpu computes the steps too
+    elif workers is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(8, max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))  # (torchrun sets it)
+    return {"workers": workers, "pin_mem": cfg.pin_mem or accelerator.device.type == "cuda"}

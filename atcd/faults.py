@@ -22,25 +22,18 @@ import sys
 import torch
 import torch.distributed as dist
 
-__all__ = ["EXIT_BAD_STEPS", "EXIT_COLLAPSED", "FiniteGuard", "Preemption", "worker_ignores_stop_signals"]
+from .signals import STOP_SIGNALS
+
+__all__ = ["EXIT_BAD_STEPS", "EXIT_COLLAPSED", "FiniteGuard", "Preemption"]
 
 EXIT_BAD_STEPS = 3  # exit code of a run stopped by --max-bad-steps
 EXIT_COLLAPSED = 4  # exit code of a run that trained to the end at chance accuracy (atcd/collapse.py)
 
 
-def worker_ignores_stop_signals(worker_id: int = 0) -> None:
-    """`DataLoader(worker_init_fn=...)`: a loader worker ignores SIGTERM/SIGUSR1. A scheduler signals every process
-    of the job, workers included, and torch's worker handler dies of a SIGTERM that its parent did not send; the
-    main process would then fail on the next batch ("worker killed by signal: Terminated") instead of writing its
-    checkpoint. The main process stops its workers itself (and they exit when it dies)."""
-    for s in Preemption.SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-
-
 class Preemption:
     """Context manager installing the SIGTERM/SIGUSR1 handlers for the duration of a run (main thread only)."""
 
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self, lag: int = 2):
         self.signum: int | None = None

@@ -29,7 +29,7 @@ from .checkpoint import (
     save_run_state,
     save_weights,
 )
-from .cluster import accelerator_handlers, check_shared_output
+from .cluster import accelerator_handlers, check_shared_output, loader_defaults
 from .collapse import collapse_message, epoch_collapsed
 from .config import TrainConfig
 from .data import create_train_loaders, resolve_input_size, set_data_epoch
@@ -95,20 +95,6 @@ def _select(cfg: TrainConfig, row: dict, epoch: int, best: dict, best_path: str,
         row["co_stop"] = 1
         return True
     return False
-
-
-def loader_defaults(cfg: TrainConfig, accelerator: Accelerator) -> dict:
-    """--workers and --pin-mem as a GPU run needs them unless given: workers per process from this process's share
-    of the CPUs (at most 8), pinned batches on CUDA (a copy from pageable memory waits for the device). Loaders are
-    not persistent: a training dataset's per-epoch augmentation seed is set in the main process, which persistent
-    workers would not see."""
-    workers = cfg.workers
-    if workers is None and accelerator.device.type == "cpu":
-        workers = 0  # the cpu computes the steps too
-    elif workers is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = min(8, max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))  # (torchrun sets it)
-    return {"workers": workers, "pin_mem": cfg.pin_mem or accelerator.device.type == "cuda"}
 
 
 def run(cfg: TrainConfig) -> dict:

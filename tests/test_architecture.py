@@ -10,7 +10,7 @@ PKG = os.path.join(ROOT, "atcd")
 # each floor may import only from its own floor and those below it
 FLOORS = [
     ("atcd.errors", "atcd.options", "atcd.registry", "atcd.cli", "atcd.device", "atcd.schedule", "atcd.optim",
-     "atcd.trackers"),
+     "atcd.trackers", "atcd.signals", "atcd.precision", "atcd.cluster"),
     ("atcd", "atcd.checkpoint", "atcd.summary", "atcd.models"),
     ("atcd.data",),
     ("atcd.attacks",),

@@ -110,7 +110,7 @@ def test_loader_defaults_pin_and_use_workers_on_a_gpu_only(monkeypatch):
     on a GPU, --pin-mem is on for CUDA; given values are kept. args.yaml records what was resolved."""
     from types import SimpleNamespace
 
-    from atcd.trainer import loader_defaults
+    from atcd.cluster import loader_defaults
 
     cfg = TrainConfig.of(method="standard")
     assert cfg.workers is None and not cfg.pin_mem

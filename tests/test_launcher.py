@@ -3,6 +3,7 @@ fake accelerator): evaluation precision that the launcher cannot change, preempt
 group, no host syncs in the training step, a process-group timeout shorter than a rank's wait, and node-local
 output refused at start.
 """
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -93,13 +95,13 @@ TRAIN = ("--dataset", "mnist-mini", "--eps", "0.3", "--method", "atcd", "--atcd-
 
 
 def test_sigterm_to_the_whole_launch_always_checkpoints_and_resumes_bit_identically(tmp_path):
-    """SIGTERM to the process group of a 2-process `accelerate launch` (what SLURM does): the trainers get it
-    from the scheduler and again from the launcher's agent, which forwards its own. In three runs (early in the
-    first epoch; with 2 loader workers per rank, which get the signal too; waiting in Python) the run writes a
-    checkpoint before the agent's grace period ends, and `--resume auto` then finishes with the uninterrupted run's
-    weights, bit for bit. In the third, each rank waits in Python before every batch (tests/rank_run.py
-    --data-wait): the two copies of the signal arrive separately, as on a GPU (on a CPU busy in long C calls they
-    coalesce), and the second must not end the run."""
+    """SIGTERM to every process of a 2-process `accelerate launch` (what SLURM does): the trainers get it from the
+    scheduler and again from the launcher's agent, which forwards its own. In three runs the run writes a checkpoint
+    before the agent's grace period ends, and `--resume auto` then finishes with the uninterrupted run's weights, bit
+    for bit: all processes signalled at once early in the first epoch; the same with 2 loader workers per rank (they
+    get the signal too); and ranks waiting in Python before every batch (tests/rank_run.py --data-wait) that get the
+    scheduler's signal first and the agent's copy after handling it, as on a GPU, where a trainer is not blocked
+    inside long C calls (on a busy CPU the two copies usually coalesce into one). The copy must not end the run."""
     full = _result(tolerate_teardown_abort(run_script(*LAUNCH_2PROC, "train_atcd.py", *TRAIN, "--output",
                                                       str(tmp_path), "--experiment", "full", env=ENV_2PROC,
                                                       timeout=600)))
@@ -109,20 +111,33 @@ def test_sigterm_to_the_whole_launch_always_checkpoints_and_resumes_bit_identica
     for name, delay, script, extra in (("early", 0.5, ("train_atcd.py",), ()),
                                        ("workers", 2.0, ("train_atcd.py",), ("--workers", "2")),
                                        ("python", 2.0, waiting, ())):
-        run_dir = tmp_path / name
-        proc = subprocess.Popen([sys.executable, *LAUNCH_2PROC, *script, *TRAIN, *extra, "--output",
-                                 str(tmp_path), "--experiment", name], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        deadline = time.time() + 300
-        while not (run_dir / "args.yaml").exists():  # both ranks built model and data
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-            time.sleep(0.01)
-        time.sleep(delay)
-        os.killpg(proc.pid, signal.SIGTERM)  # launcher, agent and both trainers
-        _, err = proc.communicate(timeout=300)
+        run_dir, log = tmp_path / name, tmp_path / f"{name}.err"
+        with open(log, "w") as err_file:
+            proc = subprocess.Popen([sys.executable, *LAUNCH_2PROC, *script, *TRAIN, *extra, "--output",
+                                     str(tmp_path), "--experiment", name], cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=err_file, text=True)
+            deadline = time.time() + 300
+            while not (run_dir / "args.yaml").exists():  # both ranks built model and data
+                assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+                time.sleep(0.01)
+            time.sleep(delay)
+            launcher = psutil.Process(proc.pid)
+            trainers = launcher.children(recursive=True)  # the agent runs in the launcher; trainers, loader workers
+            first = trainers if name == "python" else [launcher, *trainers]
+            for p in first:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.send_signal(signal.SIGTERM)
+            if name == "python":  # the agent's copy after both trainers handled the scheduler's signal
+                while log.read_text().count("SIGTERM received") < 2:
+                    assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+                    time.sleep(0.001)
+                launcher.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=300)
+        err = log.read_text()
         ckpts = sorted(p.name for p in run_dir.iterdir() if (p / "state.json").is_file())
         assert ckpts, f"{name}: no checkpoint written\n{err[-3000:]}"
-        assert "exiting now" not in err and err.count("SIGTERM received") <= 2, err[-3000:]  # once per trainer
+        assert "Sending process" in err, err[-3000:]  # the agent did forward its SIGTERM to the trainers
+        assert "exiting now" not in err and err.count("SIGTERM received") == 2, err[-3000:]  # once per trainer
         assert not (run_dir / "model.safetensors").exists() or "checkpoint-0001" in ckpts, name
         done = _result(tolerate_teardown_abort(run_script(*LAUNCH_2PROC, "train_atcd.py", *TRAIN, *extra,
                                                           "--output", str(tmp_path), "--experiment", name,

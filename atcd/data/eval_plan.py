@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from ..faults import worker_ignores_stop_signals
+from ..signals import worker_ignores_stop_signals
 
 __all__ = ["ChunkLoader", "EvalPlan", "chunk_seed", "create_eval_loader", "match_sample_ids", "read_sample_ids",
            "strided_positions"]

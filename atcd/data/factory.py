@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from ..errors import DataError
-from ..faults import worker_ignores_stop_signals
+from ..signals import worker_ignores_stop_signals
 from .cifar import TORCH_CIFAR, TorchCifar
 from .mnist_mini import MnistMini
 from .registry import builtin_datasets, get_dataset_spec, list_datasets, register_dataset

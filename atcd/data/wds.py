@@ -29,7 +29,7 @@ from itertools import count, islice
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from ..faults import worker_ignores_stop_signals
+from ..signals import worker_ignores_stop_signals
 from .eval_plan import EvalPlan, match_sample_ids, strided_positions
 from .factory import DataError
 from .registry import get_dataset_spec, register_dataset
