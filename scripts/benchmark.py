@@ -358,6 +358,9 @@ def main(argv=None) -> int:
     p.add_argument("--aa-samples", type=int, default=0,
                    help="--equal-time: AutoAttack on the first N test images only (default: --num-samples)")
     p.add_argument("--eval-procs", type=int, default=1, help="processes per evaluation (--equal-time; 2 on 2 cores)")
+    p.add_argument("--aa-methods", default="", metavar="ENTRIES",
+                   help="--equal-time: run AutoAttack for these --methods entries only (e.g. atcd and the two best "
+                        "baselines); the others stop at PGD, and the report says so (default: every entry)")
     p.add_argument("--report-only", action="store_true",
                    help="--equal-time: write the report from the finished rows in --out (its costs.csv and plan); "
                         "train, evaluate and time nothing, and list the rows not run yet")
@@ -371,6 +374,9 @@ def main(argv=None) -> int:
         p.error(f"--equal-time reports clean, pgd and autoattack accuracy: --attacks {a.attacks!r} has none of them")
     if a.report_only and (not a.equal_time or a.cost_only):
         p.error("--report-only reports an --equal-time run (and --cost-only has no rows to report)")
+    if a.aa_methods and (not a.equal_time or "autoattack" not in a.attacks.split(",")
+                         or set(a.aa_methods.split(",")) - set(a.methods.split(","))):
+        p.error(f"--aa-methods {a.aa_methods!r}: entries of --methods, for an --equal-time run with autoattack")
     if a.eval_procs < 1 or a.aa_samples < 0:
         p.error("--eval-procs must be >= 1 and --aa-samples >= 0")
     try:

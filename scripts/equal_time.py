@@ -132,10 +132,13 @@ def _validate(run: str, attacks: str, n: int, res_file: str, a, log: str):
         fail(f"error: {' '.join(cmd[:3])} wrote no {res_file}; see {log}")
 
 
-def _evaluations(run: str, a) -> list[tuple[str, int, str]]:
+def _evaluations(run: str, a, entry: str | None = None) -> list[tuple[str, int, str]]:
     """(attacks, images, results file) of each validate call of a run: AutoAttack on the first --aa-samples images
-    (default: --num-samples), the other attacks on the first --num-samples."""
+    (default: --num-samples), the other attacks on the first --num-samples; AutoAttack only for the entries of
+    --aa-methods when it is given (issue 33: the others stop at PGD)."""
     attacks = [x for x in a.attacks.split(",") if x]
+    if entry is not None and getattr(a, "aa_methods", "") and entry not in a.aa_methods.split(","):
+        attacks = [x for x in attacks if x != "autoattack"]
     n_aa = a.aa_samples or a.num_samples
     groups = [(",".join(attacks), a.num_samples)]
     if "autoattack" in attacks and n_aa != a.num_samples:
@@ -144,10 +147,10 @@ def _evaluations(run: str, a) -> list[tuple[str, int, str]]:
             if names]
 
 
-def evaluate(run: str, exp: str, runs: str, a) -> dict:
+def evaluate(run: str, exp: str, runs: str, a, entry: str | None = None) -> dict:
     """{attack: results} of a trained run; each results file is kept, so a re-run reads it."""
     res = {}
-    for i, (names, n, f) in enumerate(_evaluations(run, a)):
+    for i, (names, n, f) in enumerate(_evaluations(run, a, entry)):
         _validate(run, names, n, f, a, os.path.join(runs, f"{exp}.val{i}.log"))
         with open(f) as fh:
             res.update({k: v for k, v in json.load(fh)["results"].items() if k != "worst_case"})
@@ -164,7 +167,7 @@ def _point(entry: str, budget: float, seed: int, a) -> tuple[str, str, str]:
 def point_done(entry: str, budget: float, seed: int, a) -> bool:
     """Whether the point is trained and every evaluation of it wrote its results (a row costs nothing to read)."""
     run = _point(entry, budget, seed, a)[2]
-    return finished(run) and all(os.path.isfile(f) for *_, f in _evaluations(run, a))
+    return finished(run) and all(os.path.isfile(f) for *_, f in _evaluations(run, a, entry))
 
 
 def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
@@ -174,7 +177,7 @@ def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
     print(f"[equal-time] {exp}: {plan['epochs']} epochs x {plan['minibatches'] // plan['epochs']} minibatches",
           flush=True)
     _train(entry, plan, seed, runs, exp, os.path.join(runs, f"{exp}.train.log"))
-    res = evaluate(run, exp, runs, a)
+    res = evaluate(run, exp, runs, a, entry)
     with open(os.path.join(run, "summary.csv")) as f:
         epochs = list(csv.DictReader(f))
     train_s = sum(float(r["seconds"]) for r in epochs)
@@ -347,8 +350,13 @@ def update_split(rows: list[dict], key: str) -> list[str]:
 
 
 def headline(rows: list[dict]) -> str:
-    """The accuracy the report ranks by and the figure plots: the strongest attack the rows have."""
-    return next(k for k in ("autoattack", "pgd", "clean") if k in rows[0])
+    """The accuracy the report ranks by and the figure plots: the strongest attack any row has (rows without it,
+    e.g. methods left out of --aa-methods, are left out of the verdict, the split and the figure)."""
+    return next(k for k in ("autoattack", "pgd", "clean") if any(r.get(k, "") != "" for r in rows))
+
+
+def _has(rows: list[dict], key: str) -> list[dict]:
+    return [r for r in rows if r.get(key, "") != ""]
 
 
 def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
@@ -367,7 +375,10 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
              f"{', '.join(named)} at eps {a.eps} on the first {a.num_samples} test images"
              + (f" (AutoAttack on the first {n_aa})" if "autoattack" in a.attacks and n_aa != a.num_samples else "")
              + ". Accuracies: mean ± 95 % t-interval over the seeds each budget names (none for one seed); train s: "
-             "measured mean, (planned from the cost table; predicted by the cost model).", ""]
+             "measured mean, (planned from the cost table; predicted by the cost model)."
+             + (" AutoAttack was run for " + ", ".join(dict.fromkeys(r["recipe"] for r in _has(rows, "autoattack")))
+                + " only (--aa-methods); the others stop at PGD (empty AutoAttack cells)."
+                if "autoattack" in a.attacks and len(_has(rows, "autoattack")) < len(rows) else ""), ""]
     for b in budgets:
         sel = [r for r in rows if r["budget_s"] == b]
         mh = any(r.get("mh_accept", "") != "" for r in sel)
@@ -395,12 +406,12 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
                          + (f" {_acceptance_cell(rs)} |" if mh else ""))
         lines.append("")
         lines += _ablation_lines(sel)
-        atcd = [r for r in sel if r["recipe"] == "atcd"]  # the recipe itself; its ablations are the other atcd*
-        base = {m: [r for r in sel if r["recipe"] == m] for m in dict.fromkeys(r["recipe"] for r in sel
-                                                                                if not r["method"].startswith("atcd"))}
+        atcd = _has([r for r in sel if r["recipe"] == "atcd"], key)  # the recipe; its ablations are the other atcd*
+        base = {m: _has([r for r in sel if r["recipe"] == m], key) for m in dict.fromkeys(
+            r["recipe"] for r in _has(sel, key) if not r["method"].startswith("atcd"))}
         if atcd and base:
             lines += [_verdict(atcd, base, key), ""]
-    lines += update_split(rows, key)
+    lines += update_split(_has(rows, key), key)
     slow = [r for r in rows if r["train_s"] > SLOW * r["planned_s"]]
     lines.append("Cross-check: measured training seconds / planned: "
                  f"{min(r['train_s'] / r['planned_s'] for r in rows):.2f}-"
@@ -420,6 +431,7 @@ def plot(rows: list[dict], path: str, x: str = "budget"):
 
     from atcd.stats import mean_interval
     key = headline(rows)
+    rows = _has(rows, key)
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in dict.fromkeys(r["recipe"] for r in rows):
         xs, ys, lo, hi = [], [], [], []

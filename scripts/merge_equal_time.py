@@ -60,7 +60,8 @@ def merge(paths: list[str]) -> list[dict]:
             source.setdefault(key, path)
     if not by_key:
         fail("error: the files hold no rows")
-    sizes = {(r["n"], r["n_aa"]) for r in by_key.values()}
+    sizes = {(r["n"], r["n_aa"]) for r in by_key.values() if r["n_aa"] != ""} or {(r["n"], "") for r in by_key.values()}
+    sizes |= {(r["n"], next(iter(sizes))[1]) for r in by_key.values() if r["n_aa"] == ""}  # no AutoAttack: n only
     if len(sizes) > 1:
         fail(f"error: the rows were evaluated on different numbers of images (n, n_aa): {sorted(sizes, key=str)}")
     order = {m: i for i, m in enumerate(dict.fromkeys(k[0] for k in by_key))}
@@ -76,10 +77,13 @@ def main(argv=None) -> int:
     p.add_argument("--attack-loss", default="margin", help="the runs' PGD loss (the report names it)")
     a = p.parse_args(argv)
     rows = merge(a.csv)
-    a.attacks = ",".join(k for k in ("clean", "pgd", "autoattack") if all(r[k] != "" for r in rows))
+    a.attacks = ",".join(k for k in ("clean", "pgd") if all(r[k] != "" for r in rows))
     if not a.attacks:
         fail("error: no attack has a result in every row")
-    a.num_samples, a.aa_samples = rows[0]["n"], rows[0]["n_aa"] or 0
+    if any(r["autoattack"] != "" for r in rows):  # AutoAttack may be left to some methods (--aa-methods)
+        a.attacks += ",autoattack"
+    a.num_samples = rows[0]["n"]
+    a.aa_samples = next((r["n_aa"] for r in rows if r["n_aa"] != ""), 0)
     os.makedirs(a.out, exist_ok=True)
     write_csv(os.path.join(a.out, "equal_time.csv"), rows, FIELDS)
     plot(rows, os.path.join(a.out, "equal_time.png"))

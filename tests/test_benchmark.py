@@ -339,3 +339,23 @@ def test_update_split_of_the_committed_equal_time_rows():
     lines = equal_time.update_split(rows, "autoattack")
     assert "| 240 s | 1488 (6.2) | free: 3840 (16.0) | -1.2 | -3.8 | +2.6 |" in lines
     assert "| 60 s | 372 (6.2) | free: 960 (16.0) | -16.3 | -14.7 | -1.6 |" in lines  # ATCD's curve at 960
+
+
+def test_autoattack_for_some_methods_only_ranks_those_and_says_so(tmp_path):
+    """--aa-methods (issue 33: AutoAttack for ATCD and the two best baselines, PGD for the others): rows without
+    AutoAttack are left out of the verdict and the figure, and the report names the methods that had it."""
+    from conftest import run_main
+    row = _equal_time_row
+    rows = [row(m, 60.0, s, v) for s in range(2) for m, v in (("atcd", 70.0 + s), ("free", 60.0 + s), ("pgd", 99.0))]
+    for r in rows:
+        if r["recipe"] == "pgd":  # the best number, but no AutoAttack: it must not become "the best baseline"
+            r["autoattack"], r["n_aa"] = "", ""
+    out = tmp_path / "merged"
+    r = run_main("scripts/merge_equal_time.py", _save_equal_time(tmp_path / "a.csv", rows), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    text = (out / "equal_time.md").read_text()
+    assert "AutoAttack was run for atcd, free only (--aa-methods)" in text
+    assert "ATCD minus the best baseline (free) on autoattack, seed-paired: **+10.0 points**" in text
+    assert "| pgd | 2 × 10 |" in text and (out / "equal_time_updates.png").stat().st_size > 0
+    bad = run_main("scripts/benchmark.py", "--methods", "atcd,free", "--aa-methods", "atcd,yopo", "--equal-time", "60")
+    assert bad.returncode == 2 and "--aa-methods" in bad.stderr
