@@ -149,6 +149,8 @@ def _evaluate(cfg: EvalConfig, accelerator: Accelerator) -> dict:
     # prepare() wraps forward in the launcher's autocast (kept by unwrap_model): every pass below bypasses it and
     # runs in --eval-precision (fp32, TF32 off, by default)
     model = accelerator.unwrap_model(model).eval()
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     with eval_precision(cfg.eval_precision, model):
         return _measure(cfg, accelerator, model, loader, tf, sample_ids)
 
@@ -160,7 +162,7 @@ def _measure(cfg: EvalConfig, accelerator: Accelerator, model, loader, tf: dict,
     fingerprint = model_fingerprint(model)
     sanity = _probe(model, loader, cfg, acfg) if cfg.sanity_samples else {}
     res = evaluate_attacks(model, loader, list(cfg.attacks), acfg, accelerator, progress=not cfg.no_progress,
-                           precision=cfg.eval_precision)
+                           precision=cfg.eval_precision, channels_last=cfg.channels_last)
     out = {
         "model": cfg.model, "checkpoint": _weights(cfg), "dataset": cfg.dataset or cfg.data_dir,
         "split": cfg.split, "num_samples": res[cfg.attacks[0]]["n"],

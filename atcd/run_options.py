@@ -174,7 +174,8 @@ class TrainOptions:
     clip_grad: float | None = option(None, "clip gradients to this (timm's flag; --clip-mode says how) (default: no "
                                      "clipping)", type=float, check=lambda v: v is None or v > 0, why="must be > 0",
                                      group=_O)
-    clip_mode: str = option("norm", "--clip-grad mode (timm's flag): norm = total gradient norm", choices=("norm",),
+    clip_mode: str = option("norm", "--clip-grad mode (timm's flag): norm = total gradient norm, value = each "
+                            "element, agc = adaptive (relative to the weights)", choices=("norm", "value", "agc"),
                             group=_O)
     mixed_precision: str | None = option(None, "autocast precision (timm's --amp --amp-dtype also set it); default: "
                                          "what `accelerate launch --mixed_precision` or `accelerate config` set "

@@ -17,6 +17,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+from timm.utils import adaptive_clip_grad
 
 from .attacks import AttackConfig
 from .attacks.core import device_generator
@@ -278,8 +279,17 @@ class _Training:
                                        "step/lr": self._lr()}, self.stepper.num_updates)
 
     def _clip(self):
-        if self.cfg.clip_grad and self.accelerator.sync_gradients:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        """--clip-grad with timm's --clip-mode: norm (total gradient norm), value (each element), agc (adaptive)."""
+        cfg, acc = self.cfg, self.accelerator
+        if not cfg.clip_grad or not acc.sync_gradients:
+            return
+        if cfg.clip_mode == "norm":
+            acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        elif cfg.clip_mode == "value":
+            acc.clip_grad_value_(self.model.parameters(), cfg.clip_grad)
+        else:
+            acc.unscale_gradients()  # (fp16) AGC compares true gradients with the weights
+            adaptive_clip_grad(self.model.parameters(), cfg.clip_grad)
 
     def _after_update(self):
         if self.accelerator.sync_gradients:  # the scheduler counts real updates, not accumulation micro-steps

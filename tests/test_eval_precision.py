@@ -122,3 +122,51 @@ def test_loader_defaults_pin_and_use_workers_on_a_gpu_only(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert loader_defaults(cfg, gpu) == {"workers": 8, "pin_mem": True}
     assert loader_defaults(TrainConfig.of(method="standard", workers=2), gpu)["workers"] == 2
+
+
+@pytest.mark.parametrize("mode", ["norm", "value", "agc"])
+def test_clip_modes_act_like_timms(mode, mnist_test_batch):
+    """--clip-grad with each of timm's --clip-mode values gives the gradient timm's own dispatch_clip_grad gives."""
+    from timm.utils import dispatch_clip_grad
+
+    from atcd.trainer import _Training
+
+    torch.manual_seed(0)
+    model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist"))
+    x, y = mnist_test_batch[0][:32], mnist_test_batch[1][:32]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
+    for r, g in zip(ref, want):
+        r.grad = g.clone()
+    dispatch_clip_grad(ref, 0.05, mode=mode)
+    fake = _Training.__new__(_Training)
+    fake.cfg = TrainConfig.of(method="standard", clip_grad=0.05, clip_mode=mode)
+    fake.accelerator, fake.model = Accelerator(cpu=True), model
+    fake._clip()
+    assert all(torch.allclose(p.grad, r.grad) for p, r in zip(model.parameters(), ref))
+    assert not all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), want))  # the clip acted
+
+
+def test_autoattack_on_fewer_than_ten_classes_is_a_one_line_error(mnist_test_batch):
+    from atcd.attacks.autoattack import run_autoattack
+    from atcd.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist", num_classes=5)).eval()
+    with pytest.raises(ConfigError, match="at least 10 classes; this one has 5"):
+        run_autoattack(model, mnist_test_batch[0][:4], mnist_test_batch[1][:4] % 5, eps=0.3)
+
+
+def test_validate_channels_last_gives_the_same_per_image_results(tmp_path, standard_model):
+    """validate.py --channels-last (timm's flag) runs model and inputs channels-last, with the same verdicts."""
+    from atcd.checkpoint import save_weights
+    from atcd.config import parse_eval_args
+    from atcd.evaluator import run
+
+    ckpt = str(tmp_path / "model.safetensors")
+    save_weights(standard_model.model, ckpt)
+    common = ["--model", "smallcnn_mnist", "--checkpoint", ckpt, "--dataset", "mnist-mini", "--num-samples", "64",
+              "--attacks", "clean,pgd", "--eps", "0.1", "--attack-steps", "5", "--sanity-samples", "0", "--no-progress"]
+    plain, cl = run(parse_eval_args(common)), run(parse_eval_args([*common, "--channels-last"]))
+    assert plain["results"] == cl["results"] and plain["results"]["clean"]["top1"] > 80

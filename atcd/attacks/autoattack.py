@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..options import comma_list, option
 from .registry import register_attack
 
@@ -42,7 +43,6 @@ class AutoAttackOptions:
 
     def __post_init__(self):
         if self.aa_version == "custom" and not self.aa_attacks:
-            from ..errors import ConfigError
             raise ConfigError("--aa-version custom needs --aa-attacks, e.g. apgd-ce,apgd-t")
 
 
@@ -176,6 +176,20 @@ def _run_with_state(adversary, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return x_adv, robust, state["flags"]
 
 
+def _check_targets(model: nn.Module, x: torch.Tensor, version: str, attacks) -> None:
+    """APGD-T and FAB-T of the standard protocol attack 9 target classes: a model with fewer than 10 classes would
+    crash inside the package (IndexError)."""
+    targeted = version != "custom" or any(a in ("apgd-t", "fab-t") for a in attacks or ())
+    if not targeted or len(x) == 0:
+        return
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    if classes < 10:
+        raise ConfigError(f"AutoAttack's {version} version runs APGD-T and FAB-T on 9 target classes and needs a model "
+                          f"with at least 10 classes; this one has {classes}: use --aa-version custom --aa-attacks "
+                          f"apgd-ce,square (or --attacks pgd)")
+
+
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, version: str = "standard",
                    seed: int = 0, batch_size: int = 250, attacks=None, square_queries: int | None = None,
                    state_dir: str | None = None) -> tuple[torch.Tensor, dict]:
@@ -192,6 +206,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     examples (see `_run_with_state`).
     """
     from pyautoattack import AutoAttack
+    _check_targets(model, x, version, attacks)
     if version == "custom":
         if not attacks:
             raise ValueError("AutoAttack version 'custom' needs a list of attacks")
