@@ -9,8 +9,22 @@ __all__ = ["trim_summary", "write_summary"]
 
 
 def write_summary(path: str, row: dict):
-    """Append one epoch's row to `summary.csv` (header first when the file is new)."""
+    """Append one epoch's row to `summary.csv` (header first when the file is new). A row with other columns than
+    the file's (a run resumed by another version, e.g. one that adds `collapsed`) rewrites the table with the union
+    of the columns, so no value lands under another column's name."""
     new = not os.path.exists(path)
+    if not new:
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+            header = list(old[0]) if old else []
+        if header and list(row) != header:
+            fields = header + [k for k in row if k not in header]
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=fields, restval="")
+            w.writeheader()
+            w.writerows([*old, row])
+            atomic_write_text(path, buf.getvalue())
+            return
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(row))
         if new:

@@ -81,3 +81,16 @@ def test_issue_command_with_the_default_warmup_trains(tmp_path, capsys):
     assert rc == 0 and res["status"] == "completed", rows
     assert [r["collapsed"] for r in rows] == ["", "0"]  # judged from 50 updates on (epoch 1: 64)
     assert float(rows[-1]["eval_top1"]) > 50.0
+
+
+def test_summary_row_with_a_new_column_widens_the_table_instead_of_shifting_values(tmp_path):
+    """A run resumed by a version that adds a column (here `collapsed`): before, the row was written under the old
+    header, every value after the new one under the wrong column name."""
+    from atcd.summary import write_summary
+    path = str(tmp_path / "summary.csv")
+    write_summary(path, {"epoch": 0, "eval_top1": 95.0, "lr": 0.1})
+    write_summary(path, {"epoch": 1, "eval_top1": 97.0, "collapsed": 0, "lr": 0.05})
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [{"epoch": "0", "eval_top1": "95.0", "lr": "0.1", "collapsed": ""},
+                    {"epoch": "1", "eval_top1": "97.0", "lr": "0.05", "collapsed": "0"}]
