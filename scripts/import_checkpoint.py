@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default="reports/robustbench_coverage.md", help="coverage table (with .csv beside)")
     p.add_argument("--entries", nargs="*", default=None,
                    help="coverage: only these entries (NAME or DATASET/THREAT/NAME)")
+    p.add_argument("--structural", action="store_true",
+                   help="coverage without weights (meta device): architecture and key/shape fit only, no logits")
     p.add_argument("--merge", nargs="*", default=(), metavar="CSV",
                    help="coverage: rows of earlier partial runs (their .csv) to keep; their entries are not run again")
     p.add_argument("--rename", nargs="*", default=(), metavar="OLD=NEW", help="map key prefixes (e.g. linear.=fc.)")
@@ -116,11 +118,12 @@ def _coverage(a) -> int:
     from atcd.publish.zoo import zoo_entries
     tables = [("cifar10", "Linf"), ("imagenet", "Linf")]
     import csv
-    kept = []
-    for path in a.merge:
+    kept = {}
+    for path in a.merge:  # the first file naming an entry wins: give measured runs before --structural ones
         with open(path, newline="") as f:
-            kept += list(csv.DictReader(f))
-    done = {(r["table"], r["entry"]) for r in kept}
+            for r in csv.DictReader(f):
+                kept.setdefault((r["table"], r["entry"]), r)
+    done, kept = set(kept), list(kept.values())
     wanted = [n for t in tables for n in user_errors(zoo_entries, *t)
               if not a.entries or n in a.entries or "/".join(t) + "/" + n in a.entries]
     total = len(wanted)
@@ -135,7 +138,7 @@ def _coverage(a) -> int:
         merged = sorted(kept + rows, key=lambda r: order[r["table"], r["entry"]])
         return write_coverage(merged, csv_path, a.report, command, total)
 
-    rows = user_errors(coverage, tables, names=names, on_row=write) if names else []
+    rows = user_errors(coverage, tables, names=names, on_row=write, structural=a.structural) if names else []
     summary = write(rows)
     for table, s in summary.items():
         print(f"{table}: {s['imported']} of {s['single_model']} single-model entries imported exactly "
