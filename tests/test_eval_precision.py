@@ -170,3 +170,16 @@ def test_validate_channels_last_gives_the_same_per_image_results(tmp_path, stand
               "--attacks", "clean,pgd", "--eps", "0.1", "--attack-steps", "5", "--sanity-samples", "0", "--no-progress"]
     plain, cl = run(parse_eval_args(common)), run(parse_eval_args([*common, "--channels-last"]))
     assert plain["results"] == cl["results"] and plain["results"]["clean"]["top1"] > 80
+
+
+def test_process_group_timeout_and_ddp_options_reach_accelerate():
+    """--dist-timeout and --find-unused-parameters become Accelerate's InitProcessGroupKwargs / DDP kwargs."""
+    from datetime import timedelta
+
+    from atcd.cluster import accelerator_handlers
+
+    init, ddp = accelerator_handlers(7.5, find_unused_parameters=True)
+    assert init.timeout == timedelta(seconds=7.5) and ddp.find_unused_parameters
+    assert len(accelerator_handlers(1800.0)) == 1
+    cfg = TrainConfig.of(method="standard", dist_timeout=7.5, find_unused_parameters=True)
+    assert (cfg.dist_timeout, cfg.find_unused_parameters) == (7.5, True)

@@ -90,7 +90,7 @@ def test_training_eval_columns_under_a_bf16_launch_equal_a_no_launch(tmp_path, t
 # ---- preemption ---------------------------------------------------------------------------------------------------
 
 TRAIN = ("--dataset", "mnist-mini", "--eps", "0.3", "--method", "atcd", "--atcd-T", "2", "--atcd-K", "1",
-         "--epochs", "2", "--train-samples-per-epoch", "1024", "-b", "32", "--opt", "adam", "--lr", "1e-3",
+         "--epochs", "2", "--train-samples-per-epoch", "768", "-b", "32", "--opt", "adam", "--lr", "1e-3",
          "--eval-samples", "100", "--eval-attack-steps", "1", "--no-progress")
 
 
