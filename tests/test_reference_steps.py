@@ -320,7 +320,8 @@ def test_atcd_rho_enters_the_trajectory(batches):
     does not match the method run with the other."""
     (x, y), _ = batches
     net = _net()
-    kw = dict(method="atcd", eps=0.3, attack_step=0.1, atcd_T=2, atcd_K=2, cd_lambda=2.0, mh=False, seed=4)
+    kw = {"method": "atcd", "eps": 0.3, "attack_step": 0.1, "atcd_T": 2, "atcd_K": 2, "cd_lambda": 2.0, "mh": False,
+          "seed": 4}
     _, rec1, _ = _run(TrainConfig.of(cd_rho=1.0, **kw), net, [(x, y)])
     _, rec0, _ = _run(TrainConfig.of(cd_rho=0.0, **kw), net, [(x, y)])
     a, b = _trained_inputs(rec1)[-1], _trained_inputs(rec0)[-1]

@@ -64,4 +64,5 @@ def test_resume_is_bit_identical(method, warmup, tmp_path):
     rows = _rows(tmp_path / "part")
     assert rows == _rows(tmp_path / "full")[-len(rows):]
     if warmup:
-        assert [float(r["train_eps"]) for r in _rows(tmp_path / "full")] == pytest.approx([0.15, 0.3])  # the last minibatch's: 0.75 of 1.5 epochs
+        # train_eps is the last minibatch's: 0.75 of the 1.5-epoch ramp in epoch 0
+        assert [float(r["train_eps"]) for r in _rows(tmp_path / "full")] == pytest.approx([0.15, 0.3])
