@@ -32,6 +32,14 @@ def _set_tf32(matmul: bool, cudnn: bool) -> None:
     torch.backends.cudnn.allow_tf32 = cudnn
 
 
+def _autocast_on(device_type: str) -> bool:
+    """An autocast region of `device_type` is open (False for a backend without autocast support)."""
+    try:
+        return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    except (RuntimeError, AssertionError):
+        return False
+
+
 @contextlib.contextmanager
 def eval_precision(precision: str, *models: nn.Module | None) -> Iterator[None]:
     """Run the block's forward passes of `models` in `precision` (one of `EVAL_PRECISIONS`).
@@ -57,10 +65,10 @@ def eval_precision(precision: str, *models: nn.Module | None) -> Iterator[None]:
         _set_tf32(precision == "tf32", precision == "tf32")
         with contextlib.ExitStack() as stack:
             for dt in sorted(device_types):
-                if torch.amp.is_autocast_available(dt):
-                    # enabled=False also closes an autocast the caller may have open
-                    stack.enter_context(torch.autocast(dt, dtype=_AUTOCAST.get(precision),
-                                                       enabled=precision in _AUTOCAST))
+                if precision in _AUTOCAST:
+                    stack.enter_context(torch.autocast(dt, dtype=_AUTOCAST[precision]))
+                elif _autocast_on(dt):  # close an autocast the caller has open
+                    stack.enter_context(torch.autocast(dt, enabled=False))
             yield
     finally:
         _set_tf32(*old_tf32)

@@ -39,6 +39,9 @@ def test_eval_precision_bypasses_the_launchers_autocast_and_puts_it_back(bf16_pr
     assert torch.equal(inside, ref)  # fp32, bit for bit
     assert torch.equal(after, wrapped)  # the training precision is back after the block
     assert asked.dtype == torch.bfloat16 and not torch.equal(asked.float(), ref)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), eval_precision("fp32", plain):
+        closed = plain(x)  # an autocast the caller left open is closed for the block
+    assert torch.equal(closed, ref)
 
 
 def test_eval_precision_turns_tf32_off_and_restores_it():
