@@ -62,8 +62,10 @@ def started(run: str) -> bool:
 
 def stale_args(run: str, want: dict, ignore=()) -> dict:
     """{option: recorded value} of the options whose value in `run`/args.yaml differs from `want` (keys in `ignore`,
-    e.g. where the run was written, are not compared); empty when the run is the one asked for."""
+    e.g. where the run was written, are not compared; nor options args.yaml does not record: added by a later
+    version, they did not exist when the run trained, so a grid or benchmark continued across versions still reads
+    its finished runs); empty when the run is the one asked for."""
     with open(os.path.join(run, "args.yaml")) as f:
         had = yaml.safe_load(f)
     return {k: had.get(k) for k, v in want.items()
-            if k not in ignore and had.get(k) != (list(v) if isinstance(v, tuple) else v)}
+            if k not in ignore and k in had and had[k] != (list(v) if isinstance(v, tuple) else v)}

@@ -109,3 +109,13 @@ def test_reuse_grad_at_k1_leaves_the_untested_replay_out_of_the_acceptance(mnist
     epochs = [{"mh_accept": "0.9", "mh_accept_r0": r0, "mh_accept_r1": "0.8", "mh_accept_r2": "1.0"}
               for r0 in ("", "nan")]  # this version's empty cell, and an older run's nan
     assert equal_time.mh_acceptance(epochs) == {"mh_accept": 0.9, "mh_accept_replays": "-/0.800/1.000"}
+
+
+def test_a_finished_run_is_compared_on_the_options_its_args_yaml_records(tmp_path):
+    """An option added after the run trained (absent from its args.yaml) does not make it stale; a recorded option
+    with another value does."""
+    from conftest import load_script
+    runs = load_script("scripts/_runs.py")
+    (tmp_path / "args.yaml").write_text(yaml.safe_dump({"lr": 0.001, "mh_kinetic_v": "normalised"}))
+    assert runs.stale_args(str(tmp_path), {"lr": 0.001, "mh_kinetic_v": "normalised", "added_later": 3}) == {}
+    assert runs.stale_args(str(tmp_path), {"lr": 0.001, "mh_kinetic_v": "gradient"}) == {"mh_kinetic_v": "normalised"}
