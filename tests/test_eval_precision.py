@@ -14,7 +14,17 @@ from atcd.precision import eval_precision
 
 
 @pytest.fixture
-def bf16_prepared(mnist_test_batch):
+def fresh_accelerate():
+    """Accelerate's process-wide state made afresh for the test and after it (another test of this pytest process
+    may have made an Accelerator with other settings)."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def bf16_prepared(mnist_test_batch, fresh_accelerate):
     """The small CNN prepared by an Accelerator in bf16 (on cpu: autocast wraps forward), and a plain fp32 copy."""
     torch.manual_seed(0)
     plain = NormalizedModel.from_timm(timm.create_model("smallcnn_mnist")).eval()
@@ -128,7 +138,7 @@ def test_loader_defaults_pin_and_use_workers_on_a_gpu_only(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["norm", "value", "agc"])
-def test_clip_modes_act_like_timms(mode, mnist_test_batch):
+def test_clip_modes_act_like_timms(mode, mnist_test_batch, fresh_accelerate):
     """--clip-grad with each of timm's --clip-mode values gives the gradient timm's own dispatch_clip_grad gives."""
     from timm.utils import dispatch_clip_grad
 
