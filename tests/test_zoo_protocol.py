@@ -19,8 +19,7 @@ if importlib.util.find_spec("robustbench") is None:
 
 pytestmark = [pytest.mark.slow, pytest.mark.longest]  # AutoAttack twice on a PreAct-ResNet-18
 
-N = 10
-EPS = "1/255"  # benchmark(eps=...): at 8/255 this quickly fitted model keeps no image, which would prove little
+N = 10  # measured: both give clean 70.00 %, AutoAttack 0.00 % (8/255; 85 s for benchmark() on 2 busy cores)
 
 
 def _fitted_wong(root: str) -> torch.nn.Module:
@@ -70,12 +69,12 @@ def test_validate_protocol_robustbench_equals_benchmark(tmp_path, monkeypatch):
 
     res = tmp_path / "res.json"
     r = run_main("validate.py", "--model", f"local-dir:{hub}", "--protocol", "robustbench", "--data-dir", root,
-                 "--num-samples", str(N), "--batch-size", str(N), "--eps", EPS, "--seed", "0", "--sanity-samples", "0",
+                 "--num-samples", str(N), "--batch-size", str(N), "--seed", "0", "--sanity-samples", "0",
                  "--no-progress", "--results-file", str(res))
     assert r.returncode == 0, r.stderr[-3000:]
     ours = json.loads(res.read_text())
     assert ours["split"] == f"test[:{N}]" and ours["evaluated_ids"] == f"first {N}"
-    assert ours["attack_config"]["aa_version"] == "standard"
+    assert ours["attack_config"]["aa_version"] == "standard" and ours["eps"] == 8 / 255
 
     rb = zoo.robustbench()
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)  # not the published md5
@@ -83,7 +82,7 @@ def test_validate_protocol_robustbench_equals_benchmark(tmp_path, monkeypatch):
     monkeypatch.setattr(rb.eval.AutoAttack, "seed_override", chunk_seed(0, 0))  # validate.py's seed, chunk 0
     zoo_module = zoo.load_zoo_module("cifar10", "Linf", "Wong2020Fast", file=str(path))
     clean, robust = rb.eval.benchmark(zoo_module, n_examples=N, dataset="cifar10", threat_model="Linf",
-                                      data_dir=root, eps=1 / 255, batch_size=N)
+                                      data_dir=root, eps=8 / 255, batch_size=N)
     assert 0.3 <= clean  # the fitted head classifies the digits
     assert ours["results"]["clean"]["top1"] == pytest.approx(100 * clean, abs=1e-4)
     assert ours["results"]["autoattack"]["top1"] == pytest.approx(100 * robust, abs=1e-4)
