@@ -119,7 +119,7 @@ def _robustbench(cfg):
                       input_size=None, img_size=32, crop_pct=1.0, interpolation="bilinear", **common)
         what = f"{dataset} Linf: the first {n} test images in torchvision's order, no preprocessing"
     else:
-        from .publish.zoo import robustbench
+        from .models.zoo_package import robustbench
         rb = robustbench()
         ids = os.path.join(os.path.dirname(rb.__file__), "helper_files", "imagenet_test_image_ids.txt")
         n = min(cfg.num_samples or _IMAGENET_N, _IMAGENET_N)

@@ -184,12 +184,10 @@ class TrainOptions:
     eval_precision: str = option("fp32", "precision of every evaluation (per-epoch eval, EMA, holdout): fp32 with "
                                  "TF32 off whatever the launcher's --mixed_precision; tf32/bf16/fp16 on purpose only",
                                  choices=("fp32", "tf32", "bf16", "fp16"), group=_E)
-    dist_timeout: float = option(1800.0, "seconds a process waits in a collective before the run aborts (the process "
-                                 "group's timeout; NCCL's own default is 600)", check=lambda v: v > 0,
-                                 why="must be > 0 seconds", group=_O)
-    find_unused_parameters: bool = option(False, "DDP's find_unused_parameters: for a model whose forward leaves "
-                                          "some parameters without a gradient (else DDP errors at the next step)",
-                                          group=_O)
+    dist_timeout: float = option(1800.0, "seconds a process waits in a collective before the run aborts (NCCL's own "
+                                 "default is 600)", check=lambda v: v > 0, why="must be > 0 seconds", group=_O)
+    find_unused_parameters: bool = option(False, "DDP's find_unused_parameters: for a model whose forward skips some "
+                                          "parameters (else DDP errors at the next step)", group=_O)
     model_ema: bool = option(False, "keep an exponential moving average of the weights (timm's ModelEmaV3): "
                              "evaluated per epoch (ema_* columns), checkpointed, written as model_ema.safetensors",
                              group=_O)

@@ -113,7 +113,7 @@ def _zoo(a) -> int:
 def _coverage(a) -> int:
     import time
 
-    from atcd.publish.zoo import coverage, write_coverage
+    from atcd.publish.zoo_coverage import coverage, write_coverage
     t0 = time.time()
     from atcd.publish.zoo import zoo_entries
     tables = [("cifar10", "Linf"), ("imagenet", "Linf")]

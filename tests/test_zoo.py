@@ -17,7 +17,7 @@ if importlib.util.find_spec("robustbench") is None:  # imported through atcd.pub
     pytest.skip("the [zoo] extra: pip install --no-deps robustbench==1.1.1", allow_module_level=True)
 
 from atcd.models.hub import HubError  # noqa: E402
-from atcd.publish import zoo  # noqa: E402
+from atcd.publish import zoo, zoo_coverage  # noqa: E402
 
 REPO = "atcd-test/zoo"
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "import_checkpoint.py")
@@ -117,7 +117,7 @@ def test_wrong_logits_refuse_the_import_and_write_nothing(tmp_path, monkeypatch)
 
 
 def test_out_of_scope_entries_say_why():
-    rows = {r["entry"]: r for r in zoo.coverage([("cifar10", "Linf")], names=[
+    rows = {r["entry"]: r for r in zoo_coverage.coverage([("cifar10", "Linf")], names=[
         "Chen2020Adversarial", "Ding2020MMA", "Andriushchenko2020Understanding"])}
     assert rows["Chen2020Adversarial"]["outcome"] == "ensemble"
     assert rows["Ding2020MMA"]["outcome"] == "custom module" and "Ding2020MMANet" in rows["Ding2020MMA"]["detail"]

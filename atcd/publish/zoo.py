@@ -7,9 +7,9 @@ registered by `atcd.models` for the CIFAR networks), its logits are compared wit
 (max |Δlogit| <= `LOGIT_TOL`, else the import is refused), and a hub folder is written: `config.json` (the zoo's
 preprocessing as timm's data config), `model.safetensors`, a card with the threat model, ε, the paper and the
 accuracies RobustBench reports (labelled as reported; `validate.py --update-card` adds measured ones).
-`coverage()` runs that on every entry of a table with seeded random weights.
+`atcd.publish.zoo_coverage.coverage()` runs that on every entry of a table with seeded random weights; the package
+and its tables are `atcd.models.zoo_package`, the mapping onto timm `atcd.publish.zoo_map`.
 """
-import csv
 import importlib
 import importlib.metadata
 import logging
@@ -17,11 +17,7 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
-import time
-import types
-from dataclasses import dataclass, field
 
 import timm
 import torch
@@ -30,140 +26,31 @@ from torch import nn
 
 from ..checkpoint import atomic_write_text
 from ..models.hub import HubError, one_line
+from ..models.zoo_package import (
+    _ROW,
+    _SECTIONS,
+    LOGIT_TOL,
+    NUM_CLASSES,
+    THREAT_EPS,
+    _entry,
+    _is_ensemble,
+    _timm_name,
+    robustbench,
+    split_spec,
+    zoo_entries,
+)
 from ..provenance import file_sha256
 from .card import CARD_NAME
 from .export import save_checked, write_folder
 from .labels import eps_text
-from .usage import card_library, is_timm_native, usage_section
+from .usage import card_library, usage_section
+from .zoo_map import _PREPROCESSING, ZooMapping, ZooUnsupported, create_mapped, map_to_timm, verify
 
-__all__ = ["LOGIT_TOL", "THREAT_EPS", "ZooMapping", "ZooUnsupported", "coverage", "import_zoo", "load_zoo_module",
+__all__ = ["LOGIT_TOL", "THREAT_EPS", "ZooMapping", "ZooUnsupported", "import_zoo", "load_zoo_module",
            "map_to_timm", "preprocessing", "random_zoo_module", "reported", "robustbench", "split_spec",
            "zoo_entries", "zoo_file_content", "zoo_file_state_dict"]
 
 _logger = logging.getLogger(__name__)
-
-LOGIT_TOL = 1e-5  # |Δlogit| allowed between the zoo module and the timm model: LOGIT_TOL * (1 + |logit|)
-# (float32 rounding only: 1e-5 absolute on logits of order 1, relative on the large logits of a trained head)
-THREAT_EPS = {("cifar10", "Linf"): 8 / 255, ("cifar100", "Linf"): 8 / 255, ("imagenet", "Linf"): 4 / 255,
-              ("cifar10", "L2"): 0.5}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
-INSTALL = "pip install '.[zoo]' && pip install --no-deps robustbench==1.1.1"
-_AUTOATTACK_SUBMODULES = ("autoattack", "autopgd_base", "checks", "fab_base", "fab_projections", "fab_pt",
-                          "other_utils", "square", "state")
-
-
-def robustbench():
-    """The `robustbench` package, imported here and nowhere else in the project.
-
-    robustbench 1.1.1 imports `autoattack`, but the official AutoAttack package installs as `pyautoattack`: the
-    alias (`sys.modules['autoattack']`, and its submodules robustbench reaches) is set here before the import.
-    Its `loaders.py` also imports `pkg_resources`, which setuptools >= 81 no longer ships: when it is missing, a
-    stub with the one function robustbench calls (`resource_filename`) stands in. And its `benchmark()` calls
-    AutoAttack's older API (`AutoAttack(..., log_path=)`, `run_standard_evaluation(x, y, bs=)`), which pyautoattack
-    0.2.0 refuses: `robustbench.eval.AutoAttack` is set to a subclass that translates it (`_legacy_autoattack`).
-
-    Raises:
-        HubError: robustbench (or a dependency) is not installed.
-    """
-    try:
-        import pyautoattack
-        sys.modules.setdefault("autoattack", pyautoattack)
-        for sub in _AUTOATTACK_SUBMODULES:
-            sys.modules.setdefault(f"autoattack.{sub}", importlib.import_module(f"pyautoattack.{sub}"))
-        try:
-            import pkg_resources  # noqa: F401
-        except ImportError:
-            stub = types.ModuleType("pkg_resources")
-            stub.resource_filename = lambda pkg, path: os.path.join(
-                os.path.dirname(importlib.import_module(pkg).__file__), path)
-            sys.modules["pkg_resources"] = stub
-        import robustbench as rb
-        import robustbench.data
-        import robustbench.eval
-        import robustbench.model_zoo
-        import robustbench.utils  # noqa: F401
-    except ImportError as e:
-        raise HubError(f"RobustBench's model zoo needs the robustbench package ({one_line(e)}): {INSTALL}") from None
-    if rb.eval.AutoAttack.__name__ != "LegacyAutoAttack":
-        rb.eval.AutoAttack = _legacy_autoattack()
-    return rb
-
-
-def _legacy_autoattack():
-    from pyautoattack import AutoAttack
-
-    class LegacyAutoAttack(AutoAttack):
-        """pyautoattack's AutoAttack under the API robustbench 1.1.1's `benchmark()` calls: `log_path` is dropped
-        (progress goes to the `auto-attack` logger), `bs` is `batch_size`, and x_adv alone is returned."""
-        seed_override: int | None = None  # tests: the seed validate.py gives the same images
-
-        def __init__(self, model, norm="Linf", eps=0.3, version="standard", device="cpu", log_path=None, seed=None,
-                     **kwargs):
-            seed = self.seed_override if self.seed_override is not None else seed
-            super().__init__(model, norm=norm, eps=eps, version=version, device=device, seed=seed, **kwargs)
-
-        def run_standard_evaluation(self, x, y, bs=250, state_path=None, **kwargs):
-            out = super().run_standard_evaluation(x, y, batch_size=kwargs.get("batch_size", bs),
-                                                  state_path=state_path)
-            return out[0] if isinstance(out, tuple) else out
-    return LegacyAutoAttack
-
-
-
-def split_spec(spec: str) -> tuple[str, str, str]:
-    """'cifar10/Linf/NAME' -> ('cifar10', 'Linf', 'NAME'), checked against the zoo.
-
-    Raises:
-        HubError: not DATASET/THREAT/NAME, or no such zoo entry (with the closest names).
-    """
-    parts = spec.split("/")
-    if len(parts) != 3 or not all(parts):
-        raise HubError(f"--robustbench {spec!r}: expected DATASET/THREAT/NAME, e.g. cifar10/Linf/Carmon2019Unlabeled")
-    dataset, threat, name = parts
-    tables = _tables()
-    if (dataset, threat) not in tables:
-        raise HubError(f"--robustbench {spec!r}: no zoo table {dataset}/{threat}; tables: "
-                       f"{', '.join('/'.join(k) for k in tables)}")
-    if name not in tables[dataset, threat]:
-        import difflib
-        close = difflib.get_close_matches(name, list(tables[dataset, threat]), n=3, cutoff=0.5)
-        raise HubError(f"--robustbench {spec!r}: {name!r} is not in RobustBench's {dataset}/{threat} zoo"
-                       + (f" (did you mean {', '.join(close)}?)" if close else ""))
-    return dataset, threat, name
-
-
-def _tables() -> dict:
-    rb = robustbench()
-    return {(d.value, t.value): models for d, by_threat in rb.model_zoo.model_dicts.items()
-            for t, models in by_threat.items()}
-
-
-def zoo_entries(dataset: str, threat: str) -> list[str]:
-    """The entry names of one zoo table, in the package's order."""
-    return list(_tables()[dataset, threat])
-
-
-def _entry(dataset: str, threat: str, name: str) -> dict:
-    return _tables()[dataset, threat][name]
-
-
-def _is_ensemble(entry: dict) -> bool:
-    return isinstance(entry.get("gdrive_id"), list)
-
-
-def _timm_name(dataset: str, threat: str, name: str) -> str:
-    """The name robustbench registers an entry under in timm (its `load_model` tries it first)."""
-    return f"{name.lower().replace('-', '_')}_{dataset}_{threat.lower()}"
-
-
-# ---------------------------------------------------------------- reported numbers (the package's README tables)
-
-_SECTIONS = {"cifar10": "### CIFAR-10", "cifar100": "### CIFAR-100", "imagenet": "### ImageNet"}
-_ROW = re.compile(r"^\|\s*<sub>\*\*\d+\*\*</sub>\s*\|\s*<sub><sup>\*\*(?P<id>[^*]+)\*\*</sup></sub>\s*\|\s*"
-                  r"<sub>\*(?:\[(?P<title>.*?)\]\((?P<link>[^)]*)\)|(?P<plain>[^*]*))\*</sub>\s*\|\s*"
-                  r"<sub>(?P<clean>[\d.]+)%</sub>\s*\|\s*<sub>(?P<robust>[\d.]+)%</sub>\s*\|\s*"
-                  r"<sub>(?P<arch>.*?)</sub>\s*\|\s*<sub>(?P<venue>.*?)</sub>\s*\|")
-
 
 def reported(dataset: str, threat: str, name: str) -> dict | None:
     """What RobustBench reports for an entry, read from the leaderboard tables of the installed package's README
@@ -314,241 +201,6 @@ def load_zoo_module(dataset: str, threat: str, name: str, file: str | None = Non
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- zoo module -> timm architecture
-
-class ZooUnsupported(HubError):
-    """The zoo module has no timm architecture here; `kind` says why (custom, ensemble, ...)."""
-
-    def __init__(self, msg: str, kind: str = "custom module"):
-        super().__init__(msg)
-        self.kind = kind
-
-
-@dataclass
-class ZooMapping:
-    """A zoo module as a timm architecture: what to create and which weights it takes."""
-    arch: str
-    state_dict: dict[str, torch.Tensor]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    model_kwargs: dict = field(default_factory=dict)
-    dropped: list[str] = field(default_factory=list)
-
-
-_WRN_CLASSES = {"WideResNet": None, "Rice2020OverfittingNet": "mu", "Chen2020EfficientNet": "mu",
-                "Augustin2020AdversarialWideNet": "mu", "Hendrycks2019UsingNet": ((0.5,) * 3, (0.5,) * 3)}
-_PREACT_CLASSES = {"PreActResNet": None, "Wong2020FastNet": "mu"}
-_RESNET_CLASSES = {"ResNet": None, "Engstrom2019RobustnessNet": "mu", "Augustin2020AdversarialNet": "mu"}
-_ACT_NAMES = {"Swish": "swish", "SiLU": "silu", "ReLU": "relu"}
-# robustbench's XCiT-S12/M12/L12 (12 blocks, eta 1, tokens_norm): timm's xcit_small_12_p16_224, with the width and
-# heads of M12 / L12 as model args (timm has no 12-block medium/large config; plain timm rebuilds it from config.json)
-_ROBUSTBENCH_XCIT = {"debenedetti2022light_xcit_s12_imagenet_linf": ("xcit_small_12_p16_224", {}),
-                     "debenedetti2022light_xcit_m12_imagenet_linf": ("xcit_small_12_p16_224",
-                                                                     {"embed_dim": 512, "num_heads": 8}),
-                     "debenedetti2022light_xcit_l12_imagenet_linf": ("xcit_small_12_p16_224",
-                                                                     {"embed_dim": 768, "num_heads": 16})}
-
-
-def _vals(t: torch.Tensor) -> tuple[float, ...]:
-    if t.is_meta:  # a structural check (`coverage(structural=True)`): no values
-        return (float("nan"),) * t.numel()
-    return tuple(float(v) for v in t.detach().float().flatten())
-
-
-def _norm(module: nn.Module, how) -> tuple[tuple, tuple]:
-    if how == "mu":
-        return _vals(module.mu), _vals(module.sigma)
-    if isinstance(how, tuple):
-        return how
-    return (0.0,) * 3, (1.0,) * 3
-
-
-def _rb_module(module: nn.Module, table: dict) -> bool:
-    mod = type(module).__module__  # the zoo's resnet.py / wide_resnet.py classes (robust_resnet.py reuses names)
-    return type(module).__name__ in table and (mod.startswith("robustbench.model_zoo.architectures.resnet")
-                                               or mod.startswith("robustbench.model_zoo.architectures.wide_resnet")
-                                               or mod.startswith("robustbench.model_zoo.architectures.boosting")
-                                               or mod in ("robustbench.model_zoo.cifar10",
-                                                          "robustbench.model_zoo.cifar100"))
-
-
-def _wrn(module, how) -> ZooMapping:
-    blocks = module.block1.layer
-    n, width = len(blocks), blocks[0].conv2.out_channels // 16
-    if module.fc.bias is None:
-        raise ZooUnsupported("WideResNet without a bias in its last layer (no timm architecture here)")
-    arch = f"wrn{6 * n + 4}_{width}_cifar"
-    if not timm.is_model(arch):
-        raise ZooUnsupported(f"WideResNet-{6 * n + 4}-{width}: no registered architecture {arch}", "architecture")
-    sd, out, dropped = module.state_dict(), {}, []
-    for k, v in sd.items():
-        if k in ("mu", "sigma") or k.startswith("sub_block1."):  # sub_block1: in the checkpoints, never run
-            dropped.append(k)
-            continue
-        m = re.match(r"block(\d)\.layer\.(\d+)\.(.*)$", k)
-        if m:
-            k = f"stages.{int(m[1]) - 1}.{m[2]}.{m[3].replace('convShortcut', 'shortcut')}"
-        elif k.startswith("bn1."):
-            k = "bn." + k[len("bn1."):]
-        elif k.startswith("fc."):
-            k = "head." + k[len("fc."):]
-        out[k] = v
-    mean, std = _norm(module, how)
-    return ZooMapping(arch, out, mean, std, dropped=dropped)
-
-
-def _act_of(module: nn.Module) -> str:
-    name = type(module.relu).__name__
-    if name not in _ACT_NAMES:
-        raise ZooUnsupported(f"activation {name} has no counterpart here", "architecture")
-    return _ACT_NAMES[name]
-
-
-def _torchvision_resnet(inner: nn.Module) -> str:
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-    layers = tuple(len(getattr(inner, f"layer{i}")) for i in range(1, 5))
-    block = type(inner.layer1[0])
-    width = inner.layer1[0].conv1.out_channels if block is Bottleneck else 64
-    arch = {(BasicBlock, (2, 2, 2, 2), 64): "resnet18", (BasicBlock, (3, 4, 6, 3), 64): "resnet34",
-            (Bottleneck, (3, 4, 6, 3), 64): "resnet50", (Bottleneck, (3, 4, 23, 3), 64): "resnet101",
-            (Bottleneck, (3, 4, 6, 3), 128): "wide_resnet50_2",
-            (Bottleneck, (3, 4, 23, 3), 128): "wide_resnet101_2"}.get((block, layers, width))
-    if arch is None:
-        raise ZooUnsupported(f"torchvision ResNet {block.__name__} {layers} width {width}: no timm counterpart",
-                             "architecture")
-    return arch
-
-
-def _timm_arch(inner: nn.Module) -> tuple[str, dict]:
-    cfg = getattr(inner, "pretrained_cfg", None) or {}
-    patch = getattr(getattr(inner, "patch_embed", None), "patch_size", None)
-    if type(inner).__name__ == "Xcit" and patch not in (16, (16, 16), 8, (8, 8)):
-        raise ZooUnsupported(f"XCiT with its patch embedding adapted to patch size {patch} (stride-1 convolutions): "
-                             f"no timm configuration", "custom module")
-    foreign = sorted({type(m).__module__ + "." + type(m).__name__ for m in inner.modules()
-                      if not type(m).__module__.startswith(("timm.", "torch."))})
-    if foreign:  # e.g. Singh et al.'s ConvStem put in place of the patch embedding / stem of a timm model
-        raise ZooUnsupported(f"timm model {cfg.get('architecture')} with custom submodules "
-                             f"({', '.join(f.replace('robustbench.model_zoo.architectures.', '') for f in foreign)})")
-    arch, kwargs = _ROBUSTBENCH_XCIT.get(cfg.get("architecture"), (cfg.get("architecture"), {}))
-    if not arch or not is_timm_native(arch):
-        raise ZooUnsupported(f"timm-built module {type(inner).__name__} ({cfg.get('architecture')}) is not one of "
-                             f"timm's own configurations", "architecture")
-    return arch, kwargs
-
-
-def map_to_timm(module: nn.Module, dataset: str, name: str) -> ZooMapping:
-    """The timm architecture and weights that compute what the zoo module computes (checked by `verify`).
-
-    Raises:
-        ZooUnsupported: a module this importer has no timm architecture for (the reason in the message).
-    """
-    cls = type(module).__name__
-    if isinstance(module, nn.Sequential) and hasattr(module, "normalize") and hasattr(module, "model"):
-        mean, std = _vals(module.normalize.mean), _vals(module.normalize.std)
-        inner = module.model
-        prefix = "model."
-    else:
-        inner, prefix, mean, std = module, "", None, None
-    icls = type(inner).__name__
-    if _rb_module(inner, _WRN_CLASSES):
-        return _wrn(inner, _WRN_CLASSES[icls])
-    sd = {k.removeprefix(prefix): v for k, v in module.state_dict().items() if k.startswith(prefix)}
-    dropped = sorted(k for k in sd if k in ("mu", "sigma"))
-    sd = {k: v for k, v in sd.items() if k not in ("mu", "sigma")}
-    if icls == "DMWideResNet" and type(inner).__module__.startswith("robustbench."):
-        if inner.padding:
-            raise ZooUnsupported("DMWideResNet with input padding: no timm architecture here", "architecture")
-        depth = 6 * len(inner.layer[0].block) + 4
-        width = inner.layer[0].block[0].conv_0.out_channels // 16
-        arch = f"dm_wrn{depth}_{width}_cifar"
-        if not timm.is_model(arch):
-            raise ZooUnsupported(f"DM WideResNet-{depth}-{width}: no registered architecture {arch}", "architecture")
-        return ZooMapping(arch, sd, _vals(inner.mean), _vals(inner.std), {"act_layer": _act_of(inner)}, dropped)
-    if icls == "DMPreActResNet" and type(inner).__module__.startswith("robustbench."):
-        if inner.padding or len(inner.layer_1) != 2:
-            raise ZooUnsupported("DMPreActResNet other than depth 18 without padding", "architecture")
-        return ZooMapping("dm_preact_resnet18_cifar", sd, _vals(inner.mean), _vals(inner.std),
-                          {"act_layer": _act_of(inner)}, dropped)
-    if _rb_module(inner, _PREACT_CLASSES):
-        blocks = tuple(len(getattr(inner, f"layer{i}")) for i in range(1, 5))
-        if blocks != (2, 2, 2, 2) or inner.bn_before_fc or inner.out_shortcut or \
-                type(inner.layer1[0]).__name__ != "PreActBlock":
-            raise ZooUnsupported(f"PreActResNet variant ({type(inner.layer1[0]).__name__}, {blocks}, bn_before_fc "
-                                 f"{inner.bn_before_fc}): no registered architecture", "architecture")
-        return ZooMapping("preact_resnet18_wong_cifar", sd, *_norm(inner, _PREACT_CLASSES[icls]), dropped=dropped)
-    if _rb_module(inner, _RESNET_CLASSES):
-        blocks = tuple(len(getattr(inner, f"layer{i}")) for i in range(1, 5))
-        arch = {("BasicBlock", (2, 2, 2, 2)): "resnet18_cifar", ("Bottleneck", (3, 4, 6, 3)): "resnet50_cifar"}.get(
-            (type(inner.layer1[0]).__name__, blocks))
-        if arch is None:
-            raise ZooUnsupported(f"CIFAR ResNet {type(inner.layer1[0]).__name__} {blocks}: no registered "
-                                 f"architecture", "architecture")
-        return ZooMapping(arch, sd, *_norm(inner, _RESNET_CLASSES[icls]), dropped=dropped)
-    import torchvision
-    if type(inner) is torchvision.models.ResNet:
-        arch = _torchvision_resnet(inner)
-        return ZooMapping(arch, sd, mean or (0.0,) * 3, std or (1.0,) * 3, dropped=dropped)
-    if type(inner).__module__.startswith("timm."):
-        arch, kwargs = _timm_arch(inner)
-        return ZooMapping(arch, sd, mean or (0.0,) * 3, std or (1.0,) * 3, kwargs, dropped)
-    where = type(inner).__module__.replace("robustbench.model_zoo.architectures.", "")
-    raise ZooUnsupported(f"custom module {where}.{type(inner).__name__ if inner is not module else cls} "
-                         f"(no timm architecture)")
-
-
-def create_mapped(mapping: ZooMapping, num_classes: int) -> nn.Module:
-    """The timm model of a mapping with its weights (strict load).
-
-    Raises:
-        HubError: the weights do not fit the architecture (the key map is wrong or missing).
-    """
-    from ..checkpoint import mismatch
-    model = timm.create_model(mapping.arch, num_classes=num_classes, **mapping.model_kwargs)
-    detail = mismatch(model.state_dict(), mapping.state_dict)
-    if detail:
-        raise ZooUnsupported(f"key map onto {mapping.arch} incomplete: {detail}", "key map")
-    model.load_state_dict(mapping.state_dict, strict=True)
-    return model.eval()
-
-
-def verify(zoo: nn.Module, model: nn.Module, mean, std, input_size, n: int = 4, seed: int = 0) -> dict:
-    """The zoo module's logits on seeded uniform [0, 1] pixels against the timm model's on the same pixels
-    normalised with (mean, std); returns max |Δlogit| and the logits' scale.
-
-    Raises:
-        HubError: some |Δlogit| > LOGIT_TOL * (1 + |logit|) (the import is refused).
-    """
-    x = torch.rand(n, *input_size, generator=torch.Generator().manual_seed(seed))
-    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-    with torch.no_grad():
-        theirs, ours = zoo(x), model((x - m) / s)
-    if theirs.shape != ours.shape:
-        raise HubError(f"logit shapes differ: zoo module {tuple(theirs.shape)}, timm model {tuple(ours.shape)}")
-    diff = (ours - theirs).abs().max().item()
-    out = {"n": n, "input_size": list(input_size), "max_abs_diff": diff, "max_abs_logit": theirs.abs().max().item(),
-           "exact": bool(torch.equal(ours, theirs)), "tolerance": LOGIT_TOL}
-    if not torch.allclose(ours, theirs, rtol=LOGIT_TOL, atol=LOGIT_TOL):
-        raise HubError(f"the timm model's logits differ from the zoo module's by {diff:.3g} (> {LOGIT_TOL:g} x (1 + "
-                       f"|logit|); logits up to {out['max_abs_logit']:.3g}): import refused")
-    return out
-
-
-# ---------------------------------------------------------------- preprocessing
-
-_PREPROCESSING = {  # robustbench.data.PREPROCESSINGS as timm data configs
-    None: {"crop_pct": 1.0, "interpolation": "bilinear", "crop_mode": "center"},
-    "Res256Crop224": {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bilinear",
-                      "crop_mode": "center"},
-    "BicubicRes256Crop224": {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic",
-                             "crop_mode": "center"},
-    "Res224": {"input_size": (3, 224, 224), "crop_pct": 1.0, "interpolation": "bilinear", "crop_mode": "squash"},
-    # RobustBench crops 288 px without resizing first; timm's data config has no such mode: the nearest is a
-    # resize of the short side to 288 then the crop (the card says so)
-    "Crop288": {"input_size": (3, 288, 288), "crop_pct": 1.0, "interpolation": "bilinear", "crop_mode": "center"},
-}
-
-
 def preprocessing(dataset: str, threat: str, name: str) -> tuple[str | None, dict]:
     """(RobustBench's preprocessing name for the entry, the timm data config carrying it, without mean/std)."""
     entry = _entry(dataset, threat, name)
@@ -665,145 +317,3 @@ def import_zoo(spec: str, out_dir: str, repo_id: str, file: str | None = None, m
 
 
 # ---------------------------------------------------------------- coverage
-
-def coverage(tables: list[tuple[str, str]], seed: int = 0, names: list[str] | None = None,
-             on_row=None, structural: bool = False) -> list[dict]:
-    """Every entry of the zoo tables: built by robustbench with seeded random weights, saved as a zoo file,
-    loaded back by robustbench's `load_model`, imported into a hub folder (logits compared): one row each with
-    the outcome (`imported` / `ensemble` / `custom module` / `architecture` / `key map` / `build` / `logits`)."""
-    rows = []
-    for dataset, threat in tables:
-        for name in zoo_entries(dataset, threat):
-            if names and name not in names and f"{dataset}/{threat}/{name}" not in names:
-                continue
-            rows.append(_structural_row(dataset, threat, name) if structural else
-                        _coverage_row(dataset, threat, name, seed))
-            _logger.warning("%s/%s/%s: %s %s", dataset, threat, name, rows[-1]["outcome"], rows[-1]["detail"])
-            if on_row is not None:  # e.g. rewrite the table so far: a long run leaves a partial table, not none
-                on_row(rows)
-    return rows
-
-
-def _coverage_row(dataset: str, threat: str, name: str, seed: int) -> dict:
-    import gc
-    spec = f"{dataset}/{threat}/{name}"
-    row = {"table": f"{dataset}/{threat}", "entry": name, "outcome": "", "architecture": "", "max_abs_diff": "",
-           "detail": "", "seconds": 0.0}
-    t0 = time.time()
-    entry = _entry(dataset, threat, name)
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    tmp = tempfile.mkdtemp(prefix="atcd-zoo-coverage-", dir=shm)  # GB-sized files: in memory where possible
-    try:
-        if _is_ensemble(entry):
-            row.update(outcome="ensemble", detail=f"ensemble of {len(entry['gdrive_id'])} models: not one timm model")
-            return row
-        try:
-            zoo = random_zoo_module(dataset, threat, name, seed)
-        except HubError as e:
-            row.update(outcome="build", detail=str(e))
-            return row
-        try:
-            mapping = map_to_timm(zoo, dataset, name)
-        except ZooUnsupported as e:
-            row.update(outcome=e.kind, detail=str(e))
-            return row
-        path = os.path.join(tmp, f"{name}.pt")
-        torch.save(zoo_file_content(zoo, dataset, name), path)
-        del zoo, mapping
-        gc.collect()
-        try:
-            out = import_zoo(spec, os.path.join(tmp, "out"), "robustbench/" + name, file=path, verify_n=2)
-            check = out["verified"]
-            row.update(outcome="imported", architecture=out["architecture"] + "".join(
-                f" {k}={v}" for k, v in out["model_kwargs"].items()), max_abs_diff=f"{check['max_abs_diff']:.2g}",
-                detail=f"logits equal on {check['n']} inputs {tuple(check['input_size'])} (max |logit| "
-                       f"{check['max_abs_logit']:.3g})")
-        except ZooUnsupported as e:
-            row.update(outcome=e.kind, detail=str(e))
-        except HubError as e:
-            row.update(outcome="logits" if "differ" in str(e) else "load", detail=str(e))
-        return row
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        row["seconds"] = round(time.time() - t0, 1)
-        gc.collect()
-
-
-def _structural_row(dataset: str, threat: str, name: str) -> dict:
-    """The mapping of an entry checked without weights (modules on the meta device): which timm architecture and
-    whether every key and shape fits it; logits are not compared (outcome `maps`, or why not)."""
-    row = {"table": f"{dataset}/{threat}", "entry": name, "outcome": "", "architecture": "", "max_abs_diff": "",
-           "detail": "", "seconds": 0.0}
-    t0 = time.time()
-    entry = _entry(dataset, threat, name)
-    try:
-        if _is_ensemble(entry):
-            row.update(outcome="ensemble", detail=f"ensemble of {len(entry['gdrive_id'])} models: not one timm model")
-            return row
-        if name.startswith("Standard") and dataset == "imagenet":
-            row.update(outcome="build", detail=f"{name}: torchvision's standard (non-robust) weights, no zoo file")
-            return row
-        with torch.device("meta"):
-            try:
-                module = _build(dataset, threat, name)
-            except Exception as e:  # noqa: BLE001  (its constructor computes on tensors: meta has no values)
-                row.update(outcome="not checked", detail=f"its module cannot be built without weights "
-                                                         f"({one_line(e)})")
-                return row
-            mapping = map_to_timm(module, dataset, name)
-            create_mapped(mapping, NUM_CLASSES[dataset])
-        row.update(outcome="maps", architecture=mapping.arch + "".join(
-            f" {k}={v}" for k, v in mapping.model_kwargs.items()),
-            detail="every key and shape fits (no weights: logits not compared in this run)")
-    except ZooUnsupported as e:
-        row.update(outcome=e.kind, detail=str(e))
-    except Exception as e:  # noqa: BLE001  (a module that cannot live on the meta device)
-        row.update(outcome="not checked", detail=f"structural check failed: {one_line(e)}")
-    finally:
-        row["seconds"] = round(time.time() - t0, 1)
-    return row
-
-
-def write_coverage(rows: list[dict], csv_path: str, md_path: str, command: str, total: int | None = None) -> dict:
-    """The coverage table as CSV and Markdown; returns the per-table summary (imported / single-model entries)."""
-    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    summary = {}
-    for table in dict.fromkeys(r["table"] for r in rows):
-        mine = [r for r in rows if r["table"] == table]
-        single = [r for r in mine if r["outcome"] != "ensemble"]
-        ok = [r for r in single if r["outcome"] == "imported"]
-        maps = [r for r in single if r["outcome"] == "maps"]
-        in_scope = [r for r in single if r["outcome"] != "custom module"]
-        summary[table] = {"entries": len(mine), "single_model": len(single), "imported": len(ok),
-                          "pct_of_single": round(100 * len(ok) / max(len(single), 1), 1),
-                          "maps_not_measured": len(maps),
-                          "pct_imported_or_maps": round(100 * (len(ok) + len(maps)) / max(len(single), 1), 1),
-                          "in_scope": len(in_scope), "pct_of_in_scope": round(100 * len(ok) / max(len(in_scope), 1), 1)}
-    lines = ["# RobustBench model zoo: which entries import exactly as timm models", "",
-             f"Measured by `{command}` (robustbench {importlib.metadata.version('robustbench')}, timm "
-             f"{timm.__version__}, torch {torch.__version__}). Each entry's module is built by the robustbench "
-             "package with seeded random weights (BatchNorm statistics included), saved as a zoo file, loaded back "
-             "by robustbench's `load_model`, imported by `scripts/import_checkpoint.py --robustbench`, and its "
-             f"logits compared with the zoo module's (|Δlogit| <= {LOGIT_TOL:g} x (1 + |logit|)).", "",
-             *([f"**Partial: {len(rows)} of {total} entries so far** (the run is still going or was stopped).", ""]
-               if total and len(rows) < total else []),
-             "Outcome `maps`: the entry was checked without weights only (modules on the meta device: the timm "
-             "architecture and every key and shape fit; logits not compared), because the weighted run did not "
-             "reach it in the time it had.", "",
-             "| table | entries | single-model | imported exactly | % of single-model | maps (not measured) | "
-             "% imported or maps | % of in-scope (no custom module) imported exactly |",
-             "|---|---|---|---|---|---|---|---|"]
-    for t, s in summary.items():
-        lines.append(f"| {t} | {s['entries']} | {s['single_model']} | {s['imported']} | {s['pct_of_single']} | "
-                     f"{s['maps_not_measured']} | {s['pct_imported_or_maps']} | {s['pct_of_in_scope']} |")
-    lines += ["", "| table | entry | outcome | timm architecture | max abs Δlogit | detail | s |",
-              "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['table']} | {r['entry']} | {r['outcome']} | {r['architecture']} | {r['max_abs_diff']} | "
-                     f"{r['detail'].replace('|', '/')} | {r['seconds']} |")
-    atomic_write_text(md_path, "\n".join(lines) + "\n")
-    return summary
