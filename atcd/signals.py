@@ -1,5 +1,7 @@
 """The stop signals of a run (what SLURM, Kubernetes and spot instances send before killing a job), and what a
 DataLoader worker does with them."""
+import atexit
+import multiprocessing
 import signal
 
 __all__ = ["STOP_SIGNALS", "worker_ignores_stop_signals"]
@@ -14,3 +16,13 @@ def worker_ignores_stop_signals(worker_id: int = 0) -> None:
     checkpoint. The main process stops its workers itself (and they exit when it dies)."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs before it
+def _kill_loader_workers_at_exit() -> None:
+    """At interpreter exit multiprocessing terminates (SIGTERM) and joins its daemonic children; a loader worker
+    ignores SIGTERM (above), so the join would wait forever when the main process exits on an error that left its
+    workers running (torch skips its own shutdown at exit). Such workers are killed instead."""
+    for p in multiprocessing.active_children():
+        if p.daemon and getattr(getattr(p, "_target", None), "__name__", "") == "_worker_loop":
+            p.kill()

@@ -324,7 +324,8 @@ class _Training:
         cfg, acc = self.cfg, self.accelerator
         last = batches == len(self.train_loader)  # the epoch-end checkpoint follows right after it
         # inside an accumulation group micro-step gradients are not saved: no checkpoint there
-        preempted = acc.sync_gradients and self.preemption.requested(acc)
+        # read at once on the epoch's last minibatch (a sync point already): a request is never carried past it
+        preempted = acc.sync_gradients and self.preemption.requested(acc, now=last)
         periodic = acc.sync_gradients and cfg.checkpoint_every_steps and batches % cfg.checkpoint_every_steps == 0 \
             and not last
         if (preempted or periodic or last or batches % cfg.log_interval == 0) and self._bad_steps_stop():

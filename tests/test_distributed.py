@@ -230,7 +230,7 @@ def test_bf16_autocast_trains_atcd_like_fp32(tmp_path):
     args = ("train_atcd.py", "--method", "atcd", "--eps", "0.1", "--attack-step", "0.04", "--atcd-T", "2",
             "--atcd-K", "1", "--opt", "adam", "--lr", "2e-3", "--weight-decay", "0", "-b", "64",
             "--train-samples-per-epoch", "2048", "--epochs", "1", "--eval-samples", "200", "--eval-attack-steps", "5",
-            "--output", str(tmp_path), "--no-progress")
+            "--eps-warmup-epochs", "0", "--output", str(tmp_path), "--no-progress")  # (ATCD's default warm-up off)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     procs = {mp: subprocess.Popen([sys.executable, *args, "--mixed-precision", mp, "--experiment", mp], cwd=ROOT,
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
