@@ -2,6 +2,7 @@
 DataLoader worker does with them."""
 import atexit
 import multiprocessing
+import multiprocessing.util  # its exit hook is registered first, so the one below runs before it (atexit is LIFO)
 import signal
 
 __all__ = ["STOP_SIGNALS", "worker_ignores_stop_signals"]
@@ -22,7 +23,8 @@ def worker_ignores_stop_signals(worker_id: int = 0) -> None:
 def _kill_loader_workers_at_exit() -> None:
     """At interpreter exit multiprocessing terminates (SIGTERM) and joins its daemonic children; a loader worker
     ignores SIGTERM (above), so the join would wait forever when the main process exits on an error that left its
-    workers running (torch skips its own shutdown at exit). Such workers are killed instead."""
+    workers running (torch skips its own shutdown at exit). Daemonic children end at exit in any case; they are
+    killed instead (a started Process no longer says what it runs, so loader workers cannot be told apart)."""
     for p in multiprocessing.active_children():
-        if p.daemon and getattr(getattr(p, "_target", None), "__name__", "") == "_worker_loop":
+        if p.daemon:
             p.kill()

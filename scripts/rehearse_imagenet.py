@@ -186,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                         "protocol (on CPU at 224 px: minutes per image the model keeps)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--quick", action="store_true",
-                   help="the tests' size: 64 px, 4 classes, 4 steps, 8 evaluation images")
+                   help="the tests' size: 64 px, 4 classes, 6 steps, 8 evaluation images")
     a = p.parse_args(argv)
     if a.quick:
-        a.size, a.classes, a.per_class, a.steps, a.kill_at = 64, 4, 8, 4, 2
+        a.size, a.classes, a.per_class, a.steps, a.kill_at = 64, 4, 8, 6, 2
         a.eval_samples, a.eval_batch_size, a.pgd_steps = 8, 4, 3
     t_start = time.time()
     out = os.path.abspath(a.out)

@@ -15,7 +15,8 @@ def test_quick_rehearsal_preempts_resumes_and_evaluates_equally_on_one_and_two_p
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     res = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
     assert res["passed"] and res["mixed_precision"] == "bf16"
-    assert 0 < res["preempted_at_update"] < res["num_updates"] == 4 * 2  # 4 minibatches x T=2 updates
+    # the stop request is read two steps after the signal (no host sync per step): 6 minibatches leave room for it
+    assert 0 < res["preempted_at_update"] < res["num_updates"] == 6 * 2  # 6 minibatches x T=2 updates
     assert len(res["evaluated_ids"]) == 8 and all(i.startswith("ILSVRC2012_val_") for i in res["evaluated_ids"])
     one, two = res["top1"]["1proc"], res["top1"]["2proc"]
     assert one == two and set(one) == {"clean", "pgd", "autoattack", "worst_case"}
