@@ -25,6 +25,8 @@ def _kill_loader_workers_at_exit() -> None:
     ignores SIGTERM (above), so the join would wait forever when the main process exits on an error that left its
     workers running (torch skips its own shutdown at exit). Daemonic children end at exit in any case; they are
     killed instead (a started Process no longer says what it runs, so loader workers cannot be told apart)."""
-    for p in multiprocessing.active_children():
-        if p.daemon:
-            p.kill()
+    daemons = [p for p in multiprocessing.active_children() if p.daemon]
+    if daemons and hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would report the killed workers as a failure
+    for p in daemons:
+        p.kill()

@@ -132,7 +132,7 @@ def test_source_model_with_other_logits_is_refused(resnet_digits, tmp_path):
     path = _save(tmp_path / "swapped.pt", sd)
     with pytest.raises(HubError, match="logits differ"):
         import_checkpoint(str(path), "resnet18", str(tmp_path / "out"), REPO, input_size=(3, 32, 32),
-                          source_model="tests.test_import_checkpoint:_swapped_head_source",
+                          source_model=f"{__name__}:_swapped_head_source",  # (robustbench installs a `tests`)
                           source_kwargs=("num_classes=10",))
     assert not (tmp_path / "out").exists()
 
