@@ -276,7 +276,7 @@ def _verdict(atcd: list[dict], base: dict, key: str) -> str:
             f"{verdict}.")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def updates_per_batch(entry: str) -> int:
     """Weight updates per minibatch of an entry `name[:flags]` (its recipe recipes/mnist_<name>.yaml, then the
     flags): ATCD T, Free m, the others 1."""
@@ -335,7 +335,7 @@ def update_split(rows: list[dict], key: str) -> list[str]:
             continue
         best = max(base, key=lambda m: base[m][1])
         (ua, aa), (ub, ab) = pt[("atcd", b)], base[best]
-        curve = lambda m: [pt[(mm, bb)] for (mm, bb) in pt if mm == m]  # noqa: E731
+        curve = lambda m: [pt[(mm, bb)] for (mm, bb) in pt if mm == m]
         ab_at_ua, x1 = _at(curve(best), ua)
         if ab_at_ua is not None:  # the baseline's curve at ATCD's update count
             thr, per, mark = ab_at_ua - ab, aa - ab_at_ua, x1

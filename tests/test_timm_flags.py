@@ -68,7 +68,7 @@ def test_smoothing_is_the_weight_update_loss(mnist_test_batch, standard_model):
 
 def test_lr_base_follows_timms_rule(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
-    lr = lambda *a: parse_train_args(["--method", "standard", "--lr-base", "0.1", "-b", "32", *a]).lr  # noqa: E731
+    lr = lambda *a: parse_train_args(["--method", "standard", "--lr-base", "0.1", "-b", "32", *a]).lr
     assert lr() == pytest.approx(0.1)                                       # 8 x 32 = 256: the quoted batch
     assert lr("--grad-accum-steps", "2") == pytest.approx(0.2)              # linear for sgd
     assert lr("--opt", "adamw") == pytest.approx(0.1)

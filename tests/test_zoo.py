@@ -16,8 +16,8 @@ from conftest import run_main
 if importlib.util.find_spec("robustbench") is None:  # imported through atcd.publish.zoo.robustbench() (its alias)
     pytest.skip("the [zoo] extra: pip install --no-deps robustbench==1.1.1", allow_module_level=True)
 
-from atcd.models.hub import HubError  # noqa: E402
-from atcd.publish import zoo, zoo_coverage  # noqa: E402
+from atcd.models.hub import HubError
+from atcd.publish import zoo, zoo_coverage
 
 REPO = "atcd-test/zoo"
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "import_checkpoint.py")
