@@ -326,7 +326,7 @@ def test_trainer_reads_the_guard_at_log_points_and_before_checkpoints(tmp_path, 
     t = object.__new__(_Training)
     t.cfg = TrainConfig.of(method="standard", log_interval=log_interval, checkpoint_every_steps=3, max_bad_steps=3)
     t.accelerator, t.guard, t.train_loader, t.out_dir = acc, guard, [None] * 10, str(tmp_path)
-    t.preemption = SimpleNamespace(requested=lambda _acc: False)
+    t.preemption = SimpleNamespace(requested=lambda _acc, now=False: False)
     t.faults = {"bad_steps": 0, "first_bad": None, "pinned": None}
     t.status, t.status_ckpt = "completed", None
     polls, snapshots, saves = [], [], []
