@@ -68,6 +68,27 @@ def test_cifar_zoo_file_imports_with_the_zoo_modules_logits(tmp_path, name, styl
     assert cfg["robustbench"]["entry"] == f"cifar10/Linf/{name}" and cfg["pretrained_cfg"]["crop_pct"] == 1.0
 
 
+@pytest.mark.parametrize("name,style,arch", [
+    ("Singh2023Revisiting_ViT-S-ConvStem", "model", "vit_small_convstem_patch16_224"),  # normalised, 'model.' keys
+    ("Singh2023Revisiting_ConvNeXt-T-ConvStem", "plain", "convnext_tiny_convstem"),      # raw pixels, stem.stem.*
+    ("Standard_R50", "plain", "resnet50"),  # torchvision's own weights file (what pretrained=True downloads)
+])
+def test_imagenet_convstem_and_standard_files_import_with_the_zoo_modules_logits(tmp_path, name, style, arch):
+    """Singh et al.'s ConvStem ViT/ConvNeXt (timm models whose stem robustbench replaced: registered here under
+    `*_convstem*`) and Standard_R50 (torchvision's ResNet-50, built without its download) import exactly."""
+    module, path = _zoo_file(tmp_path, "imagenet", name, style)
+    out = zoo.import_zoo(f"imagenet/Linf/{name}", str(tmp_path / "out"), REPO, file=path, verify_n=1)
+    assert out["architecture"] == arch and out["verified"]["max_abs_diff"] <= zoo.LOGIT_TOL
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        theirs = module(x)
+    import atcd.models  # noqa: F401  (registers the ConvStem architectures)
+    ours = _folder_logits(str(tmp_path / "out"), x)
+    assert (ours - theirs).abs().max().item() <= zoo.LOGIT_TOL * (1 + theirs.abs().max().item())
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["pretrained_cfg"]["interpolation"] == ("bilinear" if name == "Standard_R50" else "bicubic")
+
+
 @pytest.mark.slow
 def test_imagenet_resnet_loads_with_plain_timm_in_a_fresh_process(tmp_path):
     """torchvision ResNet-18 of Salman et al. (Res256Crop224): the folder is timm's resnet18 with the zoo's

@@ -93,7 +93,20 @@ def _build(dataset: str, threat: str, name: str) -> nn.Module:
     tname = _timm_name(dataset, threat, name)
     if timm.is_model(tname):  # registered by robustbench; its pretrained=True would download
         return timm.create_model(tname, pretrained=False, num_classes=NUM_CLASSES[dataset])
+    if _is_torchvision_standard(dataset, name):  # the zoo's own wrapper around torchvision's ResNet-50, no download
+        import torchvision
+        normalize_model = robustbench().model_zoo.architectures.utils_architectures.normalize_model
+        return normalize_model(torchvision.models.resnet50(weights=None), _IMAGENET_MEAN, _IMAGENET_STD)
     return entry["model"]()
+
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # robustbench.model_zoo.imagenet
+
+
+def _is_torchvision_standard(dataset: str, name: str) -> bool:
+    """ImageNet's `Standard_R50`: torchvision's ResNet-50 with its IMAGENET1K_V1 weights (`pretrained=True`, no
+    zoo file: the file is torchvision's `resnet50-0676ba61.pth`)."""
+    return dataset == "imagenet" and name == "Standard_R50"
 
 
 def random_zoo_module(dataset: str, threat: str, name: str, seed: int = 0) -> nn.Module:
@@ -107,9 +120,6 @@ def random_zoo_module(dataset: str, threat: str, name: str, seed: int = 0) -> nn
     if _is_ensemble(entry):
         raise HubError(f"{name} is an ensemble of {len(entry['gdrive_id'])} models")
     torch.manual_seed(seed)
-    if name.startswith("Standard") and dataset == "imagenet":  # the zoo builds it with torchvision's download
-        raise HubError(f"{name}: torchvision's standard (non-robust) weights, no zoo file; robustbench builds it with "
-                       f"torchvision's pretrained download")
     try:
         module = _build(dataset, threat, name)
     except Exception as e:  # noqa: BLE001  (the zoo's constructors raise anything: downloads, asserts, ...)
@@ -171,6 +181,11 @@ def load_zoo_module(dataset: str, threat: str, name: str, file: str | None = Non
     tname = _timm_name(dataset, threat, name)
     tmp = None
     try:
+        if _is_torchvision_standard(dataset, name) and file is not None:  # torchvision's weights file, not a zoo's
+            from .importer import read_checkpoint
+            module = _build(dataset, threat, name)
+            module.model.load_state_dict(read_checkpoint(file).state_dict, strict=True)
+            return module.eval()
         if timm.is_model(tname):  # robustbench's own timm registration (XCiT): its weights are a timm checkpoint
             if file is None:
                 raise HubError(f"{name} is a timm model registered by robustbench: give its downloaded file "

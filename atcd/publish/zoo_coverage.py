@@ -95,9 +95,6 @@ def _structural_row(dataset: str, threat: str, name: str) -> dict:
         if _is_ensemble(entry):
             row.update(outcome="ensemble", detail=f"ensemble of {len(entry['gdrive_id'])} models: not one timm model")
             return row
-        if name.startswith("Standard") and dataset == "imagenet":
-            row.update(outcome="build", detail=f"{name}: torchvision's standard (non-robust) weights, no zoo file")
-            return row
         with torch.device("meta"):
             try:
                 module = _build(dataset, threat, name)

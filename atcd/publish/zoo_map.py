@@ -115,8 +115,29 @@ def _torchvision_resnet(inner: nn.Module) -> str:
     return arch
 
 
+# Singh et al.'s ConvStem models: (the timm model robustbench starts from, its stem class, the stem's first width)
+_CONVSTEM = {("deit_small_patch16_224", "ConvBlock", 48): "vit_small_convstem_patch16_224",
+             ("vit_base_patch16_224", "ConvBlock", 48): "vit_base_convstem_patch16_224",
+             ("convnext_tiny", "ConvBlock1", 48): "convnext_tiny_convstem",
+             ("convnext_small", "ConvBlock1", 48): "convnext_small_convstem",
+             ("convnext_base", "ConvBlock3", 64): "convnext_base_convstem",
+             ("convnext_large", "ConvBlock3", 96): "convnext_large_convstem"}
+
+
+def _convstem_arch(inner: nn.Module, architecture: str | None) -> str | None:
+    """The registered ConvStem architecture of a timm model whose stem robustbench replaced, or None."""
+    stem = getattr(inner, "stem", None) if hasattr(inner, "stages") else \
+        getattr(getattr(inner, "patch_embed", None), "proj", None)
+    if type(stem).__module__ != "robustbench.model_zoo.architectures.convstem_models":
+        return None
+    return _CONVSTEM.get((architecture, type(stem).__name__, getattr(stem, "planes", None)))
+
+
 def _timm_arch(inner: nn.Module) -> tuple[str, dict]:
     cfg = getattr(inner, "pretrained_cfg", None) or {}
+    convstem = _convstem_arch(inner, cfg.get("architecture"))
+    if convstem:
+        return convstem, {}
     patch = getattr(getattr(inner, "patch_embed", None), "patch_size", None)
     if type(inner).__name__ == "Xcit" and patch not in (16, (16, 16), 8, (8, 8)):
         raise ZooUnsupported(f"XCiT with its patch embedding adapted to patch size {patch} (stride-1 convolutions): "
