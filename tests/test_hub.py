@@ -38,13 +38,9 @@ def _ok(r):
     return r
 
 
-@pytest.fixture(scope="module")
-def pub(tmp_path_factory):
-    """Train 1 epoch, validate (clean + PGD-10 on 100 test digits), publish, lay the folder out as a Hub cache.
-
-    All three run with a (fake) HF_TOKEN in the environment, as a logged-in user's would.
-    """
-    root = tmp_path_factory.mktemp("hub")
+def _publish_once(root: Path) -> None:
+    """Train 1 epoch, validate (clean + PGD-10 on 100 test digits), publish, lay the folder out as a Hub cache, in
+    `root`; the three scripts' output is kept in root/outputs.json (the token test reads it)."""
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf-home"), "HF_HUB_CACHE": str(root / "hf-cache")}
     token_env = {**env, "HF_TOKEN": TOKEN}
     run, folder = root / "run", root / "export"
@@ -57,8 +53,34 @@ def pub(tmp_path_factory):
     outputs.append(_ok(run_script("scripts/publish.py", str(run), "--repo-id", REPO, "--out", str(folder),
                                   env=token_env)))
     snapshot = add_folder_to_hf_cache(str(folder), REPO, cache_dir=env["HF_HUB_CACHE"])
-    return SimpleNamespace(root=root, run=run, folder=folder, env=env, snapshot=Path(snapshot), outputs=outputs,
-                           cache=Path(env["HF_HUB_CACHE"]),
+    (root / "outputs.json").write_text(json.dumps({"env": env, "snapshot": snapshot, "outputs": [
+        {"stdout": r.stdout, "stderr": r.stderr} for r in outputs]}))
+
+
+@pytest.fixture(scope="session")
+def pub(tmp_path_factory, worker_id):
+    """The published run of `_publish_once`, made once per session: under pytest-xdist the first worker to ask makes
+    it in the workers' shared base folder (behind a file lock) and the others read it (a module fixture was
+    remade by each worker, and again whenever a worker came back to this module: three times per suite).
+
+    All three scripts run with a (fake) HF_TOKEN in the environment, as a logged-in user's would.
+    """
+    from filelock import FileLock
+    if worker_id == "master":  # no xdist: this session's own folder
+        root = tmp_path_factory.mktemp("hub")
+        _publish_once(root)
+    else:  # the base folder of this run's workers (getbasetemp() is per worker, its parent per run)
+        shared = tmp_path_factory.getbasetemp().parent
+        root = shared / "hub-fixture"
+        with FileLock(str(shared / "hub-fixture.lock")):
+            if not (root / "outputs.json").is_file():
+                shutil.rmtree(root, ignore_errors=True)
+                root.mkdir()
+                _publish_once(root)
+    made = json.loads((root / "outputs.json").read_text())
+    run, env = root / "run", made["env"]
+    return SimpleNamespace(root=root, run=run, folder=root / "export", env=env, snapshot=Path(made["snapshot"]),
+                           outputs=[SimpleNamespace(**o) for o in made["outputs"]], cache=Path(env["HF_HUB_CACHE"]),
                            results=json.loads((run / "results.json").read_text()))
 
 
@@ -266,7 +288,16 @@ def test_token_appears_in_no_output_and_no_file(pub):
     names = {f.name for f in files}
     assert EXPORT_FILES | {"args.yaml", "summary.csv", "results.json"} <= names and "model.safetensors" in names
     assert any(f.parent.name.startswith("checkpoint-") for f in files)  # resumable state is scanned too
-    assert not [f for f in files if TOKEN.encode() in f.read_bytes()]
+    assert not [f for f in files if TOKEN.encode() in _bytes_if_still_there(f)]
+
+
+def _bytes_if_still_there(f: Path) -> bytes:
+    """A file's bytes, or none when it went away since it was listed (the fixture's folder is shared by the
+    session's workers: a lock file of huggingface_hub in the cache can come and go while another test reads)."""
+    try:
+        return f.read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def test_push_refuses_a_folder_holding_the_token(pub, tmp_path, monkeypatch):
