@@ -40,7 +40,7 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
     out = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             if not words or words[0] not in ("python", "accelerate"):
@@ -80,7 +80,7 @@ def _checkout_after_the_demo(tmp_path) -> str:
 def test_every_readme_command_parses_with_its_scripts_parser(tmp_path):
     cmds = readme_commands()
     r = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(cmds)], cwd=_checkout_after_the_demo(tmp_path),
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                       check=False, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("FAILED ")), None)
     assert line is not None, r.stderr[-3000:]
     failed = json.loads(line[len("FAILED "):])

@@ -85,13 +85,13 @@ def _cfg(first_conv: str, classifier: str) -> dict:
             "license": "see the checkpoint's source"}
 
 
-_VIT = {"vit_small_convstem_patch16_224": dict(embed_dim=384, depth=12, num_heads=6),
-        "vit_base_convstem_patch16_224": dict(embed_dim=768, depth=12, num_heads=12)}
-_CONVNEXT = {"convnext_tiny_convstem": (dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)), (48, 96), (2, 2)),
-             "convnext_small_convstem": (dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)), (48, 96), (2, 2)),
-             "convnext_base_convstem": (dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)), (64, 96, 128),
+_VIT = {"vit_small_convstem_patch16_224": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+        "vit_base_convstem_patch16_224": {"embed_dim": 768, "depth": 12, "num_heads": 12}}
+_CONVNEXT = {"convnext_tiny_convstem": ({"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}, (48, 96), (2, 2)),
+             "convnext_small_convstem": ({"depths": (3, 3, 27, 3), "dims": (96, 192, 384, 768)}, (48, 96), (2, 2)),
+             "convnext_base_convstem": ({"depths": (3, 3, 27, 3), "dims": (128, 256, 512, 1024)}, (64, 96, 128),
                                         (2, 2, 1)),
-             "convnext_large_convstem": (dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)), (96, 144, 192),
+             "convnext_large_convstem": ({"depths": (3, 3, 27, 3), "dims": (192, 384, 768, 1536)}, (96, 144, 192),
                                          (2, 2, 1))}
 
 default_cfgs = generate_default_cfgs({
