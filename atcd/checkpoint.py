@@ -237,6 +237,27 @@ RUN_FILES = ("summary.csv", "model.safetensors", "model_best.safetensors", "mode
              "tensorboard", "wandb")
 
 
+# where and how a run is watched, not what it trains: free to differ when the run is resumed
+RESUME_FREE = frozenset({"output", "experiment", "resume", "overwrite", "resume_with_changes", "no_progress",
+                         "log_interval", "log_with", "log_level", "log_data_keys", "workers", "pin_mem", "dist_timeout",
+                         "checkpoint_hist", "checkpoint_every_steps", "max_bad_steps", "mixed_precision",
+                         "eval_precision"})
+
+
+def changed_on_resume(out_dir: str, flat: dict) -> dict[str, tuple]:
+    """{option: (value in the run's args.yaml, value now)} for each option outside `RESUME_FREE` whose value differs
+    (e.g. a default changed by a newer version, as ATCD's eps warm-up was); options args.yaml does not record did not
+    exist when the run started and are not compared. Empty without an args.yaml in `out_dir`."""
+    import yaml
+    path = os.path.join(out_dir, "args.yaml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        had = yaml.safe_load(f) or {}
+    now = {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
+    return {k: (had[k], v) for k, v in now.items() if k not in RESUME_FREE and k in had and had[k] != v}
+
+
 def earlier_run(out_dir: str) -> list[str]:
     """The files of an earlier training run in `out_dir` (what a fresh run would mix with or overwrite)."""
     if not os.path.isdir(out_dir):

@@ -242,6 +242,9 @@ class TrainOptions:
     overwrite: bool = option(False, "the experiment folder holds an earlier run: delete its checkpoints, weights and "
                              "summary and train afresh (without it such a run is refused; --resume auto continues it)",
                              action="store_true", group=_OUT)
+    resume_with_changes: bool = option(False, "--resume a run with options that differ from its args.yaml (without "
+                                       "it such a resume is refused: the run would mix two settings)",
+                                       action="store_true", group=_OUT)
     checkpoint_hist: int = option(2, "complete checkpoints kept (the oldest is pruned only after a new one is in "
                                   "place); --checkpoint-keep is the same option", short="--checkpoint-keep",
                                   **AT_LEAST_1, group=_OUT)

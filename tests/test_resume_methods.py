@@ -66,3 +66,24 @@ def test_resume_is_bit_identical(method, warmup, tmp_path):
     if warmup:
         # train_eps is the last minibatch's: 0.75 of the 1.5-epoch ramp in epoch 0
         assert [float(r["train_eps"]) for r in _rows(tmp_path / "full")] == pytest.approx([0.15, 0.3])
+
+
+def test_resume_refuses_options_that_differ_from_the_runs_own(tmp_path):
+    """`--resume auto` with options that differ from the run's args.yaml (here: ATCD's eps warm-up, whose default
+    changed from 0 to half the training, so the same command resumed an older run with a warm-up it never had) is
+    refused in one line naming the option, and args.yaml is left as it was; options that only say how the run is
+    watched (--workers, --log-interval) may differ; --resume-with-changes continues with the new values."""
+    base = ("--method", "atcd", "--atcd-T", "1", "--atcd-K", "1", "--eps", "0.3", "--epochs", "1",
+            "--train-samples-per-epoch", "64", "-b", "32", "--eval-samples", "20", "--eval-attack-steps", "1",
+            "--no-progress", "--output", str(tmp_path), "--experiment", "run")
+    _ok(run_main("train_atcd.py", *base, "--eps-warmup-epochs", "0"))  # a run of the old default
+    recorded = (tmp_path / "run" / "args.yaml").read_text()
+    r = run_main("train_atcd.py", *base, "--resume", "auto")  # the same command today: the warm-up by default
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: --resume:") and "eps_warmup_epochs 0.0 -> 0.5" in last, last
+    assert "--resume-with-changes" in last and "Traceback" not in r.stderr
+    assert (tmp_path / "run" / "args.yaml").read_text() == recorded
+    _ok(run_main("train_atcd.py", *base, "--eps-warmup-epochs", "0", "--workers", "1", "--log-interval", "3",
+                 "--resume", "auto"))
+    _ok(run_main("train_atcd.py", *base, "--resume", "auto", "--resume-with-changes"))
+    assert "eps_warmup_epochs: 0.5" in (tmp_path / "run" / "args.yaml").read_text()
