@@ -8,8 +8,9 @@ from conftest import run_main, run_script
 @pytest.mark.slow
 @pytest.mark.longest
 def test_atcd_demo_is_robust_and_standard_is_not(tmp_path):
-    """The demo's training recipes as separate processes, then AutoAttack on 25 test digits (the demo takes 200;
-    AutoAttack's later attacks cost about 3 s per digit that survives APGD-CE on this machine)."""
+    """The demo's training recipes as separate processes, then AutoAttack on 16 test digits (the demo takes 200;
+    AutoAttack's later attacks cost about 3 s per digit that survives APGD-CE on this machine; ATCD's model keeps
+    about 65 % of them, so the 35 % floor below fails for a model that lost its robustness, not by chance)."""
     res = {}
     for method in ("atcd", "standard"):
         r = run_script("train_atcd.py", "-c", f"recipes/mnist_{method}.yaml", "--output", str(tmp_path),
@@ -18,15 +19,15 @@ def test_atcd_demo_is_robust_and_standard_is_not(tmp_path):
         out = tmp_path / method / "results.json"
         r = run_script("validate.py", "--model", "smallcnn_mnist", "--checkpoint",
                        str(tmp_path / method / "model.safetensors"), "--dataset", "mnist-mini", "--eps", "0.3",
-                       "--attacks", "clean,pgd,autoattack", "--num-samples", "25", "--no-progress",
+                       "--attacks", "clean,pgd,autoattack", "--num-samples", "16", "--no-progress",
                        "--results-file", str(out))
         assert r.returncode == 0, r.stderr[-3000:]
         res[method] = json.loads(out.read_text())
     atcd, std = res["atcd"]["results"], res["standard"]["results"]
-    assert res["atcd"]["num_samples"] == 25 and res["atcd"]["eps"] == 0.3
+    assert res["atcd"]["num_samples"] == 16 and res["atcd"]["eps"] == 0.3
     for check in ("eps0_equals_clean", "robust_le_clean", "model_unchanged", "eval_mode"):  # hold for any model
         assert res["atcd"]["sanity"][check]["ok"], res["atcd"]["sanity"]
-    assert atcd["clean"]["top1"] >= 97.0, atcd
+    assert atcd["clean"]["top1"] >= 93.0, atcd  # at most 1 of the 16 digits missed
     assert atcd["autoattack"]["top1"] >= 35.0, atcd
     assert std["autoattack"]["top1"] <= 5.0, std
     for r in (atcd, std):  # AutoAttack is the strongest attack run and never beats clean accuracy
@@ -46,7 +47,7 @@ def test_every_baseline_trains_from_its_recipe_and_validates(method, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "res.json"
     r = run_main("validate.py", "--checkpoint", str(tmp_path / method / "model.safetensors"), "--eps", "0.1",
-                   "--attacks", "clean,pgd,cw,mifgsm,hmc", "--attack-steps", "10", "--num-samples", "100",
+                   "--attacks", "clean,pgd,cw,mifgsm,hmc", "--attack-steps", "10", "--num-samples", "50",
                    "--no-progress", "--results-file", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())["results"]
