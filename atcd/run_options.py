@@ -272,7 +272,8 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    model: str = option("smallcnn_mnist", "timm name, hf-hub:org/name or local-dir:PATH; a comma list, a local-dir: "
+    model: str = option("smallcnn_mnist", "timm name, hf-hub:org/name, local-dir:PATH or robustbench:cifar10/Linf/NAME "
+                        "(a zoo entry, imported on first use into the HF cache); a comma list, a local-dir: "
                         "glob (local-dir:'runs/*/hf-export') or a timm wildcard ('resnet*', 'all': the pretrained "
                         "ones, as timm's validate.py) evaluates each into one leaderboard", short="-m", group="model")
     run: str | None = option(None, "a train_atcd.py run folder: its args.yaml gives --model, --checkpoint, --dataset, "

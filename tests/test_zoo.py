@@ -11,7 +11,7 @@ import sys
 import pytest
 import timm
 import torch
-from conftest import run_main
+from conftest import run_main, run_script
 
 if importlib.util.find_spec("robustbench") is None:  # imported through atcd.publish.zoo.robustbench() (its alias)
     pytest.skip("the [zoo] extra: pip install --no-deps robustbench==1.1.1", allow_module_level=True)
@@ -181,3 +181,36 @@ def test_protocol_robustbench_resolves_to_benchmarks_settings(tmp_path, dataset,
     else:
         assert cfg.attack.eps == 8 / 255 and cfg.dataset == "torch/cifar10" and cfg.split == "test[:100]"
         assert cfg.num_samples is None and cfg.sample_ids is None and cfg.img_size == 32
+
+
+def test_robustbench_source_imports_on_first_use_into_the_hf_cache(tmp_path):
+    """`validate.py --model robustbench:cifar10/Linf/NAME` with the entry's file in robustbench's model folder and
+    HF_HUB_OFFLINE=1: the first run imports it into the Hugging Face cache (robustbench/cifar10-Linf-NAME), the
+    second reads that cache entry without importing again, and both give the per-image verdicts of the hub folder
+    `import_checkpoint.py --robustbench` writes from the same file."""
+    from cifar_folder import write_cifar_folder
+    name = "Sehwag2021Proxy_R18"
+    module = zoo.random_zoo_module("cifar10", "Linf", name, seed=3)
+    home = tmp_path / "home"
+    rb_dir = home / ".cache" / "atcd" / "robustbench" / "cifar10" / "Linf"  # load_zoo_module's default model_dir
+    rb_dir.mkdir(parents=True)
+    torch.save(zoo.zoo_file_state_dict(module, "cifar10", name), rb_dir / f"{name}.pt")
+    zoo.import_zoo(f"cifar10/Linf/{name}", str(tmp_path / "folder"), REPO, file=str(rb_dir / f"{name}.pt"))
+    root = write_cifar_folder(str(tmp_path / "cifar"), n_train=10, n_test=40)
+    env = {"HOME": str(home), "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HUB_OFFLINE": "1"}
+    common = ("--dataset", "torch/cifar10", "--data-dir", root, "--attacks", "clean", "--num-samples", "40",
+              "--sanity-samples", "0", "--no-progress")
+    runs = {}
+    for run, model in (("first", f"robustbench:cifar10/Linf/{name}"), ("second", f"robustbench:cifar10/Linf/{name}"),
+                       ("folder", f"local-dir:{tmp_path / 'folder'}")):
+        r = run_script("validate.py", "--model", model, *common, "--results-file", str(tmp_path / f"{run}.json"),
+                       env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[run] = (r.stderr, json.loads((tmp_path / f"{run}.json").read_text())["results"]["clean"])
+    assert "imported into the Hugging Face cache as robustbench/cifar10-Linf-" in runs["first"][0]
+    assert "imported into" not in runs["second"][0]
+    assert (tmp_path / "hf-cache" / f"models--robustbench--cifar10-Linf-{name}" / "snapshots").is_dir()
+    assert runs["first"][1]["correct"] == runs["second"][1]["correct"] == runs["folder"][1]["correct"]
+    assert len(runs["folder"][1]["correct"]) == 40
+    r = run_script("validate.py", "--model", "robustbench:cifar10/Linf/NoSuchEntry2099", *common, env=env)
+    assert r.returncode != 0 and "NoSuchEntry2099" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr

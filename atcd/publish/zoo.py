@@ -46,9 +46,25 @@ from .labels import eps_text
 from .usage import card_library, usage_section
 from .zoo_map import _PREPROCESSING, ZooMapping, ZooUnsupported, create_mapped, map_to_timm, verify
 
-__all__ = ["LOGIT_TOL", "THREAT_EPS", "ZooMapping", "ZooUnsupported", "import_zoo", "load_zoo_module",
-           "map_to_timm", "preprocessing", "random_zoo_module", "reported", "robustbench", "split_spec",
-           "zoo_entries", "zoo_file_content", "zoo_file_state_dict"]
+__all__ = [
+    "LOGIT_TOL",
+    "SOURCE_PREFIX",
+    "THREAT_EPS",
+    "ZooMapping",
+    "ZooUnsupported",
+    "import_zoo",
+    "load_zoo_module",
+    "map_to_timm",
+    "preprocessing",
+    "random_zoo_module",
+    "reported",
+    "robustbench",
+    "robustbench_model",
+    "split_spec",
+    "zoo_entries",
+    "zoo_file_content",
+    "zoo_file_state_dict",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -332,3 +348,42 @@ def import_zoo(spec: str, out_dir: str, repo_id: str, file: str | None = None, m
 
 
 # ---------------------------------------------------------------- coverage
+
+
+# ---------------------------------------------------------------- `robustbench:` as a model source
+
+SOURCE_PREFIX = "robustbench:"
+
+
+def robustbench_model(name: str, model_dir: str | None = None, cache_dir: str | None = None) -> str:
+    """`robustbench:DATASET/THREAT/NAME` as a model validate.py loads: the entry imported on first use (`import_zoo`,
+    its file from `model_dir` or robustbench's download) into the Hugging Face cache as `robustbench/DATASET-THREAT-
+    NAME`, then that cached snapshot (`local-dir:` of it: no Hub request, the repo exists only in this cache). A
+    file lock keeps the ranks of a launch from importing it twice.
+
+    Raises:
+        HubError: bad spec, no file offline, an entry that does not import.
+    """
+    from filelock import FileLock
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from ..models.hub import add_folder_to_hf_cache
+    spec = name[len(SOURCE_PREFIX):]
+    dataset, threat, entry = split_spec(spec)
+    repo_id = f"robustbench/{dataset}-{threat}-{entry}"
+    cache_dir = cache_dir or constants.HF_HUB_CACHE
+
+    def cached() -> str | None:
+        path = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+        return os.path.dirname(path) if isinstance(path, str) else None
+
+    os.makedirs(cache_dir, exist_ok=True)
+    with FileLock(os.path.join(cache_dir, f".atcd-robustbench-{dataset}-{threat}-{entry}.lock")):
+        if cached() is None:
+            with tempfile.TemporaryDirectory(prefix="atcd-robustbench-") as tmp:
+                out = os.path.join(tmp, "folder")
+                import_zoo(spec, out, repo_id, model_dir=model_dir)
+                add_folder_to_hf_cache(out, repo_id, cache_dir=cache_dir)
+            _logger.warning("%s: imported into the Hugging Face cache as %s", name, repo_id)
+    return f"local-dir:{cached()}"
+
