@@ -237,7 +237,8 @@ RUN_FILES = ("summary.csv", "model.safetensors", "model_best.safetensors", "mode
              "tensorboard", "wandb")
 
 
-# where and how a run is watched, not what it trains: free to differ when the run is resumed
+# where a run writes, how it is watched and the precision its launcher picks, not what it trains: free to differ
+# when the run is resumed
 RESUME_FREE = frozenset({"output", "experiment", "resume", "overwrite", "resume_with_changes", "no_progress",
                          "log_interval", "log_with", "log_level", "log_data_keys", "workers", "pin_mem", "dist_timeout",
                          "checkpoint_hist", "checkpoint_every_steps", "max_bad_steps", "mixed_precision",

@@ -48,7 +48,6 @@ from .zoo_map import _PREPROCESSING, ZooMapping, ZooUnsupported, create_mapped, 
 
 __all__ = [
     "LOGIT_TOL",
-    "SOURCE_PREFIX",
     "THREAT_EPS",
     "ZooMapping",
     "ZooUnsupported",
@@ -347,13 +346,7 @@ def import_zoo(spec: str, out_dir: str, repo_id: str, file: str | None = None, m
             "reported": rep, **source}
 
 
-# ---------------------------------------------------------------- coverage
-
-
 # ---------------------------------------------------------------- `robustbench:` as a model source
-
-SOURCE_PREFIX = "robustbench:"
-
 
 def robustbench_model(name: str, model_dir: str | None = None, cache_dir: str | None = None) -> str:
     """`robustbench:DATASET/THREAT/NAME` as a model validate.py loads: the entry imported on first use (`import_zoo`,
@@ -368,7 +361,7 @@ def robustbench_model(name: str, model_dir: str | None = None, cache_dir: str | 
     from huggingface_hub import constants, try_to_load_from_cache
 
     from ..models.hub import add_folder_to_hf_cache
-    spec = name[len(SOURCE_PREFIX):]
+    spec = name.removeprefix("robustbench:")
     dataset, threat, entry = split_spec(spec)
     repo_id = f"robustbench/{dataset}-{threat}-{entry}"
     cache_dir = cache_dir or constants.HF_HUB_CACHE
@@ -386,4 +379,3 @@ def robustbench_model(name: str, model_dir: str | None = None, cache_dir: str | 
                 add_folder_to_hf_cache(out, repo_id, cache_dir=cache_dir)
             _logger.warning("%s: imported into the Hugging Face cache as %s", name, repo_id)
     return f"local-dir:{cached()}"
-
