@@ -10,14 +10,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 __all__ = [
     "PICKLE_SUFFIXES",
+    "RESUME_FREE",
     "RUN_FILES",
     "STATE_MARKER",
     "CheckpointError",
     "atomic_write_text",
+    "check_earlier_run",
     "earlier_run",
     "find_latest_state",
     "load_run_state",
@@ -245,18 +247,38 @@ RESUME_FREE = frozenset({"output", "experiment", "resume", "overwrite", "resume_
                          "eval_precision"})
 
 
-def changed_on_resume(out_dir: str, flat: dict) -> dict[str, tuple]:
-    """{option: (value in the run's args.yaml, value now)} for each option outside `RESUME_FREE` whose value differs
-    (e.g. a default changed by a newer version, as ATCD's eps warm-up was); options args.yaml does not record did not
-    exist when the run started and are not compared. Empty without an args.yaml in `out_dir`."""
-    import yaml
+def check_earlier_run(out_dir: str, resume: str | None, overwrite: bool, flat: dict,
+                      with_changes: bool) -> list[str]:
+    """The files of an earlier run in `out_dir` (`earlier_run`), checked against the command: a run there is neither
+    resumed nor overwritten (appending to its summary would mix two runs), or it is resumed with options outside
+    `RESUME_FREE` that differ from its args.yaml (e.g. a default a newer version changed, as ATCD's eps warm-up;
+    options args.yaml does not record did not exist then and are not compared) without `with_changes`.
+
+    Raises:
+        ConfigError: either case, in one line.
+    """
+    earlier = earlier_run(out_dir)
+    if earlier and not resume and not overwrite:
+        raise ConfigError(f"{out_dir} already holds a training run ({', '.join(earlier[:3])}"
+                          f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume auto, replace it "
+                          f"with --overwrite, or choose another --experiment")
     path = os.path.join(out_dir, "args.yaml")
-    if not os.path.isfile(path):
-        return {}
+    if not (earlier and resume and os.path.isfile(path)):
+        return earlier
+    import yaml
     with open(path) as f:
         had = yaml.safe_load(f) or {}
     now = {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
-    return {k: (had[k], v) for k, v in now.items() if k not in RESUME_FREE and k in had and had[k] != v}
+    changed = {k: (had[k], v) for k, v in now.items() if k not in RESUME_FREE and k in had and had[k] != v}
+    if changed and not with_changes:
+        diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:4])
+        raise ConfigError(f"--resume: {out_dir} trained with other options than this command gives ({diff}"
+                          f"{', ...' if len(changed) > 4 else ''}; a changed default counts too): resume it with its "
+                          f"own, python train_atcd.py -c {path} --resume auto, or add --resume-with-changes to "
+                          f"continue with the new values")
+    if changed:
+        _logger.warning("resuming %s with changed options: %s", out_dir, changed)
+    return earlier
 
 
 def earlier_run(out_dir: str) -> list[str]:

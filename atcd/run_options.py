@@ -234,17 +234,15 @@ class TrainOptions:
                             group=_S)
     eval_samples: int = option(500, "test images evaluated per epoch (0 = the whole split)", check=_GE0,
                                why="must be >= 0 (0 = the whole split)", group=_E)
-    eval_attack_steps: int = option(10, "PGD steps of the per-epoch evaluation", **AT_LEAST_1,
-                                    group=_E)
+    eval_attack_steps: int = option(10, "PGD steps of the per-epoch evaluation", **AT_LEAST_1, group=_E)
     output: str = option("output/train", "output root", group=_OUT)
     experiment: str | None = option(None, "run folder name under --output", type=str, group=_OUT)
     resume: str | None = option(None, "checkpoint dir, or 'auto' for the newest complete one", type=str, group=_OUT)
     overwrite: bool = option(False, "the experiment folder holds an earlier run: delete its checkpoints, weights and "
                              "summary and train afresh (without it such a run is refused; --resume auto continues it)",
                              action="store_true", group=_OUT)
-    resume_with_changes: bool = option(False, "--resume a run with options that differ from its args.yaml (without "
-                                       "it such a resume is refused: the run would mix two settings)",
-                                       action="store_true", group=_OUT)
+    resume_with_changes: bool = option(False, "--resume although options differ from the run's args.yaml (else "
+                                       "refused)", action="store_true", group=_OUT)
     checkpoint_hist: int = option(2, "complete checkpoints kept (the oldest is pruned only after a new one is in "
                                   "place); --checkpoint-keep is the same option", short="--checkpoint-keep",
                                   **AT_LEAST_1, group=_OUT)
@@ -272,10 +270,9 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    model: str = option("smallcnn_mnist", "timm name, hf-hub:org/name, local-dir:PATH or robustbench:cifar10/Linf/NAME "
-                        "(a zoo entry, imported on first use into the HF cache); a comma list, a local-dir: "
-                        "glob (local-dir:'runs/*/hf-export') or a timm wildcard ('resnet*', 'all': the pretrained "
-                        "ones, as timm's validate.py) evaluates each into one leaderboard", short="-m", group="model")
+    model: str = option("smallcnn_mnist", "timm name, hf-hub:org/name, local-dir:PATH, robustbench:cifar10/Linf/NAME "
+                        "(imported into the HF cache on first use); a comma list, local-dir: glob or timm wildcard "
+                        "('resnet*', 'all') evaluates each into one leaderboard", short="-m", group="model")
     run: str | None = option(None, "a train_atcd.py run folder: its args.yaml gives --model, --checkpoint, --dataset, "
                              "--data-dir, the input-size and normalisation flags and --eps; flags given here override "
                              "them (default: none)", type=str, group="model")

@@ -23,8 +23,7 @@ from .attacks import AttackConfig
 from .attacks.core import device_generator
 from .checkpoint import (
     atomic_write_text,
-    changed_on_resume,
-    earlier_run,
+    check_earlier_run,
     find_latest_state,
     load_run_state,
     load_weights,
@@ -155,20 +154,7 @@ class _Training:
         set_seed(cfg.seed, device_specific=False)  # the same initial weights on every process
         check_shared_output(acc, cfg.output)  # before any rank looks for an earlier run or a checkpoint there
         self.math_policy = train_math_policy(acc.device)
-        earlier = earlier_run(self.out_dir)
-        if earlier and not cfg.resume and not cfg.overwrite:  # appending to its summary would mix two runs
-            raise ConfigError(f"{self.out_dir} already holds a training run ({', '.join(earlier[:3])}"
-                              f"{', ...' if len(earlier) > 3 else ''}): continue it with --resume auto, replace it "
-                              f"with --overwrite, or choose another --experiment")
-        changed = changed_on_resume(self.out_dir, cfg.flat()) if cfg.resume and earlier else {}
-        if changed and not cfg.resume_with_changes:  # before args.yaml is rewritten with this command's values
-            diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:4])
-            raise ConfigError(f"--resume: {self.out_dir} trained with other options than this command gives ({diff}"
-                              f"{', ...' if len(changed) > 4 else ''}; a changed default counts too): resume it with "
-                              f"its own, python train_atcd.py -c {os.path.join(self.out_dir, 'args.yaml')} --resume "
-                              f"auto, or add --resume-with-changes to continue with the new values")
-        if changed:
-            _logger.warning("resuming %s with changed options: %s", self.out_dir, changed)
+        earlier = check_earlier_run(self.out_dir, cfg.resume, cfg.overwrite, cfg.flat(), cfg.resume_with_changes)
         model = build_model(cfg.model, num_classes=cfg.num_classes, pretrained=cfg.pretrained, in_chans=cfg.in_chans,
                             mean=cfg.mean, std=cfg.std, reset_classifier=True,  # fine-tuning hub weights
                             **timm_kwargs(cfg.drop, cfg.drop_path, cfg.model_kwargs))  # to another class count

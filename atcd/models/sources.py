@@ -1,7 +1,6 @@
 """Which weights a validate.py run evaluates, read as timm's validate.py reads them.
 
-Several models in one run (a comma list, a `--model-list` file, a glob over `local-dir:` folders); a RobustBench zoo
-entry (`robustbench:cifar10/Linf/NAME`, imported on first use into the Hugging Face cache); a bare timm name
+Several models in one run (a comma list, a `--model-list` file, a glob over `local-dir:` folders); a bare timm name
 without `--checkpoint` means its pretrained weights; `--use-ema` swaps a run's `model.safetensors` for the
 `model_ema.safetensors` beside it; a published model's `results.json` records the eps it was measured at.
 """
@@ -38,10 +37,9 @@ def expand_models(model: str, model_list: str | None = None, pretrained: bool | 
         raise ConfigError(f"--model-list {model_list!r} names no model" if model_list else "--model names no model")
     out: list[str] = []
     for name in names:
-        if name.startswith("robustbench:"):  # a RobustBench zoo entry: imported on first use into the HF cache
-            from ..publish.zoo import robustbench_model
-            out.append(robustbench_model(name))
-            continue
+        if name.startswith("robustbench:"):  # validate.py's --model imports these first (atcd.main)
+            raise ConfigError(f"{name}: robustbench: entries are given with validate.py --model, which imports them "
+                              f"into the Hugging Face cache on first use")
         source, path = parse_model_name(name)
         if not any(c in name for c in _GLOB_CHARS) and name != "all":
             out.append(name)
