@@ -136,18 +136,18 @@ def write_coverage(rows: list[dict], csv_path: str, md_path: str, command: str, 
                           "pct_imported_or_maps": round(100 * (len(ok) + len(maps)) / max(len(single), 1), 1),
                           "in_scope": len(in_scope), "pct_of_in_scope": round(100 * len(ok) / max(len(in_scope), 1), 1)}
     lines = ["# RobustBench model zoo: which entries import exactly as timm models", "",
-             f"Measured by `{command}` (robustbench {importlib.metadata.version('robustbench')}, timm "
-             f"{timm.__version__}, torch {torch.__version__}). Each entry's module is built by the robustbench "
-             "package with seeded random weights (BatchNorm statistics included), saved as a zoo file, loaded back "
-             "by robustbench's `load_model`, imported by `scripts/import_checkpoint.py --robustbench`, and its "
-             f"logits compared with the zoo module's (|Δlogit| <= {LOGIT_TOL:g} x (1 + |logit|)).", "",
+             (f"Measured by `{command}` (robustbench {importlib.metadata.version('robustbench')}, timm "
+              f"{timm.__version__}, torch {torch.__version__}). Each entry's module is built by the robustbench "
+              "package with seeded random weights (BatchNorm statistics included), saved as a zoo file, loaded back "
+              "by robustbench's `load_model`, imported by `scripts/import_checkpoint.py --robustbench`, and its "
+              f"logits compared with the zoo module's (|Δlogit| <= {LOGIT_TOL:g} x (1 + |logit|))."), "",
              *([f"**Partial: {len(rows)} of {total} entries so far** (the run is still going or was stopped).", ""]
                if total and len(rows) < total else []),
-             "Outcome `maps`: the entry was checked without weights only (modules on the meta device: the timm "
-             "architecture and every key and shape fit; logits not compared), because the weighted run did not "
-             "reach it in the time it had.", "",
-             "| table | entries | single-model | imported exactly | % of single-model | maps (not measured) | "
-             "% imported or maps | % of in-scope (no custom module) imported exactly |",
+             ("Outcome `maps`: the entry was checked without weights only (modules on the meta device: the timm "
+              "architecture and every key and shape fit; logits not compared), because the weighted run did not "
+              "reach it in the time it had."), "",
+             ("| table | entries | single-model | imported exactly | % of single-model | maps (not measured) | "
+              "% imported or maps | % of in-scope (no custom module) imported exactly |"),
              "|---|---|---|---|---|---|---|---|"]
     for t, s in summary.items():
         lines.append(f"| {t} | {s['entries']} | {s['single_model']} | {s['imported']} | {s['pct_of_single']} | "

@@ -61,11 +61,11 @@ def _norm(module: nn.Module, how) -> tuple[tuple, tuple]:
 
 def _rb_module(module: nn.Module, table: dict) -> bool:
     mod = type(module).__module__  # the zoo's resnet.py / wide_resnet.py classes (robust_resnet.py reuses names)
-    return type(module).__name__ in table and (mod.startswith("robustbench.model_zoo.architectures.resnet")
-                                               or mod.startswith("robustbench.model_zoo.architectures.wide_resnet")
-                                               or mod.startswith("robustbench.model_zoo.architectures.boosting")
-                                               or mod in ("robustbench.model_zoo.cifar10",
-                                                          "robustbench.model_zoo.cifar100"))
+    zoo = "robustbench.model_zoo."
+    return type(module).__name__ in table and (mod.startswith((f"{zoo}architectures.resnet",
+                                                               f"{zoo}architectures.wide_resnet",
+                                                               f"{zoo}architectures.boosting"))
+                                               or mod in (f"{zoo}cifar10", f"{zoo}cifar100"))
 
 
 def _wrn(module, how) -> ZooMapping:
