@@ -75,7 +75,7 @@ def test_issue_command_without_warmup_collapses_and_names_the_warmup_flag(tmp_pa
 @pytest.mark.slow
 def test_issue_command_with_the_default_warmup_trains(tmp_path, capsys):
     """The same run with the default ramp (half the passes) leaves chance and completes."""
-    rc, res, rows, err = _train(tmp_path, capsys, "--method", "atcd", "--atcd-T", "4", "--atcd-K", "2", "-b", "128",
+    rc, res, rows, _err = _train(tmp_path, capsys, "--method", "atcd", "--atcd-T", "4", "--atcd-K", "2", "-b", "128",
                                 "--opt", "adam", "--lr", "0.002", "--attack-step", "0.15", "--epochs", "2",
                                 "--train-samples-per-epoch", "1024")
     assert rc == 0 and res["status"] == "completed", rows

@@ -69,7 +69,7 @@ def _row(seed, acc, correct=None):
 def test_paired_says_how_many_seeds_it_pooled_and_the_verdict_pairs_seeds():
     atcd = [_row(0, 50.0, "1100"), _row(1, 75.0), _row(2, 70.0)]
     free = [_row(0, 25.0, "1000"), _row(1, 50.0), _row(2, 40.0)]
-    d, hw, pooled = equal_time._paired(atcd, free, "autoattack")
+    d, _hw, pooled = equal_time._paired(atcd, free, "autoattack")
     assert pooled == 1 and d == 25.0  # seeds 1 and 2 have no per-image results: left out, and counted
     line = equal_time._verdict(atcd, {"free": free}, "autoattack")
     assert "1 of 3 seeds pooled" in line
