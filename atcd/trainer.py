@@ -181,10 +181,8 @@ class _Training:
         self.ema = RunEma.create(cfg, model, acc.device)  # None without --model-ema; an eager copy
         if cfg.streamed:  # rank-sharded loaders never go through prepare()
             model, optimizer = acc.prepare(model, optimizer)
-        else:
-            model, optimizer, train_loader, eval_loader = acc.prepare(model, optimizer, train_loader, eval_loader)
-            if holdout_loader is not None:
-                holdout_loader = acc.prepare(holdout_loader)
+        else:  # the evaluation loaders already hold this process's chunks (create_train_loaders)
+            model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
         if cfg.torch_compile:
             # after prepare (DDP has registered its hooks on the plain module), in place on the inner module (no
             # `_orig_mod` wrapper): the attack passes (on the unwrapped module) run compiled too, and state-dict

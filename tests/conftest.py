@@ -58,11 +58,13 @@ def load_script(path: str):
     return sys.modules[name]
 
 
-def run_main(script: str, *args) -> subprocess.CompletedProcess:
+def run_main(script: str, *args, threads: int | None = None) -> subprocess.CompletedProcess:
     """Call a repo script's `main(argv)` in this process (`train_atcd.py`, `scripts/publish.py`): no interpreter
     start-up (5 s a run), for the runs whose point is what they write, print and return rather than the process
     itself (environment, signals, launchers: `run_script`). Same result shape as `run_script`. An exception escaping
-    main (the traceback a user would see) propagates and fails the test."""
+    main (the traceback a user would see) propagates and fails the test. `threads`: torch's thread count for the
+    call (1 for a result compared per example with launched ranks, which run one thread each: the reduction order of
+    a convolution follows the thread count)."""
     import contextlib
     import io
 
@@ -73,6 +75,9 @@ def run_main(script: str, *args) -> subprocess.CompletedProcess:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     root.handlers = []  # as in a new process: the script's logging.basicConfig installs its handler, on `err`
+    threads_before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             rc = mod.main(list(args)) or 0
@@ -81,6 +86,7 @@ def run_main(script: str, *args) -> subprocess.CompletedProcess:
         finally:
             root.handlers = handlers
             root.setLevel(level)
+            torch.set_num_threads(threads_before)
     return subprocess.CompletedProcess([script, *args], rc, out.getvalue(), err.getvalue())
 
 

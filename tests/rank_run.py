@@ -1,8 +1,9 @@
-"""train_atcd.py under `accelerate launch`, with what a launched test needs inside each rank.
+"""train_atcd.py (or validate.py) under `accelerate launch`, with what a launched test needs inside each rank.
 
     accelerate launch ... tests/rank_run.py --chdir-per-rank DIR -- <train_atcd.py arguments>
     accelerate launch ... tests/rank_run.py --count-syncs FILE -- <train_atcd.py arguments>
     accelerate launch ... tests/rank_run.py --data-wait SECONDS -- <train_atcd.py arguments>
+    accelerate launch ... tests/rank_run.py --eval-delay SECONDS -- <validate.py arguments>
 
 --chdir-per-rank DIR: every rank works in DIR/rank<LOCAL_RANK> (a relative --output then names a folder no other rank
 sees: node-local storage, simulated on one host).
@@ -13,6 +14,9 @@ loading excluded, written to FILE.rank<R> as JSON.
 --data-wait SECONDS: before each training batch the rank waits that long in Python (`time.sleep`, as a rank waiting
 for an input-bound loader does): a signal is handled at once, and a second copy of it arrives separately, as on a
 GPU, where the trainer is not blocked inside long C calls (on a CPU the two copies of a preemption coalesce).
+--eval-delay SECONDS: runs validate.py; rank 0 starts each attack's evaluation that much later (`time.sleep`), as a
+rank whose chunks take longer (AutoAttack on a robust model's last chunk) reaches the results' gather late, and the
+other ranks wait for it that long, without the compute that a really slower chunk would cost this test machine.
 """
 import json
 import os
@@ -85,6 +89,20 @@ def _data_wait(seconds: float) -> None:
     atcd.engine._skip_batches = waiting
 
 
+def _eval_delay(seconds: float) -> None:
+    import time
+
+    import atcd.evaluator
+
+    original = atcd.evaluator.evaluate_attacks
+
+    def late(*args, **kwargs):
+        if os.environ.get("RANK", "0") == "0":
+            time.sleep(seconds)
+        return original(*args, **kwargs)
+    atcd.evaluator.evaluate_attacks = late
+
+
 def _where() -> str:
     """`file:line` of the first caller outside torch and this file."""
     import torch
@@ -108,6 +126,10 @@ def main() -> int:
         _data_wait(float(own[own.index("--data-wait") + 1]))
     if "--count-syncs" in own:
         _count_syncs(os.path.abspath(own[own.index("--count-syncs") + 1]))
+    if "--eval-delay" in own:
+        _eval_delay(float(own[own.index("--eval-delay") + 1]))
+        import validate
+        return validate.main(train_args)
     import train_atcd
     return train_atcd.main(train_args)
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, load_script, run_script, tolerate_teardown_abort
+from conftest import ROOT, load_script, run_main, run_script, tolerate_teardown_abort
 from safetensors.torch import load_file
 
 from atcd.checkpoint import save_weights
@@ -290,8 +290,10 @@ def test_validate_two_ranks_equal_one_on_folder_and_shards(tmp_path, trained_che
                 "--attacks", "clean,pgd,autoattack", "--eps", "0.3", "--attack-steps", "2", "--attack-step", "0.1",
                 "--sanity-samples", "0",
                 "--no-progress", "--results-file", str(tmp_path / f"{run}.json"))
-        launch = LAUNCH_2PROC[:-1] if procs == 2 else ()
-        r = run_script(*launch, *args, env=ENV_2PROC if procs == 2 else {"OMP_NUM_THREADS": "1"}, timeout=600)
+        if procs == 2:
+            r = run_script(*LAUNCH_2PROC[:-1], *args, env=ENV_2PROC, timeout=600)
+        else:  # in this process, with the ranks' one thread
+            r = run_main(*args, threads=1)
         assert r.returncode == 0, r.stderr[-2000:]
         out[run] = json.loads((tmp_path / f"{run}.json").read_text())
     ref = out["folder"]["results"]

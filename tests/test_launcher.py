@@ -15,7 +15,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import ROOT, run_script, tolerate_teardown_abort
+from conftest import ROOT, run_main, run_script, tolerate_teardown_abort
 from safetensors.torch import load_file
 
 from atcd.checkpoint import save_weights
@@ -45,18 +45,20 @@ def _result(r) -> dict:
 
 def test_validate_under_a_bf16_launch_gives_the_fp32_results_per_image(tmp_path, trained_checkpoint):
     """`accelerate launch --mixed_precision bf16 validate.py` (2 processes: prepare() wraps forward in bf16
-    autocast) gives the per-image results of the same command launched with `no`, bit for bit, and the results
+    autocast) gives the per-image results of the same command without a launcher (1 process, fp32; 1 and 2
+    processes give the same per-image results by construction: test_distributed.py), bit for bit, and the results
     JSON names the evaluation precision (fp32) beside the launcher's. Asked for on purpose (--eval-precision bf16),
     bf16 gives other per-image results: the comparison can fail."""
-    out = {}
-    for name, mp, extra in (("no", "no", ()), ("bf16", "bf16", ()), ("asked", "no", ("--eval-precision", "bf16"))):
-        r = run_script(*LAUNCH_2PROC, "--mixed_precision", mp, "validate.py", "--model", "smallcnn_mnist",
-                       "--checkpoint", trained_checkpoint, "--dataset", "mnist-mini", "--num-samples", "500",
-                       "-b", "125", "--attacks", "clean,pgd", "--eps", "0.15", "--attack-steps", "20",
-                       "--sanity-samples", "0", "--no-progress", "--results-file", str(tmp_path / f"{name}.json"),
-                       *extra, env=ENV_2PROC, timeout=600)
+    common = ("--model", "smallcnn_mnist", "--checkpoint", trained_checkpoint, "--dataset", "mnist-mini",
+              "--num-samples", "500", "-b", "125", "--attacks", "clean,pgd", "--eps", "0.15", "--attack-steps", "20",
+              "--sanity-samples", "0", "--no-progress")
+    r = run_script(*LAUNCH_2PROC, "--mixed_precision", "bf16", "validate.py", *common, "--results-file",
+                   str(tmp_path / "bf16.json"), env=ENV_2PROC, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name, extra in (("no", ()), ("asked", ("--eval-precision", "bf16"))):
+        r = run_main("validate.py", *common, "--results-file", str(tmp_path / f"{name}.json"), *extra, threads=1)
         assert r.returncode == 0, r.stderr[-3000:]
-        out[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    out = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("bf16", "no", "asked")}
     assert out["bf16"]["launcher_mixed_precision"] == "bf16" and out["no"]["launcher_mixed_precision"] == "no"
     assert out["bf16"]["eval_precision"] == out["no"]["eval_precision"] == "fp32"
     assert out["asked"]["eval_precision"] == "bf16"
@@ -68,18 +70,24 @@ def test_validate_under_a_bf16_launch_gives_the_fp32_results_per_image(tmp_path,
 
 def test_training_eval_columns_under_a_bf16_launch_equal_a_no_launch(tmp_path, trained_checkpoint):
     """Per-epoch evaluation in training (eval_* and ema_* columns) runs in fp32 whatever the launcher says: with the
-    same weights (the trained CNN as --initial-checkpoint, lr 1e-12) a bf16 launch and a `no` launch write the same
-    eval_top1 / eval_pgd_top1 / ema columns, and summary.csv records eval_precision."""
+    same weights (the trained CNN as --initial-checkpoint, lr 1e-12) a 2-process bf16 launch and a run without a
+    launcher (1 process, fp32, the same global batch of 64) write the same eval_top1 / eval_pgd_top1 / ema columns,
+    and summary.csv records eval_precision."""
     rows = {}
-    for mp in ("no", "bf16"):
-        # lr 1e-12: updates far below the weights' float resolution, so both launches evaluate the same weights
-        r = run_script(*LAUNCH_2PROC, "--mixed_precision", mp, "train_atcd.py", "--method", "standard",
-                       "--initial-checkpoint", trained_checkpoint, "--lr", "1e-12", "--epochs", "1",
-                       "--train-samples-per-epoch", "128", "-b", "32", "--eps", "0.15", "--eval-samples", "500",
-                       "--eval-attack-steps", "20", "--model-ema", "--output", str(tmp_path), "--experiment", mp,
-                       "--no-progress", env=ENV_2PROC, timeout=600)
-        res = _result(tolerate_teardown_abort(r))
-        assert res["mixed_precision"] == mp and res["eval_precision"] == "fp32" and res["num_processes"] == 2
+    for mp in ("bf16", "no"):
+        # lr 1e-12: updates far below the weights' float resolution, so both runs evaluate the same weights
+        args = ("train_atcd.py", "--method", "standard", "--initial-checkpoint", trained_checkpoint, "--lr", "1e-12",
+                "--epochs", "1", "--train-samples-per-epoch", "128", "--eps", "0.15", "--eval-samples", "500",
+                "--eval-attack-steps", "20", "--model-ema", "--output", str(tmp_path), "--experiment", mp,
+                "--no-progress")
+        if mp == "bf16":
+            r = tolerate_teardown_abort(run_script(*LAUNCH_2PROC, "--mixed_precision", mp, *args, "-b", "32",
+                                                   env=ENV_2PROC, timeout=600))
+        else:
+            r = run_main(*args, "-b", "64", threads=1)
+        res = _result(r)
+        assert res["mixed_precision"] == mp and res["eval_precision"] == "fp32"
+        assert res["num_processes"] == (2 if mp == "bf16" else 1) and res["num_updates"] == 2
         header, row = (tmp_path / mp / "summary.csv").read_text().splitlines()[:2]
         rows[mp] = dict(zip(header.split(","), row.split(",")))
     cols = ("eval_top1", "eval_pgd_top1", "ema_eval_top1", "ema_eval_pgd_top1", "eval_precision")
@@ -177,18 +185,22 @@ def test_two_process_training_step_makes_no_host_sync_and_no_pageable_copy(tmp_p
 
 
 def test_validate_with_a_short_process_group_timeout_and_a_slower_rank_completes(tmp_path, trained_checkpoint):
-    """--dist-timeout 3 s, 3 chunks on 2 ranks (rank 0 evaluates two, rank 1 one) of ~5 s of PGD each: rank 1 waits
-    about one chunk for rank 0 before the results are gathered. It waits outside any collective, so the run
-    completes with the 1-process results; a gather that waited inside the collective would abort after 3 s."""
-    common = ("validate.py", "--model", "smallcnn_mnist", "--checkpoint", trained_checkpoint, "--dataset",
-              "mnist-mini", "--num-samples", "300", "-b", "100", "--attacks", "pgd", "--eps", "0.3",
-              "--attack-steps", "300", "--sanity-samples", "0", "--no-progress")
-    r = run_script(*LAUNCH_2PROC, *common, "--dist-timeout", "3", "--results-file", str(tmp_path / "two.json"),
-                   env=ENV_2PROC, timeout=600)
+    """--dist-timeout 3 s, 3 chunks on 2 ranks (rank 0 evaluates two, rank 1 one), and rank 0 reaching the
+    evaluation 8 s late (tests/rank_run.py --eval-delay: a rank whose chunks take longer): rank 1 waits about 8 s
+    for rank 0 before the results are gathered. It waits outside any collective, so the run completes with the
+    1-process results; a gather that waited inside the collective would abort after 3 s."""
+    common = ("--model", "smallcnn_mnist", "--checkpoint", trained_checkpoint, "--dataset", "mnist-mini",
+              "--num-samples", "300", "-b", "100", "--attacks", "pgd", "--eps", "0.3", "--attack-steps", "5",
+              "--sanity-samples", "0", "--no-progress")
+    r = run_script(*LAUNCH_2PROC, "tests/rank_run.py", "--eval-delay", "8", "--", *common, "--dist-timeout", "3",
+                   "--results-file", str(tmp_path / "two.json"), env=ENV_2PROC, timeout=600)
     r = tolerate_teardown_abort(r)
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads((tmp_path / "two.json").read_text())
+    one = run_main("validate.py", *common, "--results-file", str(tmp_path / "one.json"), threads=1)
+    assert one.returncode == 0, one.stderr[-3000:]
     assert two["num_samples"] == 300 and 0.0 < two["results"]["pgd"]["top1"] < 100.0
+    assert two["results"] == json.loads((tmp_path / "one.json").read_text())["results"]  # per image
 
 
 # ---- multi-node storage -------------------------------------------------------------------------------------------
