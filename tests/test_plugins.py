@@ -7,6 +7,7 @@ import toy_plugins  # noqa: F401  (registers the method `toy` and the attack `to
 import yaml
 from conftest import run_main
 
+from atcd.checkpoint import save_weights
 from atcd.config import eval_parser, train_parser
 
 TINY = ("--epochs", "1", "--train-samples-per-epoch", "128", "--eval-samples", "50", "--eval-attack-steps", "2",
@@ -41,10 +42,24 @@ def test_plugin_method_trains_from_the_cli_with_its_own_flag(runs):
 
 
 @pytest.mark.slow  # trains and validates two tiny runs
-def test_plugin_attack_runs_with_its_own_flag(runs):
+def test_plugin_attack_runs_with_its_own_flag(runs, standard_model, tmp_path):
+    """The attack's own flag reaches it: on an accurate CNN, --toy-strength 0 returns the clean images (the same
+    per-image verdicts as clean, exactly) and 1 (noise of eps = 0.3 per pixel) changes some verdicts."""
     res = json.loads((runs / "toy" / "results.json").read_text())
     assert set(res["results"]) >= {"clean", "toy_noise"} and res["attack_config"]["toy_strength"] == 0.5
-    assert res["results"]["toy_noise"]["top1"] <= res["results"]["clean"]["top1"] + 2  # noise hurts, if at all
+    ckpt = tmp_path / "cnn.safetensors"
+    save_weights(standard_model.model, str(ckpt))
+    got = {}
+    for strength in ("0", "1"):
+        v = run_main("validate.py", "--checkpoint", str(ckpt), "--eps", "0.3", "--attacks", "clean,toy_noise",
+                     "--toy-strength", strength, "--num-samples", "100", "--sanity-samples", "0", "--no-progress",
+                     "--results-file", str(tmp_path / f"{strength}.json"))
+        assert v.returncode == 0, v.stderr[-2000:]
+        got[strength] = json.loads((tmp_path / f"{strength}.json").read_text())
+        assert got[strength]["attack_config"]["toy_strength"] == float(strength)
+    clean = got["0"]["results"]["clean"]["correct"]
+    assert got["0"]["results"]["toy_noise"]["correct"] == clean == got["1"]["results"]["clean"]["correct"]
+    assert got["1"]["results"]["toy_noise"]["correct"] != clean
 
 
 def test_an_option_of_another_method_or_attack_is_refused(tmp_path):
