@@ -68,6 +68,42 @@ def test_resume_is_bit_identical(method, warmup, tmp_path):
         assert [float(r["train_eps"]) for r in _rows(tmp_path / "full")] == pytest.approx([0.15, 0.3])
 
 
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory):
+    """mnist-mini as an image folder (what `--data-dir` reads), exported by the project's own script."""
+    data = tmp_path_factory.mktemp("digits") / "digits"
+    r = run_main("scripts/export_dataset.py", "mnist-mini", str(data), "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return data
+
+
+@pytest.mark.parametrize("case", ["pgd-bf16", "standard-augmented-folder"])
+def test_resume_is_bit_identical_in_bf16_and_with_augmented_folders(case, tmp_path, request):
+    """The same mid-epoch resume under bf16 autocast (`--amp --amp-dtype bfloat16`), and on an image folder read
+    as colour with the training augmentation (timm's random-resized crops and flips, drawn per epoch: their draws
+    must resume too)."""
+    if case == "pgd-bf16":
+        args = _args("pgd", False) + ("--amp", "--amp-dtype", "bfloat16")
+    else:
+        folder = request.getfixturevalue("digit_folder")
+        args = _args("standard", False) + ("--data-dir", str(folder), "--input-size", "3", "28", "28",
+                                            "--in-chans", "3", "--num-classes", "10", "--hflip", "0.5")
+    full = _ok(run_main("train_atcd.py", *args, "--output", str(tmp_path), "--experiment", "full"))
+    assert full["mixed_precision"] == ("bf16" if case == "pgd-bf16" else "no")
+    # inside epoch 1 (2 epochs of 4 minibatches, a checkpoint every 3): the resumed loader must draw epoch 1's
+    # augmentation, not epoch 0's
+    mids = sorted(n for n in os.listdir(tmp_path / "full") if n.startswith("checkpoint-0001-step"))
+    assert mids, os.listdir(tmp_path / "full")
+    part = _ok(run_main("train_atcd.py", *args, "--output", str(tmp_path), "--experiment", "part",
+                        "--resume", str(tmp_path / "full" / mids[0])))
+    assert part["num_updates"] == full["num_updates"]
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "part" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = _rows(tmp_path / "part")
+    assert rows == _rows(tmp_path / "full")[-len(rows):]
+
+
 def test_resume_refuses_options_that_differ_from_the_runs_own(tmp_path):
     """`--resume auto` with options that differ from the run's args.yaml (here: ATCD's eps warm-up, whose default
     changed from 0 to half the training, so the same command resumed an older run with a warm-up it never had) is
