@@ -269,8 +269,8 @@ def _verdict(atcd: list[dict], base: dict, key: str) -> str:
     a, b = {r["seed"]: r[key] for r in atcd}, {r["seed"]: r[key] for r in base[best]}
     per_seed = ", ".join(f"{a[s] - b[s]:+.1f}" for s in seeds)
     spans = ([f"95 % t-interval over the {len(seeds)} seed differences ± {hw:.1f}"] if not math.isnan(hw) else []) + (
-        [f"over the {n_key} images, paired, {pooled} of {len(seeds)} seeds pooled (test-set noise only): "
-         f"{dp:+.1f} ± {hwp:.1f}"] if pooled else [])
+        [(f"over the {n_key} images, paired, {pooled} of {len(seeds)} seeds pooled (test-set noise only): "
+          f"{dp:+.1f} ± {hwp:.1f}")] if pooled else [])
     return (f"ATCD minus the best baseline ({best}) on {key}, seed-paired: **{d:+.1f} points** (per seed "
             f"{', '.join(map(str, seeds))}: {per_seed}" + (f"; {'; '.join(spans)}" if spans else "") + f"); ATCD "
             f"{verdict}.")
@@ -321,13 +321,14 @@ def update_split(rows: list[dict], key: str) -> list[str]:
         mean.setdefault((r["recipe"], r["budget_s"]), []).append(r)
     pt = {k: (updates(v[0]), mean_interval([r[key] for r in v])[0]) for k, v in mean.items()}
     out = ["### The gap in weight updates", "",
-           "Weight updates = minibatches × the recipe's updates per minibatch (ATCD T = 4, Free m = 4, the others "
-           f"1). {key} accuracy (mean over seeds) against updates is read between the budgets linearly in log(updates) "
-           "(~: up to half a doubling beyond the measured budgets). Split of ATCD minus the best baseline: "
-           "*updates per second* = the baseline's accuracy at its own updates minus at ATCD's (or ATCD's at the "
-           "baseline's updates minus at its own); *accuracy per update* = the gap at equal update counts.", "",
-           "| budget | ATCD updates (/s) | best baseline: updates (/s) | gap | from updates per second | "
-           "from accuracy per update |", "|---|---|---|---|---|---|"]
+           ("Weight updates = minibatches × the recipe's updates per minibatch (ATCD T = 4, Free m = 4, the others "
+            f"1). {key} accuracy (mean over seeds) against updates is read between the budgets linearly in "
+            "log(updates) (~: up to half a doubling beyond the measured budgets). Split of ATCD minus the best "
+            "baseline: *updates per second* = the baseline's accuracy at its own updates minus at ATCD's (or ATCD's "
+            "at the baseline's updates minus at its own); *accuracy per update* = the gap at equal update counts."),
+           "",
+           ("| budget | ATCD updates (/s) | best baseline: updates (/s) | gap | from updates per second | "
+            "from accuracy per update |"), "|---|---|---|---|---|---|"]
     for b in budgets:
         base = {m: pt[(m, bb)] for (m, bb) in pt if bb == b and not next(
             r for r in rows if r["recipe"] == m)["method"].startswith("atcd")}

@@ -122,21 +122,21 @@ class TorchCifar(Dataset):
         self.name, self.split, self.transform, self.epoch = name, split, transform, 0
 
     @staticmethod
-    def _download(cls, root: str):
+    def _download(dataset_cls, root: str):
         from torchvision.datasets.utils import download_and_extract_archive
         rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
         if rank != 0:  # one download per machine: the other processes wait for its folder
             import time
             for _ in range(1800):
-                if os.path.isdir(os.path.join(root, cls.base_folder)):
+                if os.path.isdir(os.path.join(root, dataset_cls.base_folder)):
                     time.sleep(2)
                     return
                 time.sleep(1)
-            raise DataError(f"waited 30 min for local rank 0 to download {cls.filename} into {root}")
+            raise DataError(f"waited 30 min for local rank 0 to download {dataset_cls.filename} into {root}")
         try:
-            download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
+            download_and_extract_archive(dataset_cls.url, root, filename=dataset_cls.filename, md5=dataset_cls.tgz_md5)
         except Exception as e:  # noqa: BLE001  (urllib, http and tar errors)
-            raise DataError(f"--dataset-download: could not fetch {cls.url} into {root} ({e})") from None
+            raise DataError(f"--dataset-download: could not fetch {dataset_cls.url} into {root} ({e})") from None
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -42,7 +42,7 @@ def robustbench():
         for sub in _AUTOATTACK_SUBMODULES:
             sys.modules.setdefault(f"autoattack.{sub}", importlib.import_module(f"pyautoattack.{sub}"))
         try:
-            import pkg_resources
+            import pkg_resources  # noqa: F401  (available? else the stub below)
         except ImportError:
             stub = types.ModuleType("pkg_resources")
             stub.resource_filename = lambda pkg, path: os.path.join(
