@@ -48,7 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's atcd, also when it is not pip-installed (as the other scripts)
 # the launcher spelling that really starts a 2-process gloo group on a CPU-only host (see RELIABILITY notes)
 LAUNCH_2PROC = ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--dynamo_backend", "no")
+                "--dynamo_backend", "no", "--main_process_port", "0")  # a free port: see hfconfigs/cpu_2proc.yaml
 ENV_2PROC = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 
 
