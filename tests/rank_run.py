@@ -14,7 +14,7 @@ loading excluded, written to FILE.rank<R> as JSON.
 --data-wait SECONDS: before each training batch the rank waits that long in Python (`time.sleep`, as a rank waiting
 for an input-bound loader does): a signal is handled at once, and a second copy of it arrives separately, as on a
 GPU, where the trainer is not blocked inside long C calls (on a CPU the two copies of a preemption coalesce).
---eval-delay SECONDS: runs validate.py; rank 0 starts each attack's evaluation that much later (`time.sleep`), as a
+--eval-delay SECONDS: runs validate.py; rank 0 starts its evaluation that much later (`time.sleep`), as a
 rank whose chunks take longer (AutoAttack on a robust model's last chunk) reaches the results' gather late, and the
 other ranks wait for it that long, without the compute that a really slower chunk would cost this test machine.
 """
