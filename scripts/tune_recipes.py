@@ -12,11 +12,14 @@ the best holdout epoch as model_best.safetensors. A point scores its best holdou
 a method's chosen point is the best-scoring one whose holdout clean accuracy at that epoch is >= --min-clean
 (if none reaches it, the best-scoring one, flagged `below_min_clean`: a baseline that does not train is a bug to
 look at, not a result). A point whose run folder already holds a finished run is read, not trained again, and an
-interrupted one resumes from its newest checkpoint, so a killed grid continues where it stopped.
+interrupted one resumes from its newest checkpoint, so a killed grid continues where it stopped. A grid continued
+on another machine, without the run folders, reads its finished points from an earlier grid.csv (--scored): a row
+is taken when its `config` digest (the point's resolved training options) is the one the grid resolves now.
 Writes grid.csv (one row per point) and chosen.csv (one row per method); ends with a RESULT line.
 """
 import argparse
 import csv
+import hashlib
 import itertools
 import json
 import os
@@ -28,7 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _runs import ROOT, fail, finished, run_logged, stale_args, started, write_csv
 
 FIELDS = ["method", "recipe", "point", "experiment", "epochs", "train_s", "best_epoch", "holdout_clean", "holdout_pgd",
-          "chosen", "below_min_clean", "budget_s", "minibatches", "planned_s", "collapsed"]
+          "chosen", "below_min_clean", "budget_s", "minibatches", "planned_s", "collapsed", "config"]
+NUMBERS = {"epochs": int, "train_s": float, "best_epoch": int, "holdout_clean": float, "holdout_pgd": float,
+           "budget_s": float, "minibatches": int, "planned_s": float, "collapsed": int}
 EXIT_COLLAPSED = 4  # atcd.faults.EXIT_COLLAPSED: a point that trained to the end at chance is a score, not a failure
 
 
@@ -115,14 +120,40 @@ RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed
             "workers", "pin_mem"}  # (resolved by the trainer per device: args.yaml records the value it chose)
 
 
-def train_point(recipe: str, point: dict, common: dict, out: str, plan=None) -> str:
-    """Train one point (or finish / read it); returns its run folder. `plan`: its atcd.budget.BudgetPlan when the
-    grid is priced in seconds (`common: {budget_s: ...}`)."""
+def point_args(recipe: str, point: dict, common: dict, plan=None) -> list[str]:
+    """train_atcd.py's options of one point (`plan`: its atcd.budget.BudgetPlan when the grid is priced in seconds,
+    `common: {budget_s: ...}`), without where its run goes."""
+    return ["-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"), *flags({**common, **point}),
+            *(plan.train_flags() if plan else []), "--early-stop", "robust"]
+
+
+def config_digest(args: list[str]) -> str:
+    """What a point trains: a digest of its resolved options (where/how keys left out), as the recipe and the
+    defaults resolve now; a scored row of another digest was trained with other options."""
+    from atcd.config import parse_train_args
+    flat = {k: v for k, v in parse_train_args(args).flat().items() if k not in RUN_KEYS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def read_scored(path: str) -> dict:
+    """{experiment: row} of an earlier grid.csv, its numbers typed (chosen/below_min_clean are decided again)."""
+    try:
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        fail(f"error: --scored {path}: {e.strerror}")
+    if rows and not {"experiment", "config", *NUMBERS} <= set(rows[0]):
+        fail(f"error: --scored {path}: not a grid.csv of this script (it needs the columns experiment, config, "
+             f"{', '.join(NUMBERS)})")
+    return {r["experiment"]: {k: (NUMBERS[k](float(v)) if k in NUMBERS and v != "" else v) for k, v in r.items()
+                              if k not in ("chosen", "below_min_clean")} for r in rows}
+
+
+def train_point(recipe: str, point: dict, args: list[str], out: str) -> str:
+    """Train one point with its options `args` (or finish / read it); returns its run folder."""
     from atcd.config import parse_train_args
     exp = experiment_name(recipe, point)
     run = os.path.join(out, exp)
-    args = ["-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"), *flags({**common, **point}),
-            *(plan.train_flags() if plan else []), "--early-stop", "robust"]
     if finished(run):  # finished earlier: read it if it is this point, as the recipe and its defaults resolve now
         stale = stale_args(run, parse_train_args(args).flat(), ignore=RUN_KEYS)
         if stale:
@@ -173,6 +204,9 @@ def main(argv=None) -> int:
                    help="with `common: {budget_s: S}`: price each point by its counted passes x the seconds per pass "
                         "of this cost table (scripts/benchmark.py's costs.csv, e.g. reports/mnist-mini/costs.csv) "
                         "instead of timing the points here (a busy machine distorts timings)")
+    p.add_argument("--scored", default=None, metavar="GRID_CSV",
+                   help="an earlier grid.csv (e.g. a committed copy): its points are read, not trained again, when "
+                        "their run folder is not here and their config digest is this grid's")
     args = p.parse_args(argv)
     args.out = os.path.abspath(args.out)  # the trainings run from the repo root
     try:
@@ -195,13 +229,23 @@ def main(argv=None) -> int:
     if args.price_from and not os.path.isfile(args.price_from):
         p.error(f"--price-from {args.price_from}: no such file")
     plans = budget_plans(points, common, float(budget), args.out, args.cost_batches, args.price_from) if budget else {}
+    scored = read_scored(args.scored) if args.scored else {}
     rows = []
     for recipe, point in points:
         plan = plans.get(entry(recipe, point))
-        run = train_point(recipe, point, common, args.out, plan)
-        rows.append({"recipe": recipe, "point": " ".join(flags(point)), "experiment": os.path.basename(run),
-                     **score(run), **({"budget_s": budget, "minibatches": plan.minibatches,
-                                       "planned_s": round(plan.planned_s, 1)} if plan else {})})
+        targs, exp = point_args(recipe, point, common, plan), experiment_name(recipe, point)
+        digest = config_digest(targs)
+        if exp in scored and not finished(os.path.join(args.out, exp)):
+            if scored[exp]["config"] != digest:
+                fail(f"error: --scored {args.scored}: {exp} was trained with other options (config "
+                     f"{scored[exp]['config'] or 'not recorded'}, this grid's is {digest}); delete its row to train it")
+            print(f"[grid] {exp}: scored earlier ({args.scored})", flush=True)
+            rows.append(scored[exp])
+        else:
+            run = train_point(recipe, point, targs, args.out)
+            rows.append({"recipe": recipe, "point": " ".join(flags(point)), "experiment": exp, **score(run),
+                         **({"budget_s": budget, "minibatches": plan.minibatches,
+                             "planned_s": round(plan.planned_s, 1)} if plan else {}), "config": digest})
         write_csv(os.path.join(args.out, "grid.csv"), rows, FIELDS)  # a grid stopped early keeps its rows
     choose(rows, args.min_clean)
     write_csv(os.path.join(args.out, "grid.csv"), rows, FIELDS)

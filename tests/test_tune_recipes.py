@@ -33,7 +33,17 @@ def test_grid_trains_each_point_scores_it_on_the_holdout_and_continues_without_r
     again = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(out))
     assert again.returncode == 0 and "[grid] " not in again.stdout  # finished points are read, not retrained
     assert list(csv.DictReader((out / "grid.csv").open())) == rows
+    # continued elsewhere without the run folders: the committed grid.csv's rows are read, not trained again
+    (tmp_path / "scored.csv").write_text((out / "grid.csv").read_text())
+    elsewhere = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(tmp_path / "o2"),
+                         "--scored", str(tmp_path / "scored.csv"))
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert elsewhere.stdout.count("scored earlier") == 2 and "[grid] standard-lr=0.003\n" not in elsewhere.stdout
+    assert list(csv.DictReader((tmp_path / "o2" / "grid.csv").open())) == rows
     grid.write_text(GRID.replace("holdout: 100", "holdout: 50"))  # the finished runs are no longer this grid's
+    changed = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(tmp_path / "o3"),
+                       "--scored", str(tmp_path / "scored.csv"))  # nor the scored rows: their config differs
+    assert changed.returncode == 2 and "standard-lr=0.003 was trained with other options" in changed.stderr
     stale = run_main("scripts/tune_recipes.py", "--grid", str(grid), "--out", str(out))
     assert stale.returncode == 2 and "holds a run trained with {'holdout': 100}" in stale.stderr.strip().splitlines()[-1]
 
