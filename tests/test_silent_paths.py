@@ -50,16 +50,15 @@ def test_a_finished_grid_point_trained_under_other_recipe_defaults_is_not_read_a
     exp = tune.experiment_name("atcd", point)
     run = tmp_path / exp
     run.mkdir()
-    args = ["-c", os.path.join(ROOT, "recipes", "mnist_atcd.yaml"), *tune.flags({**common, **point}),
-            "--early-stop", "robust"]
+    args = tune.point_args("atcd", point, common)
     had = parse_train_args(args).flat()
     (run / "model.safetensors").write_bytes(b"")
     (run / "args.yaml").write_text(yaml.safe_dump({**had, "output": str(tmp_path), "experiment": exp}))
-    assert tune.train_point("atcd", point, common, str(tmp_path)) == str(run)  # the same run: read
+    assert tune.train_point("atcd", point, args, str(tmp_path)) == str(run)  # the same run: read
     other = "gradient" if had["mh_kinetic_v"] == "normalised" else "normalised"
     (run / "args.yaml").write_text(yaml.safe_dump({**had, "mh_kinetic_v": other}))
     with pytest.raises(SystemExit):
-        tune.train_point("atcd", point, common, str(tmp_path))
+        tune.train_point("atcd", point, args, str(tmp_path))
 
 
 def _row(seed, acc, correct=None):
