@@ -33,7 +33,7 @@ from _runs import ROOT, fail, finished, run_logged, stale_args, started, write_c
 FIELDS = ["method", "recipe", "point", "experiment", "epochs", "train_s", "best_epoch", "holdout_clean", "holdout_pgd",
           "chosen", "below_min_clean", "budget_s", "minibatches", "planned_s", "collapsed", "config"]
 NUMBERS = {"epochs": int, "train_s": float, "best_epoch": int, "holdout_clean": float, "holdout_pgd": float,
-           "budget_s": float, "minibatches": int, "planned_s": float, "collapsed": int}
+           "minibatches": int, "planned_s": float, "collapsed": int}
 EXIT_COLLAPSED = 4  # atcd.faults.EXIT_COLLAPSED: a point that trained to the end at chance is a score, not a failure
 
 
