@@ -33,7 +33,11 @@ def merged_rows(points: list[tuple[str, dict]], paths: list[str]) -> list[dict]:
         if not os.path.isfile(path):
             fail(f"error: --csv {path}: no such file")
         with open(path) as f:
-            by_exp.update({r["experiment"]: r for r in csv.DictReader(f)})
+            reader = csv.DictReader(f)
+            missing = [k for k in FIELDS if k not in (reader.fieldnames or [])]
+            if missing:
+                fail(f"error: --csv {path}: not a grid.csv of scripts/tune_recipes.py (no column {', '.join(missing)})")
+            by_exp.update({r["experiment"]: r for r in reader})
     known = {experiment_name(r, p) for r, p in points}
     strays = sorted(set(by_exp) - known)
     if strays:

@@ -145,8 +145,11 @@ def read_scored(path: str) -> dict:
     if rows and not {"experiment", "config", *NUMBERS} <= set(rows[0]):
         fail(f"error: --scored {path}: not a grid.csv of this script (it needs the columns experiment, config, "
              f"{', '.join(NUMBERS)})")
-    return {r["experiment"]: {k: (NUMBERS[k](float(v)) if k in NUMBERS and v != "" else v) for k, v in r.items()
-                              if k not in ("chosen", "below_min_clean")} for r in rows}
+    try:
+        return {r["experiment"]: {k: (NUMBERS[k](float(v)) if k in NUMBERS and v != "" else v) for k, v in r.items()
+                                  if k not in ("chosen", "below_min_clean")} for r in rows}
+    except ValueError as e:
+        fail(f"error: --scored {path}: {e}")
 
 
 def train_point(recipe: str, point: dict, args: list[str], out: str) -> str:

@@ -41,3 +41,7 @@ def test_parts_merge_in_grid_order_later_files_win_and_the_report_says_what_is_l
     stray = rows_csv(tmp_path / "c.csv", ("pgd", "--attack-steps 3", "pgd-attack_steps=3", 1.0, 1.0))
     bad = run_main("scripts/grid_report.py", "--grid", str(grid), "--csv", stray, "--out", str(tmp_path / "n.csv"))
     assert bad.returncode == 2 and "not in the grid file: pgd-attack_steps=3" in bad.stderr.strip().splitlines()[-1]
+    (tmp_path / "d.csv").write_text("experiment,holdout_pgd\nstandard-lr=0.003,1.0\n")  # not a grid.csv
+    bad = run_main("scripts/grid_report.py", "--grid", str(grid), "--csv", str(tmp_path / "d.csv"), "--out",
+                   str(tmp_path / "n.csv"))
+    assert bad.returncode == 2 and "not a grid.csv of scripts/tune_recipes.py (no column method" in bad.stderr
