@@ -4,6 +4,8 @@ folder holds the run asked for (so a re-run reads it instead of training again, 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +71,15 @@ def stale_args(run: str, want: dict, ignore=()) -> dict:
         had = yaml.safe_load(f)
     return {k: had.get(k) for k, v in want.items()
             if k not in ignore and k in had and had[k] != (list(v) if isinstance(v, tuple) else v)}
+
+
+RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision",  # where/how, not what
+            "workers", "pin_mem"}  # (resolved by the trainer per device: args.yaml records the value it chose)
+
+
+def config_digest(args: list[str]) -> str:
+    """What a training trains: a digest of train_atcd.py's resolved options `args` (where/how keys left out), as the
+    recipes and the defaults resolve now; a finished row of another digest was trained with other options."""
+    from atcd.config import parse_train_args
+    flat = {k: v for k, v in parse_train_args(args).flat().items() if k not in RUN_KEYS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]

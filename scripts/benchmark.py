@@ -361,6 +361,10 @@ def main(argv=None) -> int:
     p.add_argument("--aa-methods", default="", metavar="ENTRIES",
                    help="--equal-time: run AutoAttack for these --methods entries only (e.g. atcd and the two best "
                         "baselines); the others stop at PGD, and the report says so (default: every entry)")
+    p.add_argument("--done", action="append", default=[], metavar="CSV",
+                   help="--equal-time: an earlier run's equal_time.csv (e.g. rows committed in reports/); a (method, "
+                        "budget, seed) in it is read, not trained again, when it was trained with the options and "
+                        "plan of now and evaluated on the same images (else a one-line error); repeatable")
     p.add_argument("--report-only", action="store_true",
                    help="--equal-time: write the report from the finished rows in --out (its costs.csv and plan); "
                         "train, evaluate and time nothing, and list the rows not run yet")
@@ -372,6 +376,8 @@ def main(argv=None) -> int:
         p.error("--train-args does not apply to --equal-time: the budget sets the epochs (recipe flags: METHOD:FLAGS)")
     if a.equal_time and not {"clean", "pgd", "autoattack"} & set(a.attacks.split(",")):
         p.error(f"--equal-time reports clean, pgd and autoattack accuracy: --attacks {a.attacks!r} has none of them")
+    if a.done and (not a.equal_time or a.cost_only):
+        p.error("--done gives finished rows of an --equal-time run")
     if a.report_only and (not a.equal_time or a.cost_only):
         p.error("--report-only reports an --equal-time run (and --cost-only has no rows to report)")
     if a.aa_methods and (not a.equal_time or "autoattack" not in a.attacks.split(",")

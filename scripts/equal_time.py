@@ -20,10 +20,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _runs import ROOT, fail, finished, run_logged, stale_args, started, write_csv
+from _rows import FIELDS, read_done, reuse
+from _runs import ROOT, RUN_KEYS, config_digest, fail, finished, run_logged, stale_args, started, write_csv
 
-FIELDS = ["method", "recipe", "budget_s", "seed", "train_s", "clean", "pgd", "autoattack", "n", "n_aa", "epochs",
-          "minibatches", "planned_s", "cost_model_s", "mh_accept", "mh_accept_replays"]
 PLAN_FILE = "equal_time_plan.json"  # in --out: the minibatches of every (method, budget), made once per --out
 SLOW = 1.25  # a training whose measured seconds exceed the plan by this factor is flagged in the report
 
@@ -91,17 +90,18 @@ def _repriced(c: dict, cfg, saved: dict) -> str:
     return ""
 
 
-RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision",  # where/how, not what
-            "workers", "pin_mem"}  # (resolved by the trainer per device: args.yaml records the value it chose)
+def train_args(entry: str, plan: dict, seed: int) -> list[str]:
+    """train_atcd.py's options of one point: the entry's recipe and flags, its plan, its seed (not where it runs)."""
+    from atcd.budget import BudgetPlan
+    bp = BudgetPlan(**{k: plan[k] for k in BudgetPlan.__dataclass_fields__})
+    name, flags = entry.partition(":")[0], entry.partition(":")[2].split()
+    return ["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml"), *flags, *bp.train_flags(), "--seed", str(seed)]
 
 
 def _train(entry: str, plan: dict, seed: int, runs: str, exp: str, log: str):
-    from atcd.budget import BudgetPlan
     from atcd.config import parse_train_args
     run = os.path.join(runs, exp)
-    bp = BudgetPlan(**{k: plan[k] for k in BudgetPlan.__dataclass_fields__})
-    name, flags = entry.partition(":")[0], entry.partition(":")[2].split()
-    args = ["-c", os.path.join(ROOT, "recipes", f"mnist_{name}.yaml"), *flags, *bp.train_flags(), "--seed", str(seed)]
+    args = train_args(entry, plan, seed)
     if finished(run):  # finished earlier: only if it ran this training
         stale = stale_args(run, parse_train_args(args).flat(), ignore=RUN_KEYS)
         if stale:
@@ -186,7 +186,21 @@ def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
             "n": res[next(iter(res))]["n"], "n_aa": res["autoattack"]["n"] if "autoattack" in res else "",
             "epochs": plan["epochs"], "minibatches": plan["minibatches"], "planned_s": round(plan["planned_s"], 1),
             "cost_model_s": round(plan["cost_model_s"], 1), **mh_acceptance(epochs),
+            "config": config_digest(train_args(entry, plan, seed)),
             "_correct": {k: v.get("correct", "") for k, v in res.items()}}
+
+
+def done_row(done: dict, entry: str, budget: float, seed: int, plan: dict, a) -> dict | None:
+    """The point's row from --done (an earlier run's equal_time.csv) if it is this training and evaluation, else
+    None (see _rows.reuse); it has no per-image results, so the paired interval over images leaves its seed out."""
+    if not done:
+        return None
+    groups = _evaluations("", a, entry)
+    n_aa = next((n for names, n, _ in groups if "autoattack" in names.split(",")), "")
+    row = reuse(done, entry, budget, seed, config_digest(train_args(entry, plan, seed)), groups[0][1], n_aa)
+    if row is not None:
+        print(f"[equal-time] {entry} {budget:g} s seed {seed}: finished earlier (--done)", flush=True)
+    return row
 
 
 def mh_acceptance(epochs: list[dict]) -> dict:
@@ -471,14 +485,15 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
     if a.report_only and not os.path.isfile(plan_path):  # reporting never plans (nor writes) a run of its own
         fail(f"error: --report-only needs the plan of an earlier run: no {plan_path}")
     plans = make_plans([by_entry[m] for m in methods], budgets, recipe_config, plan_path)
-    rows, not_run = [], []
+    rows, not_run, done = [], [], read_done(getattr(a, "done", None) or [])
     for b in budgets:
         for seed in seeds:
             for m in methods:
-                if a.report_only and not point_done(m, b, seed, a):
+                row = None if point_done(m, b, seed, a) else done_row(done, m, b, seed, plans[m][f"{b:g}"], a)
+                if row is None and a.report_only and not point_done(m, b, seed, a):
                     not_run.append(f"{m} {b:g} s seed {seed}")
                     continue
-                rows.append(run_point(m, b, seed, plans[m][f"{b:g}"], a))
+                rows.append(row or run_point(m, b, seed, plans[m][f"{b:g}"], a))
                 write_csv(os.path.join(a.out, "equal_time.csv"), rows, FIELDS)
                 print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith("_")}), flush=True)
     if not rows:

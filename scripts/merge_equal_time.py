@@ -12,33 +12,13 @@ equal_time.csv holds no per-image results, so the merged report gives the interv
 interval over images that a report written by benchmark.py adds.
 """
 import argparse
-import csv
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _rows import FIELDS, read_rows
 from _runs import fail, write_csv
-from equal_time import FIELDS, plot, report
-
-NUMBERS = {"budget_s": float, "seed": int, "train_s": float, "clean": float, "pgd": float, "autoattack": float,
-           "n": int, "n_aa": int, "epochs": int, "minibatches": int, "planned_s": float, "cost_model_s": float,
-           "mh_accept": float}
-
-
-def read_rows(path: str) -> list[dict]:
-    """The rows of one equal_time.csv, numbers as numbers (an empty cell stays '')."""
-    if not os.path.isfile(path):
-        fail(f"error: no such file: {path}")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [k for k in FIELDS if k not in (reader.fieldnames or [])]
-        if missing:
-            fail(f"error: {path} is not an equal_time.csv of scripts/benchmark.py: no column {missing}")
-        rows = list(reader)
-    try:
-        return [{k: (NUMBERS[k](v) if k in NUMBERS and v != "" else v) for k, v in r.items()} for r in rows]
-    except ValueError as e:
-        fail(f"error: {path}: {e}")
+from equal_time import plot, report
 
 
 def merge(paths: list[str]) -> list[dict]:

@@ -19,7 +19,6 @@ Writes grid.csv (one row per point) and chosen.csv (one row per method); ends wi
 """
 import argparse
 import csv
-import hashlib
 import itertools
 import json
 import os
@@ -28,7 +27,7 @@ import sys
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _runs import ROOT, fail, finished, run_logged, stale_args, started, write_csv
+from _runs import ROOT, RUN_KEYS, config_digest, fail, finished, run_logged, stale_args, started, write_csv
 
 FIELDS = ["method", "recipe", "point", "experiment", "epochs", "train_s", "best_epoch", "holdout_clean", "holdout_pgd",
           "chosen", "below_min_clean", "budget_s", "minibatches", "planned_s", "collapsed", "config"]
@@ -116,23 +115,11 @@ def flags(options: dict) -> list[str]:
     return out
 
 
-RUN_KEYS = {"output", "experiment", "overwrite", "resume", "no_progress", "mixed_precision",  # where/how, not what
-            "workers", "pin_mem"}  # (resolved by the trainer per device: args.yaml records the value it chose)
-
-
 def point_args(recipe: str, point: dict, common: dict, plan=None) -> list[str]:
     """train_atcd.py's options of one point (`plan`: its atcd.budget.BudgetPlan when the grid is priced in seconds,
     `common: {budget_s: ...}`), without where its run goes."""
     return ["-c", os.path.join(ROOT, "recipes", f"mnist_{recipe}.yaml"), *flags({**common, **point}),
             *(plan.train_flags() if plan else []), "--early-stop", "robust"]
-
-
-def config_digest(args: list[str]) -> str:
-    """What a point trains: a digest of its resolved options (where/how keys left out), as the recipe and the
-    defaults resolve now; a scored row of another digest was trained with other options."""
-    from atcd.config import parse_train_args
-    flat = {k: v for k, v in parse_train_args(args).flat().items() if k not in RUN_KEYS}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def read_scored(path: str) -> dict:

@@ -114,6 +114,26 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
     assert model.stat().st_mtime_ns == before and (tmp_path / "costs.csv").read_bytes() == costs
     with open(tmp_path / "equal_time.csv") as f:
         assert {row["recipe"]: row["pgd"] for row in csv.DictReader(f)} == {m: rows[m]["pgd"] for m in rows}
+    # --done: a new --out with the plan and cost table copied in and the rows given as --done (a protocol continued
+    # on a machine that lost its run folders) trains and evaluates nothing and writes the same rows
+    import shutil
+    new, done = tmp_path / "continued", tmp_path / "done.csv"
+    new.mkdir()
+    for name in ("costs.csv", "equal_time_plan.json"):
+        shutil.copy(tmp_path / name, new / name)
+    shutil.copy(tmp_path / "equal_time.csv", done)
+    cont = [x if x != str(tmp_path) else str(new) for x in args] + ["--done", str(done)]
+    r = run_main("scripts/benchmark.py", *cont)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "finished earlier (--done)" in r.stdout and not (new / "equal_time").exists()
+    assert (new / "equal_time.csv").read_text() == done.read_text()
+    assert rows["atcd"]["config"] and rows["atcd"]["config"] != rows["standard"]["config"]
+    # ... but not a row evaluated on other images, nor one trained with other options (its digest): one-line errors
+    r = run_main("scripts/benchmark.py", *[x if x != "20" else "10" for x in cont])
+    assert r.returncode == 2 and "evaluated on (n, n_aa) = (20, '')" in r.stderr and not (new / "equal_time").exists()
+    done.write_text(done.read_text().replace(rows["atcd"]["config"], "0123456789ab"))
+    r = run_main("scripts/benchmark.py", *cont)
+    assert r.returncode == 2 and "was trained with other options (config 0123456789ab" in r.stderr
     # ... also for a subset of the methods (the cost table keeps every method's row)
     r = run_main("scripts/benchmark.py", *[x if x != "standard,atcd" else "atcd" for x in args])
     assert r.returncode == 0, r.stderr[-2000:]
