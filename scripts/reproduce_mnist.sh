@@ -16,7 +16,9 @@
 #   REPORT_ONLY=1 SEEDS=0,1,2 bash scripts/reproduce_mnist.sh      # the report from the rows finished so far
 # The report folder keeps the plan (equal_time_plan.json) beside the cost table: a new WORK continues the same
 # protocol once both are copied into it (a training is deterministic here for a seed and a plan), and
-# scripts/merge_equal_time.py joins the rows of several WORK folders into one report.
+# scripts/merge_equal_time.py joins the rows of several WORK folders into one report. DONE=CSV (an earlier run's
+# equal_time.csv, e.g. the committed one) counts its rows as finished when they were trained and evaluated as this
+# run would (benchmark.py --done): a protocol of many sessions continues on a machine that lost its run folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-0}
@@ -32,7 +34,7 @@ start=$(date +%s)
 python scripts/benchmark.py --methods "$METHODS" --cost-methods "standard,$METHODS" --cost-batches 10 --rounds 3 \
     --equal-time "$BUDGETS" --seeds "$SEEDS" --eps 0.3 --attacks clean,pgd,autoattack --attack-loss margin \
     --attack-steps 40 --num-samples "$NUM_SAMPLES" --aa-samples "$AA_SAMPLES" --eval-procs "$EVAL_PROCS" --out "$WORK" \
-    ${AA_METHODS:+--aa-methods "$AA_METHODS"} ${REPORT_ONLY:+--report-only}
+    ${AA_METHODS:+--aa-methods "$AA_METHODS"} ${DONE:+--done "$DONE"} ${REPORT_ONLY:+--report-only}
 mkdir -p "$REPORT"
 cp "$WORK/equal_time.png" "$WORK/equal_time_updates.png" "$WORK/equal_time.csv" "$WORK/costs.csv" \
     "$WORK/equal_time_plan.json" "$REPORT/"
