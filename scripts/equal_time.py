@@ -489,8 +489,9 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
     for b in budgets:
         for seed in seeds:
             for m in methods:
-                row = None if point_done(m, b, seed, a) else done_row(done, m, b, seed, plans[m][f"{b:g}"], a)
-                if row is None and a.report_only and not point_done(m, b, seed, a):
+                here = point_done(m, b, seed, a)  # its run folder is in --out: read (or finished) there
+                row = None if here else done_row(done, m, b, seed, plans[m][f"{b:g}"], a)
+                if row is None and not here and a.report_only:
                     not_run.append(f"{m} {b:g} s seed {seed}")
                     continue
                 rows.append(row or run_point(m, b, seed, plans[m][f"{b:g}"], a))
