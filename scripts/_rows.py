@@ -9,11 +9,12 @@ import os
 from _runs import fail
 
 FIELDS = ["method", "recipe", "budget_s", "seed", "train_s", "clean", "pgd", "autoattack", "n", "n_aa", "epochs",
-          "minibatches", "planned_s", "cost_model_s", "mh_accept", "mh_accept_replays", "config"]
-OPTIONAL = {"config"}  # rows written before the column existed have no digest: they merge, but never count as --done
+          "minibatches", "planned_s", "cost_model_s", "mh_accept", "mh_accept_replays", "updates", "config"]
+OPTIONAL = {"updates", "config"}  # columns added later: an older row has no digest (it merges, but never counts as
+# --done) and no weight-update count (equal_time.updates then derives it from the recipe: see there)
 NUMBERS = {"budget_s": float, "seed": int, "train_s": float, "clean": float, "pgd": float, "autoattack": float,
            "n": int, "n_aa": int, "epochs": int, "minibatches": int, "planned_s": float, "cost_model_s": float,
-           "mh_accept": float}
+           "mh_accept": float, "updates": int}
 
 
 def read_rows(path: str, what: str = "") -> list[dict]:

@@ -186,7 +186,7 @@ def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
             "n": res[next(iter(res))]["n"], "n_aa": res["autoattack"]["n"] if "autoattack" in res else "",
             "epochs": plan["epochs"], "minibatches": plan["minibatches"], "planned_s": round(plan["planned_s"], 1),
             "cost_model_s": round(plan["cost_model_s"], 1), **mh_acceptance(epochs),
-            "config": config_digest(train_args(entry, plan, seed)),
+            "updates": int(epochs[-1]["num_updates"]), "config": config_digest(train_args(entry, plan, seed)),
             "_correct": {k: v.get("correct", "") for k, v in res.items()}}
 
 
@@ -302,7 +302,11 @@ def updates_per_batch(entry: str) -> int:
 
 
 def updates(row: dict) -> int:
-    """The weight updates a row trained: its minibatches x its recipe's updates per minibatch."""
+    """The weight updates a row trained: the count its run recorded (summary.csv's num_updates); a row written before
+    that column derives it from its recipe as it is now (minibatches x updates per minibatch), which is right only
+    while the recipe keeps the T or m it trained with (the committed older rows carry the recorded count)."""
+    if row.get("updates", "") != "":
+        return int(row["updates"])
     return int(row["minibatches"]) * updates_per_batch(row["recipe"])
 
 

@@ -91,6 +91,7 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
             summary = list(csv.DictReader(f))
         updates = {"standard": 1, "atcd": 4}[m] * int(row["minibatches"])  # ATCD: T = 4 updates per minibatch
         assert len(summary) == int(row["epochs"]) and int(summary[-1]["num_updates"]) == updates
+        assert int(row["updates"]) == updates  # the row records them (the recipe may change later)
     # ATCD's row carries its M-H acceptance, overall and per replay (T = 4); a method without the test has none
     assert 0.0 <= float(rows["atcd"]["mh_accept"]) <= 1.0 and len(rows["atcd"]["mh_accept_replays"].split("/")) == 4
     assert rows["standard"]["mh_accept"] == "" == rows["standard"]["mh_accept_replays"]
@@ -359,6 +360,11 @@ def test_update_split_of_the_committed_equal_time_rows():
     lines = equal_time.update_split(rows, "autoattack")
     assert "| 240 s | 1488 (6.2) | free: 3840 (16.0) | -1.2 | -3.8 | +2.6 |" in lines
     assert "| 60 s | 372 (6.2) | free: 960 (16.0) | -16.3 | -14.7 | -1.6 |" in lines  # ATCD's curve at 960
+    # a row counts the updates its run recorded, not what the recipe makes now (the tuned Free recipe may change m:
+    # a Free-4 row must stay at 4 per minibatch); a row without the column derives them from the recipe
+    assert equal_time.updates({"recipe": "free", "minibatches": 10, "updates": 80}) == 80
+    assert equal_time.updates({"recipe": "free", "minibatches": 10, "updates": ""}) == (
+        10 * equal_time.updates_per_batch("free"))
 
 
 def test_autoattack_for_some_methods_only_ranks_those_and_says_so(tmp_path):
