@@ -15,8 +15,9 @@ def test_benchmark_cost_table(tmp_path):
     with open(tmp_path / "costs.csv") as f:
         rows = {row["method"]: row for row in csv.DictReader(f)}
     passes = {m: float(rows[m]["full_passes"]) for m in rows}
-    # recipes: r=10; T=4, K=2 + 4 M-H forwards; with --reuse-grad and --no-mh: T*K = 4 weight + 4 input-gradient
-    assert passes == {"standard": 1.0, "fast": 2.0, "pgd": 11.0, "atcd": 16.0, "atcd_reuse:--no-mh": 8.0}
+    # recipes: r=5; T=4, K=2 without M-H (with it: 4 forwards more); with --reuse-grad and --no-mh: T*K = 4 weight +
+    # 4 input-gradient
+    assert passes == {"standard": 1.0, "fast": 2.0, "pgd": 6.0, "atcd": 12.0, "atcd_reuse:--no-mh": 8.0}
     assert rows["atcd_reuse:--no-mh"]["label"] == "atcd --reuse-grad --no-mh"
     # 3 of its 4 weight passes also return the input gradient (the next replay's first step), priced as such
     assert float(rows["atcd_reuse:--no-mh"]["weight_with_input_grad"]) == 3.0
@@ -92,9 +93,10 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
         updates = {"standard": 1, "atcd": 4}[m] * int(row["minibatches"])  # ATCD: T = 4 updates per minibatch
         assert len(summary) == int(row["epochs"]) and int(summary[-1]["num_updates"]) == updates
         assert int(row["updates"]) == updates  # the row records them (the recipe may change later)
-    # ATCD's row carries its M-H acceptance, overall and per replay (T = 4); a method without the test has none
-    assert 0.0 <= float(rows["atcd"]["mh_accept"]) <= 1.0 and len(rows["atcd"]["mh_accept_replays"].split("/")) == 4
-    assert rows["standard"]["mh_accept"] == "" == rows["standard"]["mh_accept_replays"]
+    # a run without the M-H test (standard; the ATCD recipe, which drops it: it never rejects) has no acceptance;
+    # one with it records it per replay (test_silent_paths: mh_acceptance of summary.csv's columns)
+    for m in rows:
+        assert rows[m]["mh_accept"] == "" == rows[m]["mh_accept_replays"]
     # every method is priced by the cost table of this run (the measured ratio itself is timing, not asserted:
     # a loaded machine distorts it); the same seconds buy more standard steps than ATCD's 16-pass minibatches
     with open(tmp_path / "costs.csv") as f:
@@ -158,7 +160,7 @@ def test_equal_time_trains_each_method_for_the_budget_and_resumes(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "planned for other" in r.stderr
     # a finished run trained with other settings than the recipe's now (an edited recipe): refused, not reused
     args_yaml = tmp_path / "equal_time" / "atcd-b4-s0" / "args.yaml"
-    args_yaml.write_text(args_yaml.read_text().replace("attack_step: 0.1", "attack_step: 0.2"))
+    args_yaml.write_text(args_yaml.read_text().replace("attack_step: 0.15", "attack_step: 0.2"))
     r = run_main("scripts/benchmark.py", *args)
     assert r.returncode == 2 and "holds a run trained with {'attack_step': 0.2}" in r.stderr
 

@@ -106,8 +106,8 @@ def test_fp16_update_under_the_grad_scaler_tracks_fp32(standard_model, mixed_bat
 
 TINY = ("-c", "recipes/mnist_atcd.yaml", "--epochs", "1", "--train-samples-per-epoch", "64", "--batch-size", "32",
         "--atcd-T", "2", "--opt", "sgd", "--eval-samples", "16", "--eval-attack-steps", "1", "--no-progress",
-        # the recipe as measured below (before the grid gave it kappa_H = 0 and an eps warm-up)
-        "--mh-kinetic", "1", "--mh-kinetic-v", "normalised", "--eps-warmup-epochs", "0")
+        # the recipe as measured below (before the grids gave it kappa_H = 0, an eps warm-up, step 0.15 and no M-H)
+        "--mh-kinetic", "1", "--mh-kinetic-v", "normalised", "--eps-warmup-epochs", "0", "--attack-step", "0.1", "--mh")
 
 
 @pytest.mark.slow

@@ -23,13 +23,14 @@ def _recipe(entry: str):
 def test_a_saved_plan_priced_for_other_flags_is_refused(tmp_path):
     """A continued equal-time run reused equal_time_plan.json whatever the recipe and flags had become."""
     path = str(tmp_path / "plan.json")
-    cost = {"method": "atcd", "label": "atcd", "sec_per_batch": 0.66, "predicted_sec": 0.65, "full_passes": 16.0}
+    # the recipe: T = 4, K = 2 without M-H, 12 passes per minibatch
+    cost = {"method": "atcd", "label": "atcd --no-mh", "sec_per_batch": 0.5, "predicted_sec": 0.49, "full_passes": 12.0}
     plans = equal_time.make_plans([cost], [60.0], _recipe, path)
     assert equal_time.make_plans([cost], [60.0], _recipe, path) == plans  # the same recipe: reused
-    for other in ("atcd:--no-mh", "atcd:--eps-warmup-epochs 0", "atcd:--atcd-T 2"):
+    for other in ("atcd:--mh", "atcd:--eps-warmup-epochs 0", "atcd:--atcd-T 2"):
         with pytest.raises(SystemExit):  # the plan of 'atcd' read for a recipe that now runs `other`
             equal_time.make_plans([cost], [60.0], lambda _e, o=other: _recipe(o), path)
-    assert "passes per minibatch" in equal_time._repriced(cost, _recipe("atcd:--no-mh"), {60.0: plans["atcd"]["60"]})
+    assert "passes per minibatch" in equal_time._repriced(cost, _recipe("atcd:--mh"), {60.0: plans["atcd"]["60"]})
 
 
 def test_the_grid_kappa_1_points_run_the_kinetic_term_they_were_scored_with():
