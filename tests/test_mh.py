@@ -293,4 +293,6 @@ def test_model_card_says_when_the_mh_test_never_rejected():
     assert "acceptance per epoch: 0.9999-1.0000" in inert and "never rejected" in inert
     acting = _training_section(args, "smallcnn_mnist", [{**row, "mh_accept": "0.74"}], None)
     assert "acceptance per epoch: 0.7400-0.7400" in acting and "never rejected" not in acting
-    assert "acceptance per epoch" not in _training_section({**args, "mh": False}, "smallcnn_mnist", [row], None)
+    off = _training_section({**args, "mh": False}, "smallcnn_mnist", [row], None)  # the MNIST recipe now
+    assert "acceptance per epoch" not in off and "Metropolis-Hastings test: off (`--no-mh`)" in off
+    assert "test: off" not in _training_section({**args, "method": "free", "mh": False}, "smallcnn_mnist", [row], None)

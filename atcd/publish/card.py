@@ -155,6 +155,10 @@ def _training_section(train_args: dict, arch: str, summary_rows: list[dict] | No
                 "; the test (almost) never rejected, so the chains ran as warm-started PGD steps and its forward pass "
                 "per replay bought nothing (MNIST recipe: reports/mnist-mini/mh_acceptance.md)"
                 if min(acc) >= 0.999 else ""))
+        elif train_args.get("method") == "atcd" and train_args.get("mh") is False:
+            lines.append("- Metropolis-Hastings test: off (`--no-mh`); at the paper's settings (kappa_H = 0, tau = 1) "
+                         "it never rejected on MNIST (reports/mnist-mini/mh_acceptance.md), so its forward pass per "
+                         "replay is not paid")
     else:
         lines.append("- the run folder had no `summary.csv`")
     lines.append(f"- hardware: {hardware}" if hardware else
