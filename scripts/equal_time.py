@@ -339,8 +339,8 @@ def update_split(rows: list[dict], key: str) -> list[str]:
         mean.setdefault((r["recipe"], r["budget_s"]), []).append(r)
     pt = {k: (updates(v[0]), mean_interval([r[key] for r in v])[0]) for k, v in mean.items()}
     out = ["### The gap in weight updates", "",
-           ("Weight updates = minibatches × the recipe's updates per minibatch (ATCD T = 4, Free m = 4, the others "
-            f"1). {key} accuracy (mean over seeds) against updates is read between the budgets linearly in "
+           ("Weight updates = the optimizer steps each run recorded: minibatches × ATCD's T, Free's m, 1 for the "
+            f"others. {key} accuracy (mean over seeds) against updates is read between the budgets linearly in "
             "log(updates) (~: up to half a doubling beyond the measured budgets). Split of ATCD minus the best "
             "baseline: *updates per second* = the baseline's accuracy at its own updates minus at ATCD's (or ATCD's "
             "at the baseline's updates minus at its own); *accuracy per update* = the gap at equal update counts."),
