@@ -30,8 +30,8 @@ def read_rows(path: str, what: str = "") -> list[dict]:
             fail(f"error: {where} is not an equal_time.csv of scripts/benchmark.py: no column {missing}")
         rows = list(reader)
     try:
-        return [{**dict.fromkeys(OPTIONAL, ""), **{k: (NUMBERS[k](float(v) if NUMBERS[k] is int else v)
-                                                      if k in NUMBERS and v != "" else v) for k, v in r.items()}}
+        return [{**dict.fromkeys(OPTIONAL, ""), **{k: (NUMBERS[k](float(v)) if k in NUMBERS and v != "" else v)
+                                                   for k, v in r.items()}}
                 for r in rows]
     except ValueError as e:
         fail(f"error: {where}: {e}")
