@@ -42,10 +42,11 @@ def read_done(paths: list[str]) -> dict:
     return {(r["recipe"], r["budget_s"], r["seed"]): r for p in paths for r in read_rows(p, "--done")}
 
 
-def reuse(done: dict, entry: str, budget: float, seed: int, config: str, n: int, n_aa) -> dict | None:
+def reuse(done: dict, entry: str, budget: float, seed: int, config: str, n: int, n_aa: list) -> dict | None:
     """The finished row of (entry, budget, seed) in `done` if it is this point: trained with the options (plan
-    included) that digest to `config` now and evaluated on `n` images (AutoAttack on `n_aa`, '' without); None when
-    `done` has no such row; a row of the point that differs is a one-line error, never a silent mix."""
+    included) that digest to `config` now and evaluated on `n` images (AutoAttack on one of the counts `n_aa`, ''
+    for none); None when `done` has no such row; a row of the point that differs is a one-line error, never a silent
+    mix."""
     row = done.get((entry, float(budget), seed))
     if row is None:
         return None
@@ -53,7 +54,8 @@ def reuse(done: dict, entry: str, budget: float, seed: int, config: str, n: int,
     if row["config"] != config:
         fail(f"error: {where} was trained with other options (config {row['config'] or 'not recorded'}, now "
              f"{config}): the recipe, its defaults or the plan changed since; leave that file out or train again")
-    if (row["n"], row["n_aa"]) != (n, n_aa):
+    if row["n"] != n or row["n_aa"] not in n_aa:
         fail(f"error: {where} was evaluated on (n, n_aa) = {(row['n'], row['n_aa'])} images, this run evaluates "
-             f"{(n, n_aa)}; give the same --num-samples, --aa-samples and --aa-methods")
+             f"{(n, ' or '.join(map(repr, n_aa)))}; give the same --num-samples, --aa-samples, --aa-methods and "
+             "--aa-best")
     return dict(row)

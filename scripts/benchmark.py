@@ -361,6 +361,10 @@ def main(argv=None) -> int:
     p.add_argument("--aa-methods", default="", metavar="ENTRIES",
                    help="--equal-time: run AutoAttack for these --methods entries only (e.g. atcd and the two best "
                         "baselines); the others stop at PGD, and the report says so (default: every entry)")
+    p.add_argument("--aa-best", type=int, default=0, metavar="K",
+                   help="--equal-time: AutoAttack also for the K baselines with the best mean PGD accuracy at each "
+                        "budget, chosen once all its seeds have their PGD (with --aa-methods atcd: ATCD and the two "
+                        "best baselines for K = 2); default 0")
     p.add_argument("--done", action="append", default=[], metavar="CSV",
                    help="--equal-time: an earlier run's equal_time.csv (e.g. rows committed in reports/); a (method, "
                         "budget, seed) in it is read, not trained again, when it was trained with the options and "
@@ -383,6 +387,9 @@ def main(argv=None) -> int:
     if a.aa_methods and (not a.equal_time or "autoattack" not in a.attacks.split(",")
                          or set(a.aa_methods.split(",")) - set(a.methods.split(","))):
         p.error(f"--aa-methods {a.aa_methods!r}: entries of --methods, for an --equal-time run with autoattack")
+    if a.aa_best and (a.aa_best < 0 or not a.equal_time or not {"pgd", "autoattack"} <= set(a.attacks.split(","))):
+        p.error(f"--aa-best {a.aa_best}: a number of baselines >= 0, for an --equal-time run with pgd and autoattack "
+                "(it ranks them by PGD)")
     if a.eval_procs < 1 or a.aa_samples < 0:
         p.error("--eval-procs must be >= 1 and --aa-samples >= 0")
     try:

@@ -132,12 +132,33 @@ def _validate(run: str, attacks: str, n: int, res_file: str, a, log: str):
         fail(f"error: {' '.join(cmd[:3])} wrote no {res_file}; see {log}")
 
 
-def _evaluations(run: str, a, entry: str | None = None) -> list[tuple[str, int, str]]:
+def gets_autoattack(entry: str | None, a, chosen=()) -> bool:
+    """Whether a point of `entry` is attacked with AutoAttack: every entry without --aa-methods and --aa-best; else
+    the entries of --aa-methods and those `chosen` at its budget by --aa-best (best_baselines)."""
+    if "autoattack" not in a.attacks.split(","):
+        return False
+    fixed = [m for m in getattr(a, "aa_methods", "").split(",") if m]
+    if entry is None or not (fixed or getattr(a, "aa_best", 0)):
+        return True
+    return entry in fixed or entry in chosen
+
+
+def best_baselines(rows: list[dict], k: int) -> list[str]:
+    """--aa-best: the k baselines (recipes that are not ATCD) with the best mean PGD accuracy over `rows` (the
+    finished rows of one budget, every seed), best first."""
+    pgd = {}
+    for r in rows:
+        if not r["method"].startswith("atcd") and r.get("pgd", "") != "":
+            pgd.setdefault(r["recipe"], []).append(r["pgd"])
+    return sorted(pgd, key=lambda m: -sum(pgd[m]) / len(pgd[m]))[:k]
+
+
+def _evaluations(run: str, a, entry: str | None = None, chosen=()) -> list[tuple[str, int, str]]:
     """(attacks, images, results file) of each validate call of a run: AutoAttack on the first --aa-samples images
-    (default: --num-samples), the other attacks on the first --num-samples; AutoAttack only for the entries of
-    --aa-methods when it is given (issue 33: the others stop at PGD)."""
+    (default: --num-samples), the other attacks on the first --num-samples; AutoAttack only where gets_autoattack
+    (issue 33: for ATCD and the best baselines; the others stop at PGD)."""
     attacks = [x for x in a.attacks.split(",") if x]
-    if entry is not None and getattr(a, "aa_methods", "") and entry not in a.aa_methods.split(","):
+    if not gets_autoattack(entry, a, chosen):
         attacks = [x for x in attacks if x != "autoattack"]
     n_aa = a.aa_samples or a.num_samples
     groups = [(",".join(attacks), a.num_samples)]
@@ -147,13 +168,16 @@ def _evaluations(run: str, a, entry: str | None = None) -> list[tuple[str, int, 
             if names]
 
 
-def evaluate(run: str, exp: str, runs: str, a, entry: str | None = None) -> dict:
-    """{attack: results} of a trained run; each results file is kept, so a re-run reads it."""
-    res = {}
-    for i, (names, n, f) in enumerate(_evaluations(run, a, entry)):
-        _validate(run, names, n, f, a, os.path.join(runs, f"{exp}.val{i}.log"))
+def evaluate(run: str, exp: str, runs: str, a, entry: str | None = None, chosen=()) -> dict:
+    """{attack: results} of a trained run; each results file is kept, so a re-run reads it, and one an earlier run
+    wrote beyond this run's evaluations (an AutoAttack --aa-best chose then) is read too, never dropped."""
+    res, todo = {}, _evaluations(run, a, entry, chosen)
+    kept = [g for g in _evaluations(run, a) if g not in todo and os.path.isfile(g[2])]  # e.g. an --aa-best AutoAttack
+    for i, (names, n, f) in enumerate(todo + kept):
+        if i < len(todo):
+            _validate(run, names, n, f, a, os.path.join(runs, f"{exp}.val{i}.log"))
         with open(f) as fh:
-            res.update({k: v for k, v in json.load(fh)["results"].items() if k != "worst_case"})
+            res.update({k: v for k, v in json.load(fh)["results"].items() if k != "worst_case" and k not in res})
     return res
 
 
@@ -164,25 +188,25 @@ def _point(entry: str, budget: float, seed: int, a) -> tuple[str, str, str]:
     return runs, exp, os.path.join(runs, exp)
 
 
-def point_done(entry: str, budget: float, seed: int, a) -> bool:
+def point_done(entry: str, budget: float, seed: int, a, chosen=()) -> bool:
     """Whether the point is trained and every evaluation of it wrote its results (a row costs nothing to read)."""
     run = _point(entry, budget, seed, a)[2]
-    return finished(run) and all(os.path.isfile(f) for *_, f in _evaluations(run, a, entry))
+    return finished(run) and all(os.path.isfile(f) for *_, f in _evaluations(run, a, entry, chosen))
 
 
-def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
+def run_point(entry: str, budget: float, seed: int, plan: dict, a, chosen=()) -> dict:
     """Train `entry` on its plan for `budget`, validate it; one equal_time.csv row."""
     runs, exp, run = _point(entry, budget, seed, a)
     os.makedirs(runs, exist_ok=True)
     print(f"[equal-time] {exp}: {plan['epochs']} epochs x {plan['minibatches'] // plan['epochs']} minibatches",
           flush=True)
     _train(entry, plan, seed, runs, exp, os.path.join(runs, f"{exp}.train.log"))
-    res = evaluate(run, exp, runs, a, entry)
+    res = evaluate(run, exp, runs, a, entry, chosen)
     with open(os.path.join(run, "summary.csv")) as f:
         epochs = list(csv.DictReader(f))
     train_s = sum(float(r["seconds"]) for r in epochs)
     return {"method": plan["label"], "recipe": entry, "budget_s": budget, "seed": seed, "train_s": round(train_s, 1),
-            **{k: round(res[k]["top1"], 2) for k in ("clean", "pgd", "autoattack") if k in res},
+            **{k: round(res[k]["top1"], 2) if k in res else "" for k in ("clean", "pgd", "autoattack")},
             "n": res[next(iter(res))]["n"], "n_aa": res["autoattack"]["n"] if "autoattack" in res else "",
             "epochs": plan["epochs"], "minibatches": plan["minibatches"], "planned_s": round(plan["planned_s"], 1),
             "cost_model_s": round(plan["cost_model_s"], 1), **mh_acceptance(epochs),
@@ -192,15 +216,34 @@ def run_point(entry: str, budget: float, seed: int, plan: dict, a) -> dict:
 
 def done_row(done: dict, entry: str, budget: float, seed: int, plan: dict, a) -> dict | None:
     """The point's row from --done (an earlier run's equal_time.csv) if it is this training and evaluation, else
-    None (see _rows.reuse); it has no per-image results, so the paired interval over images leaves its seed out."""
+    None (see _rows.reuse); it has no per-image results, so the paired interval over images leaves its seed out.
+    An entry --aa-best may choose counts with or without its AutoAttack (the choice follows all of the budget's
+    rows: _autoattack_best adds it where missing)."""
     if not done:
         return None
-    groups = _evaluations("", a, entry)
-    n_aa = next((n for names, n, _ in groups if "autoattack" in names.split(",")), "")
-    row = reuse(done, entry, budget, seed, config_digest(train_args(entry, plan, seed)), groups[0][1], n_aa)
+    n_aa = a.aa_samples or a.num_samples
+    ok = [n_aa] if gets_autoattack(entry, a) else ["", n_aa] if getattr(a, "aa_best", 0) else [""]
+    row = reuse(done, entry, budget, seed, config_digest(train_args(entry, plan, seed)), a.num_samples, ok)
     if row is not None:
         print(f"[equal-time] {entry} {budget:g} s seed {seed}: finished earlier (--done)", flush=True)
     return row
+
+
+def _autoattack_best(rows: list[dict], budget: float, plans: dict, a, not_run: list[str]):
+    """--aa-best: AutoAttack for the rows of the best baselines at `budget` that lack it (trained again first when
+    their run folder is gone: a training is deterministic for its seed and plan); `rows` is updated in place and
+    equal_time.csv rewritten; with --report-only, a missing AutoAttack goes to `not_run`."""
+    chosen = best_baselines([r for r in rows if r["budget_s"] == budget], a.aa_best)
+    for i, r in enumerate(rows):
+        if r["budget_s"] != budget or r["recipe"] not in chosen or r.get("autoattack", "") != "":
+            continue
+        m, seed = r["recipe"], r["seed"]
+        if a.report_only and not point_done(m, budget, seed, a, chosen):
+            not_run.append(f"AutoAttack of {m} {budget:g} s seed {seed}")
+            continue
+        rows[i] = run_point(m, budget, seed, plans[m][f"{budget:g}"], a, chosen)
+        write_csv(os.path.join(a.out, "equal_time.csv"), rows, FIELDS)
+        print(json.dumps({k: v for k, v in rows[i].items() if not k.startswith("_")}), flush=True)
 
 
 def mh_acceptance(epochs: list[dict]) -> dict:
@@ -388,6 +431,7 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
                "autoattack": "AutoAttack (standard)"}
     named = [attacks.get(x, x) for x in a.attacks.split(",") if x]
     n_aa = a.aa_samples or a.num_samples
+    some_aa = "autoattack" in a.attacks and 0 < len(_has(rows, "autoattack")) < len(rows)
     lines = ["## Equal training time", "",
              f"Every method trained for the same seconds ({', '.join(f'{b:g}' for b in budgets)} s): the budget is "
              f"turned into minibatches from the method's measured seconds per minibatch ({costs}). Then "
@@ -395,9 +439,9 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
              + (f" (AutoAttack on the first {n_aa})" if "autoattack" in a.attacks and n_aa != a.num_samples else "")
              + ". Accuracies: mean ± 95 % t-interval over the seeds each budget names (none for one seed); train s: "
              "measured mean, (planned from the cost table; predicted by the cost model)."
-             + (" AutoAttack was run for " + ", ".join(dict.fromkeys(r["recipe"] for r in _has(rows, "autoattack")))
-                + " only (--aa-methods); the others stop at PGD (empty AutoAttack cells)."
-                if "autoattack" in a.attacks and len(_has(rows, "autoattack")) < len(rows) else ""), ""]
+             + (" AutoAttack was run for some methods only (--aa-methods, --aa-best), named under each budget's "
+                "table beside the baselines' ranking by PGD; the others stop at PGD (empty AutoAttack cells)."
+                if some_aa else ""), ""]
     for b in budgets:
         sel = [r for r in rows if r["budget_s"] == b]
         mh = any(r.get("mh_accept", "") != "" for r in sel)
@@ -410,9 +454,11 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
             rs = [r for r in sel if r["recipe"] == m]
             cell = {}
             for k in ("clean", "pgd", "autoattack"):
-                if rs[0].get(k, "") != "":
-                    mean, hw = mean_interval([r[k] for r in rs])
-                    cell[k] = f"{mean:.1f}" + ("" if math.isnan(hw) else f" ± {hw:.1f}")
+                vals = [r[k] for r in _has(rs, k)]
+                if vals:  # an attack some seeds lack yet (--aa-best with --report-only) says over how many it is
+                    mean, hw = mean_interval(vals)
+                    cell[k] = (f"{mean:.1f}" + ("" if math.isnan(hw) else f" ± {hw:.1f}")
+                               + (f" ({len(vals)} of {len(rs)} seeds)" if len(vals) < len(rs) else ""))
             cell["train_s"] = f"{mean_interval([r['train_s'] for r in rs])[0]:.0f}"
             name = rs[0]["method"] if rs[0]["method"] == m else f"{rs[0]['method']} ({m})"
             own = sorted({r["seed"] for r in rs})
@@ -424,6 +470,11 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
                          f"{rs[0]['n']} ({rs[0]['n_aa'] or '-'}) |"
                          + (f" {_acceptance_cell(rs)} |" if mh else ""))
         lines.append("")
+        if some_aa:
+            pgd = {m: mean_interval([r["pgd"] for r in sel if r["recipe"] == m])[0]
+                   for m in best_baselines(sel, len(sel))}
+            lines += ["AutoAttack for " + ", ".join(dict.fromkeys(r["recipe"] for r in _has(sel, "autoattack")))
+                      + "; the baselines by mean PGD: " + ", ".join(f"{m} {v:.1f}" for m, v in pgd.items()) + ".", ""]
         lines += _ablation_lines(sel)
         atcd = _has([r for r in sel if r["recipe"] == "atcd"], key)  # the recipe; its ablations are the other atcd*
         base = {m: _has([r for r in sel if r["recipe"] == m], key) for m in dict.fromkeys(
@@ -489,7 +540,7 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
     if a.report_only and not os.path.isfile(plan_path):  # reporting never plans (nor writes) a run of its own
         fail(f"error: --report-only needs the plan of an earlier run: no {plan_path}")
     plans = make_plans([by_entry[m] for m in methods], budgets, recipe_config, plan_path)
-    rows, not_run, done = [], [], read_done(getattr(a, "done", None) or [])
+    rows, not_run, aa_not_run, done = [], [], [], read_done(getattr(a, "done", None) or [])
     for b in budgets:
         for seed in seeds:
             for m in methods:
@@ -501,6 +552,8 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
                 rows.append(row or run_point(m, b, seed, plans[m][f"{b:g}"], a))
                 write_csv(os.path.join(a.out, "equal_time.csv"), rows, FIELDS)
                 print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith("_")}), flush=True)
+        if getattr(a, "aa_best", 0):  # once every seed of the budget has its PGD
+            _autoattack_best(rows, b, plans, a, aa_not_run)
     if not rows:
         fail(f"error: --report-only found no finished (method, budget, seed) in {a.out}/equal_time")
     plot(rows, os.path.join(a.out, "equal_time.png"))
@@ -509,6 +562,8 @@ def run_equal_time(costs: list[dict], methods: list[str], seeds: list[int], a, r
     if not_run:
         lines += ["", f"Not run yet ({len(not_run)} of {len(not_run) + len(rows)} rows; --report-only reports the "
                       "finished ones): " + ", ".join(not_run) + "."]
+    if aa_not_run:
+        lines += ["", f"Not run yet for the baselines --aa-best chose: {', '.join(aa_not_run)}."]
     with open(os.path.join(a.out, "equal_time.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return lines

@@ -382,8 +382,75 @@ def test_autoattack_for_some_methods_only_ranks_those_and_says_so(tmp_path):
     r = run_main("scripts/merge_equal_time.py", _save_equal_time(tmp_path / "a.csv", rows), "--out", str(out))
     assert r.returncode == 0, r.stderr
     text = (out / "equal_time.md").read_text()
-    assert "AutoAttack was run for atcd, free only (--aa-methods)" in text
+    assert "AutoAttack was run for some methods only (--aa-methods, --aa-best)" in text
+    assert "AutoAttack for atcd, free; the baselines by mean PGD: pgd 104.0, free 65.5." in text
     assert "ATCD minus the best baseline (free) on autoattack, seed-paired: **+10.0 points**" in text
     assert "| pgd | 2 × 10 |" in text and (out / "equal_time_updates.png").stat().st_size > 0
     bad = run_main("scripts/benchmark.py", "--methods", "atcd,free", "--aa-methods", "atcd,yopo", "--equal-time", "60")
     assert bad.returncode == 2 and "--aa-methods" in bad.stderr
+
+
+def test_aa_best_ranks_the_baselines_by_mean_pgd_over_the_seeds():
+    """--aa-best K: the K baselines (not ATCD, nor its variants) with the best PGD mean over every seed of a budget;
+    rows without PGD do not rank."""
+    from conftest import load_script
+    eq = load_script("scripts/equal_time.py")
+    row = _equal_time_row
+    rows = [row("atcd", 60.0, 0, 99.0), row("atcd_reuse", 60.0, 0, 98.0), row("fast", 60.0, 0, 80.0),
+            row("fast", 60.0, 1, 10.0), row("pgd", 60.0, 0, 50.0), row("pgd", 60.0, 1, 49.0),
+            row("trades", 60.0, 0, 60.0), row("yopo", 60.0, 0, 1.0)]
+    rows[-1]["pgd"] = ""  # no PGD: not ranked
+    rows[1]["method"] = "atcd (--reuse-grad)"
+    assert eq.best_baselines(rows, 2) == ["trades", "pgd"]  # fast's mean is 45 + 5: its seed-0 row alone would lead
+    assert eq.best_baselines(rows, 9) == ["trades", "pgd", "fast"] and eq.best_baselines(rows, 0) == []
+
+
+@pytest.mark.slow  # trainings and AutoAttack as a user runs them (~3 min)
+def test_aa_best_attacks_the_best_baselines_of_each_budget_and_keeps_what_it_measured(tmp_path):
+    """--aa-methods atcd --aa-best 1 (issue 33's protocol at toy scale): AutoAttack for ATCD and, once both seeds have
+    their PGD, for the baseline with the better mean PGD only; a run continued with --done reads those rows, and a
+    re-run that would not attack that baseline keeps its measured AutoAttack instead of dropping it."""
+    import shutil
+
+    from conftest import run_main
+    args = ["--methods", "standard,pgd,atcd", "--seeds", "0,1", "--cost-batches", "2", "--rounds", "1",
+            "--equal-time", "3", "--attacks", "clean,pgd,autoattack", "--attack-steps", "3", "--eps", "0.1",
+            "--num-samples", "40", "--aa-samples", "8", "--aa-methods", "atcd", "--aa-best", "1", "--out", str(tmp_path)]
+    r = run_main("scripts/benchmark.py", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    def rows_of(path):
+        with open(path) as f:
+            return {(row["recipe"], row["seed"]): row for row in csv.DictReader(f)}
+    rows = rows_of(tmp_path / "equal_time.csv")
+    assert len(rows) == 6
+    pgd = {m: sum(float(rows[(m, s)]["pgd"]) for s in "01") for m in ("standard", "pgd")}
+    assert pgd["standard"] != pgd["pgd"], pgd  # the toy runs must rank (deterministic for their seeds)
+    best, other = sorted(pgd, key=pgd.get, reverse=True)
+    for s in "01":
+        assert rows[("atcd", s)]["n_aa"] == rows[(best, s)]["n_aa"] == "8" and rows[(best, s)]["autoattack"] != ""
+        assert rows[(other, s)]["autoattack"] == "" == rows[(other, s)]["n_aa"]
+    text = (tmp_path / "benchmark.md").read_text()
+    attacked = ", ".join(m for m in ("standard", "pgd", "atcd") if m in (best, "atcd"))  # in the order of --methods
+    assert f"AutoAttack for {attacked}; the baselines by mean PGD: {best} " in text
+    assert f"ATCD minus the best baseline ({best}) on autoattack" in text
+    # continued from the rows alone (--done, a machine without the run folders): nothing trained or attacked
+    new = tmp_path / "continued"
+    new.mkdir()
+    for name in ("costs.csv", "equal_time_plan.json", "equal_time.csv"):
+        shutil.copy(tmp_path / name, new / name)
+    cont = [x if x != str(tmp_path) else str(new) for x in args] + ["--done", str(new / "equal_time.csv")]
+    r = run_main("scripts/benchmark.py", *cont)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (new / "equal_time").exists() and rows_of(new / "equal_time.csv") == rows
+    # a re-run without --aa-best reads the AutoAttack it measured for the best baseline: kept, not dropped
+    r = run_main("scripts/benchmark.py", *args[:args.index("--aa-best")], *args[args.index("--aa-best") + 2:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert rows_of(tmp_path / "equal_time.csv") == rows
+    # --report-only lists an AutoAttack the chosen baseline still lacks, and attacks nothing
+    aa_file = tmp_path / "equal_time" / f"{best}-b3-s1" / "results-autoattack-n8.json"
+    aa_file.unlink()
+    r = run_main("scripts/benchmark.py", *args, "--report-only")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"Not run yet for the baselines --aa-best chose: AutoAttack of {best} 3 s seed 1." in (
+        tmp_path / "benchmark.md").read_text() and not aa_file.exists()
