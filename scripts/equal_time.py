@@ -397,6 +397,11 @@ def update_split(rows: list[dict], key: str) -> list[str]:
             continue
         best = max(base, key=lambda m: base[m][1])
         (ua, aa), (ub, ab) = pt[("atcd", b)], base[best]
+        seeds = {m: sorted(r["seed"] for r in mean[(m, b)]) for m in ("atcd", best)}
+        if seeds["atcd"] != seeds[best]:  # means over other seeds are no gap (e.g. --aa-best before its AutoAttack)
+            out.append(f"| {b:g} s | {ua} ({ua / b:.1f}) | {best}: {ub} ({ub / b:.1f}) | not yet: {key} of seeds "
+                       f"{seeds['atcd']} for ATCD, {seeds[best]} for {best} | | |")
+            continue
         curve = lambda m: [pt[(mm, bb)] for (mm, bb) in pt if mm == m]
         ab_at_ua, x1 = _at(curve(best), ua)
         if ab_at_ua is not None:  # the baseline's curve at ATCD's update count

@@ -455,3 +455,18 @@ def test_aa_best_attacks_the_best_baselines_of_each_budget_and_keeps_what_it_mea
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"Not run yet for the baselines --aa-best chose: AutoAttack of {best} 3 s seed 1." in (
         tmp_path / "benchmark.md").read_text() and not aa_file.exists()
+
+
+def test_update_split_waits_until_atcd_and_the_best_baseline_share_their_seeds():
+    """A gap of means over different seeds is no gap: while the best baseline has its accuracy for fewer seeds than
+    ATCD (--aa-best before its AutoAttack ran), the split's row says so instead of subtracting."""
+    from conftest import load_script
+    eq = load_script("scripts/equal_time.py")
+    rows = [_equal_time_row("atcd", 60.0, s, 70.0 + 10 * s) for s in range(2)] + [_equal_time_row("free", 60.0, 0, 75.0)]
+    for r in rows:
+        r["updates"] = 10 * r["epochs"]
+    text = "\n".join(eq.update_split(rows, "autoattack"))
+    assert "| 60 s | 20 (0.3) | free: 20 (0.3) | not yet: autoattack of seeds [0, 1] for ATCD, [0] for free |" in text
+    rows.append(_equal_time_row("free", 60.0, 1, 78.0))
+    rows[-1]["updates"] = 20
+    assert "| 60 s | 20 (0.3) | free: 20 (0.3) | -1.5 |" in "\n".join(eq.update_split(rows, "autoattack"))
