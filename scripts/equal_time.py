@@ -310,7 +310,9 @@ def _verdict(atcd: list[dict], base: dict, key: str) -> str:
     """ATCD minus the best baseline (by mean) on `key`: per seed, then a t-interval over those seed differences; the
     paired interval over images (test-set noise only) beside it, naming how many seeds it pooled."""
     from atcd.stats import seed_paired_interval
-    best = max(base, key=lambda m: sum(r[key] for r in base[m]) / len(base[m]))
+    own = {r["seed"] for r in atcd}  # a baseline measured on fewer seeds (--aa-best before its AutoAttack) is no rival
+    full = [m for m in base if own <= {r["seed"] for r in base[m]}] or list(base)
+    best = max(full, key=lambda m: sum(r[key] for r in base[m]) / len(base[m]))
     d, hw, seeds = seed_paired_interval({r["seed"]: r[key] for r in atcd}, {r["seed"]: r[key] for r in base[best]})
     dp, hwp, pooled = _paired(atcd, base[best], key)
     if not seeds:
@@ -381,7 +383,7 @@ def update_split(rows: list[dict], key: str) -> list[str]:
     for r in rows:
         mean.setdefault((r["recipe"], r["budget_s"]), []).append(r)
     pt = {k: (updates(v[0]), mean_interval([r[key] for r in v])[0]) for k, v in mean.items()}
-    out = ["### The gap in weight updates", "",
+    out = [f"### The gap in weight updates ({key})", "",
            ("Weight updates = the optimizer steps each run recorded: minibatches × ATCD's T, Free's m, 1 for the "
             f"others. {key} accuracy (mean over seeds) against updates is read between the budgets linearly in "
             "log(updates) (~: up to half a doubling beyond the measured budgets). Split of ATCD minus the best "
@@ -481,12 +483,14 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
             lines += ["AutoAttack for " + ", ".join(dict.fromkeys(r["recipe"] for r in _has(sel, "autoattack")))
                       + "; the baselines by mean PGD: " + ", ".join(f"{m} {v:.1f}" for m, v in pgd.items()) + ".", ""]
         lines += _ablation_lines(sel)
-        atcd = _has([r for r in sel if r["recipe"] == "atcd"], key)  # the recipe; its ablations are the other atcd*
-        base = {m: _has([r for r in sel if r["recipe"] == m], key) for m in dict.fromkeys(
-            r["recipe"] for r in _has(sel, key) if not r["method"].startswith("atcd"))}
-        if atcd and base:
-            lines += [_verdict(atcd, base, key), ""]
-    lines += update_split(_has(rows, key), key)
+        for k in dict.fromkeys(("pgd", key) if key == "autoattack" else (key,)):  # PGD ranks every method
+            atcd = _has([r for r in sel if r["recipe"] == "atcd"], k)  # the recipe; its ablations are the other atcd*
+            base = {m: _has([r for r in sel if r["recipe"] == m], k) for m in dict.fromkeys(
+                r["recipe"] for r in _has(sel, k) if not r["method"].startswith("atcd"))}
+            if atcd and base:
+                lines += [_verdict(atcd, base, k), ""]
+    for k in dict.fromkeys((key, "pgd") if key == "autoattack" else (key,)):
+        lines += update_split(_has(rows, k), k)
     slow = [r for r in rows if r["train_s"] > SLOW * r["planned_s"]]
     lines.append("Cross-check: measured training seconds / planned: "
                  f"{min(r['train_s'] / r['planned_s'] for r in rows):.2f}-"

@@ -470,3 +470,25 @@ def test_update_split_waits_until_atcd_and_the_best_baseline_share_their_seeds()
     rows.append(_equal_time_row("free", 60.0, 1, 78.0))
     rows[-1]["updates"] = 20
     assert "| 60 s | 20 (0.3) | free: 20 (0.3) | -1.5 |" in "\n".join(eq.update_split(rows, "autoattack"))
+
+
+def test_verdict_pairs_with_a_baseline_that_has_every_seed_and_pgd_ranks_every_method(tmp_path):
+    """While --aa-best has not run its AutoAttack, a baseline attacked on one seed only (TRADES's seed 0) must not
+    become the AutoAttack verdict's "best baseline" over one measured on every seed; and the report adds the PGD
+    verdict and split, which rank every method on every seed."""
+    from conftest import run_main
+    row = _equal_time_row
+    rows = [row(m, 60.0, s, v + s) for s in range(3) for m, v in (("atcd", 70.0), ("free", 60.0), ("trades", 50.0))]
+    for r in rows:
+        if r["recipe"] == "trades" and r["seed"] > 0:  # AutoAttack on seed 0 only, and 95 there: the best mean
+            r["autoattack"], r["n_aa"] = "", ""
+        elif r["recipe"] == "trades":
+            r["autoattack"] = 95.0
+    out = tmp_path / "merged"
+    r = run_main("scripts/merge_equal_time.py", _save_equal_time(tmp_path / "a.csv", rows), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    text = (out / "equal_time.md").read_text()
+    assert ("ATCD minus the best baseline (free) on autoattack, seed-paired: **+10.0 points** (per seed 0, 1, 2: "
+            "+10.0, +10.0, +10.0") in text
+    assert "ATCD minus the best baseline (free) on pgd, seed-paired: **+10.0 points**" in text
+    assert "### The gap in weight updates (autoattack)" in text and "### The gap in weight updates (pgd)" in text
