@@ -433,6 +433,7 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
     cost table the plans were priced from is."""
     from atcd.stats import mean_interval
     key = headline(rows)
+    keys = ["pgd", key] if key == "autoattack" else [key]  # PGD ranks every method; AutoAttack only those attacked
     budgets = sorted({r["budget_s"] for r in rows})
     attacks = {"clean": "clean", "pgd": f"PGD-{a.attack_steps} ({a.attack_loss} loss)",
                "autoattack": "AutoAttack (standard)"}
@@ -483,13 +484,13 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
             lines += ["AutoAttack for " + ", ".join(dict.fromkeys(r["recipe"] for r in _has(sel, "autoattack")))
                       + "; the baselines by mean PGD: " + ", ".join(f"{m} {v:.1f}" for m, v in pgd.items()) + ".", ""]
         lines += _ablation_lines(sel)
-        for k in dict.fromkeys(("pgd", key) if key == "autoattack" else (key,)):  # PGD ranks every method
+        for k in keys:
             atcd = _has([r for r in sel if r["recipe"] == "atcd"], k)  # the recipe; its ablations are the other atcd*
             base = {m: _has([r for r in sel if r["recipe"] == m], k) for m in dict.fromkeys(
                 r["recipe"] for r in _has(sel, k) if not r["method"].startswith("atcd"))}
             if atcd and base:
                 lines += [_verdict(atcd, base, k), ""]
-    for k in dict.fromkeys((key, "pgd") if key == "autoattack" else (key,)):
+    for k in keys:
         lines += update_split(_has(rows, k), k)
     slow = [r for r in rows if r["train_s"] > SLOW * r["planned_s"]]
     lines.append("Cross-check: measured training seconds / planned: "
