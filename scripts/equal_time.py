@@ -306,13 +306,18 @@ def _ablation_lines(sel: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def _rivals(atcd: list[dict], base: dict) -> list:
+    """The baselines (base: {name: rows}) measured on every seed ATCD has, else all: a baseline attacked on fewer
+    seeds (--aa-best before its AutoAttack) is no rival, its mean being over other seeds."""
+    own = {r["seed"] for r in atcd}
+    return [m for m in base if own <= {r["seed"] for r in base[m]}] or list(base)
+
+
 def _verdict(atcd: list[dict], base: dict, key: str) -> str:
     """ATCD minus the best baseline (by mean) on `key`: per seed, then a t-interval over those seed differences; the
     paired interval over images (test-set noise only) beside it, naming how many seeds it pooled."""
     from atcd.stats import seed_paired_interval
-    own = {r["seed"] for r in atcd}  # a baseline measured on fewer seeds (--aa-best before its AutoAttack) is no rival
-    full = [m for m in base if own <= {r["seed"] for r in base[m]}] or list(base)
-    best = max(full, key=lambda m: sum(r[key] for r in base[m]) / len(base[m]))
+    best = max(_rivals(atcd, base), key=lambda m: sum(r[key] for r in base[m]) / len(base[m]))
     d, hw, seeds = seed_paired_interval({r["seed"]: r[key] for r in atcd}, {r["seed"]: r[key] for r in base[best]})
     dp, hwp, pooled = _paired(atcd, base[best], key)
     if not seeds:
@@ -397,7 +402,7 @@ def update_split(rows: list[dict], key: str) -> list[str]:
             r for r in rows if r["recipe"] == m)["method"].startswith("atcd")}
         if ("atcd", b) not in pt or not base:
             continue
-        best = max(base, key=lambda m: base[m][1])
+        best = max(_rivals(mean[("atcd", b)], {m: mean[(m, b)] for m in base}), key=lambda m: base[m][1])
         (ua, aa), (ub, ab) = pt[("atcd", b)], base[best]
         seeds = {m: sorted(r["seed"] for r in mean[(m, b)]) for m in ("atcd", best)}
         if seeds["atcd"] != seeds[best]:  # means over other seeds are no gap (e.g. --aa-best before its AutoAttack)

@@ -492,3 +492,4 @@ def test_verdict_pairs_with_a_baseline_that_has_every_seed_and_pgd_ranks_every_m
             "+10.0, +10.0, +10.0") in text
     assert "ATCD minus the best baseline (free) on pgd, seed-paired: **+10.0 points**" in text
     assert "### The gap in weight updates (autoattack)" in text and "### The gap in weight updates (pgd)" in text
+    assert text.count("| 60 s | 80 (1.3) | free: 160 (2.7) | +10.0 |") == 2  # both splits' rival, never "not yet"
