@@ -375,15 +375,17 @@ def test_autoattack_for_some_methods_only_ranks_those_and_says_so(tmp_path):
     from conftest import run_main
     row = _equal_time_row
     rows = [row(m, 60.0, s, v) for s in range(2) for m, v in (("atcd", 70.0 + s), ("free", 60.0 + s), ("pgd", 99.0))]
+    rows += [row(m, 120.0, 0, 80.0) for m in ("atcd", "free")]  # a budget whose AutoAttack has not run yet
     for r in rows:
-        if r["recipe"] == "pgd":  # the best number, but no AutoAttack: it must not become "the best baseline"
-            r["autoattack"], r["n_aa"] = "", ""
+        if r["recipe"] == "pgd" or r["budget_s"] == 120.0:  # pgd: the best number, but no AutoAttack: it must not
+            r["autoattack"], r["n_aa"] = "", ""            # become "the best baseline"
     out = tmp_path / "merged"
     r = run_main("scripts/merge_equal_time.py", _save_equal_time(tmp_path / "a.csv", rows), "--out", str(out))
     assert r.returncode == 0, r.stderr
     text = (out / "equal_time.md").read_text()
     assert "AutoAttack was run for some methods only (--aa-methods, --aa-best)" in text
     assert "AutoAttack for atcd, free; the baselines by mean PGD: pgd 104.0, free 65.5." in text
+    assert "AutoAttack for none yet; the baselines by mean PGD: free 85.0." in text
     assert "ATCD minus the best baseline (free) on autoattack, seed-paired: **+10.0 points**" in text
     assert "| pgd | 2 × 10 |" in text and (out / "equal_time_updates.png").stat().st_size > 0
     bad = run_main("scripts/benchmark.py", "--methods", "atcd,free", "--aa-methods", "atcd,yopo", "--equal-time", "60")
