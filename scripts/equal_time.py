@@ -409,12 +409,13 @@ def update_split(rows: list[dict], key: str) -> list[str]:
             out.append(f"| {b:g} s | {ua} ({ua / b:.1f}) | {best}: {ub} ({ub / b:.1f}) | not yet: {key} of seeds "
                        f"{seeds['atcd']} for ATCD, {seeds[best]} for {best} | | |")
             continue
-        curve = lambda m: [pt[(mm, bb)] for (mm, bb) in pt if mm == m]
-        ab_at_ua, x1 = _at(curve(best), ua)
+        curve = {m: [pt[(m, bb)] for bb in budgets  # the budgets measured on these seeds (not one seed so far)
+                     if (m, bb) in pt and sorted(r["seed"] for r in mean[(m, bb)]) == seeds[m]] for m in seeds}
+        ab_at_ua, x1 = _at(curve[best], ua)
         if ab_at_ua is not None:  # the baseline's curve at ATCD's update count
             thr, per, mark = ab_at_ua - ab, aa - ab_at_ua, x1
         else:
-            aa_at_ub, x2 = _at(curve("atcd"), ub)
+            aa_at_ub, x2 = _at(curve["atcd"], ub)
             thr, per, mark = (None, None, False) if aa_at_ub is None else (aa - aa_at_ub, aa_at_ub - ab, x2)
         cells = ["outside the measured updates"] * 2 if thr is None else [
             f"{'~' if mark else ''}{thr:+.1f}", f"{'~' if mark else ''}{per:+.1f}"]

@@ -472,6 +472,13 @@ def test_update_split_waits_until_atcd_and_the_best_baseline_share_their_seeds()
     rows.append(_equal_time_row("free", 60.0, 1, 78.0))
     rows[-1]["updates"] = 20
     assert "| 60 s | 20 (0.3) | free: 20 (0.3) | -1.5 |" in "\n".join(eq.update_split(rows, "autoattack"))
+    # a longer budget measured on seed 0 only so far is no point of the seeds-0-and-1 curves the split reads
+    for r in rows:
+        r["updates"] = 40 if r["recipe"] == "free" else 20
+    rows.append(_equal_time_row("atcd", 120.0, 0, 95.0))
+    rows[-1]["updates"] = 40
+    text = "\n".join(eq.update_split(rows, "autoattack"))
+    assert "| 60 s | 20 (0.3) | free: 40 (0.7) | -1.5 | outside the measured updates |" in text
 
 
 def test_verdict_pairs_with_a_baseline_that_has_every_seed_and_pgd_ranks_every_method(tmp_path):
