@@ -417,7 +417,7 @@ def test_aa_best_attacks_the_best_baselines_of_each_budget_and_keeps_what_it_mea
     from conftest import run_main
     args = ["--methods", "standard,pgd", "--seeds", "0,1", "--cost-batches", "2", "--rounds", "1",
             "--equal-time", "3", "--attacks", "clean,pgd,autoattack", "--attack-steps", "3", "--eps", "0.1",
-            "--num-samples", "40", "--aa-samples", "8", "--aa-best", "1", "--out", str(tmp_path)]
+            "--num-samples", "40", "--aa-samples", "2", "--aa-best", "1", "--out", str(tmp_path)]
     r = run_main("scripts/benchmark.py", *args)
     assert r.returncode == 0, r.stderr[-2000:]
 
@@ -430,7 +430,7 @@ def test_aa_best_attacks_the_best_baselines_of_each_budget_and_keeps_what_it_mea
     assert pgd["standard"] != pgd["pgd"], pgd  # the toy runs must rank (deterministic for their seeds)
     best, other = sorted(pgd, key=pgd.get, reverse=True)
     for s in "01":
-        assert rows[(best, s)]["n_aa"] == "8" and rows[(best, s)]["autoattack"] != ""
+        assert rows[(best, s)]["n_aa"] == "2" and rows[(best, s)]["autoattack"] != ""
         assert rows[(other, s)]["autoattack"] == "" == rows[(other, s)]["n_aa"]
     text = (tmp_path / "benchmark.md").read_text()
     assert f"AutoAttack for {best}; the baselines by mean PGD: {best} " in text
@@ -449,9 +449,9 @@ def test_aa_best_attacks_the_best_baselines_of_each_budget_and_keeps_what_it_mea
     r = run_main("scripts/benchmark.py", *args[:i], *args[i + 2:], "--aa-methods", other)
     assert r.returncode == 0, r.stderr[-2000:]
     again = rows_of(tmp_path / "equal_time.csv")
-    assert all(again[(best, s)] == rows[(best, s)] and again[(other, s)]["n_aa"] == "8" for s in "01")
+    assert all(again[(best, s)] == rows[(best, s)] and again[(other, s)]["n_aa"] == "2" for s in "01")
     # --report-only lists an AutoAttack the chosen baseline still lacks, and attacks nothing
-    aa_file = tmp_path / "equal_time" / f"{best}-b3-s1" / "results-autoattack-n8.json"
+    aa_file = tmp_path / "equal_time" / f"{best}-b3-s1" / "results-autoattack-n2.json"
     aa_file.unlink()
     r = run_main("scripts/benchmark.py", *args, "--report-only")
     assert r.returncode == 0, r.stderr[-2000:]
