@@ -488,7 +488,8 @@ def report(rows: list[dict], a, costs: str = "cost table above") -> list[str]:
             pgd = {m: mean_interval([r["pgd"] for r in sel if r["recipe"] == m])[0]
                    for m in best_baselines(sel, len(sel))}
             attacked = ", ".join(dict.fromkeys(r["recipe"] for r in _has(sel, "autoattack"))) or "none yet"
-            lines += ["AutoAttack for " + attacked + "; the baselines by mean PGD: " + ", ".join(f"{m} {v:.1f}" for m, v in pgd.items()) + ".", ""]
+            lines += [f"AutoAttack for {attacked}; the baselines by mean PGD: "
+                      + ", ".join(f"{m} {v:.1f}" for m, v in pgd.items()) + ".", ""]
         lines += _ablation_lines(sel)
         for k in keys:
             atcd = _has([r for r in sel if r["recipe"] == "atcd"], k)  # the recipe; its ablations are the other atcd*
